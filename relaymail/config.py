@@ -1,0 +1,615 @@
+"""Configuration: defaults, then the JSON file, then environment overrides, then validation.
+
+The result is a tree of frozen dataclasses.  Every error names the file, the key path and
+the offending value, so that an operator can fix it without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relaymail.relay.presets import PRESETS
+
+ENV_PREFIX = "RELAYMAIL_"
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as ``file: key.path: problem (got value)``."""
+
+    def __init__(self, source: str, key: str, problem: str, value: Any = None) -> None:
+        self.source, self.key, self.problem, self.value = source, key, problem, value
+        shown = "" if value is None else f" (got {json.dumps(value, default=str)})"
+        where = f"{key}: " if key else ""
+        super().__init__(f"{source}: {where}{problem}{shown}")
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    endpoint: str
+    tls: str = "starttls"  # none | starttls | implicit
+    auth: str = "optional"  # optional | required | plaintext-loopback
+    proxy_protocol: bool = False
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificate: str | None
+    private_key: str | None
+    self_signed: bool = False
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    listeners: tuple[ListenerConfig, ...]
+    tls: TLSConfig
+    trusted_networks: tuple[IPNetwork, ...]
+    blocked_networks: tuple[IPNetwork, ...]
+    max_message_size: int
+    max_recipients: int
+    max_connections: int
+    max_connections_per_ip: int
+    max_errors: int
+    idle_timeout: float
+    max_line_length: int
+    bare_line_endings: str  # normalize | reject
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    host: str
+    port: int
+    tls: str
+    verify: bool = True
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    helo: str | None = None
+    preset: str | None = None
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    name: str
+    type: str  # smarthost | mx | smtp | maildir
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    path: str | None = None
+    fallback: str | None = None
+    require_tls: bool = False
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    domains: tuple[str, ...]
+    transport: str
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    concurrency: int
+    per_destination_concurrency: int
+    batch_size: int
+    batch_delay: float
+    retry_schedule: tuple[float, ...]
+    max_queue_lifetime: float
+    bounces: bool
+    connect_timeout: float
+    command_timeout: float
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool
+    endpoint: str
+    admin_user: str
+    admin_password_hash: str | None
+    open_metrics_to_loopback: bool
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    hostname: str
+    spool_dir: str
+    smtp: SMTPConfig
+    credentials_file: str
+    routes: tuple[RouteConfig, ...]
+    transports: Mapping[str, TransportConfig]
+    delivery: DeliveryConfig
+    dkim: tuple[Mapping[str, Any], ...]
+    rate_limits: Mapping[str, Any]
+    web: WebConfig
+    log: LogConfig
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+
+DEFAULTS: dict[str, Any] = {
+    "hostname": "localhost",
+    "spool_dir": "var/spool",
+    "smtp": {
+        "listeners": [{"name": "smtp", "endpoint": "tcp:2525:interface=127.0.0.1"}],
+        "tls": {"certificate": None, "private_key": None, "self_signed": False},
+        "trusted_networks": ["127.0.0.0/8", "::1/128"],
+        "blocked_networks": [],
+        "max_message_size": 36_700_160,
+        "max_recipients": 100,
+        "max_connections": 1000,
+        "max_connections_per_ip": 50,
+        "max_errors": 20,
+        "idle_timeout": 300,
+        "max_line_length": 16_384,
+        "bare_line_endings": "normalize",
+    },
+    "credentials_file": "credentials.json",
+    "routes": [{"domains": ["*"], "transport": "outbox"}],
+    "transports": {"outbox": {"type": "maildir", "path": "var/outbox"}},
+    "delivery": {
+        "concurrency": 20,
+        "per_destination_concurrency": 5,
+        "batch_size": 50,
+        "batch_delay": 0,
+        "retry_schedule": [60, 300, 900, 1800, 3600, 7200, 14400],
+        "max_queue_lifetime": 432_000,
+        "bounces": True,
+        "connect_timeout": 10,
+        "command_timeout": 300,
+    },
+    "dkim": [],
+    "rate_limits": {"backend": "memory"},
+    "web": {
+        "enabled": True,
+        "endpoint": "tcp:8025:interface=127.0.0.1",
+        "admin_user": "admin",
+        "admin_password_hash": None,
+        "open_metrics_to_loopback": True,
+    },
+    "log": {"level": "info"},
+}
+
+LISTENER_KEYS = {"name", "endpoint", "tls", "auth", "proxy_protocol"}
+UPSTREAM_KEYS = {"preset", "host", "port", "tls", "verify", "ca_file", "username", "password",
+                 "helo"}
+TRANSPORT_KEYS = {"type", "upstreams", "path", "fallback", "require_tls"}
+TLS_MODES = ("none", "starttls", "implicit")
+UPSTREAM_TLS_MODES = ("starttls", "implicit", "opportunistic", "none")
+AUTH_MODES = ("optional", "required", "plaintext-loopback")
+TRANSPORT_TYPES = ("smarthost", "mx", "smtp", "maildir")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+DOMAIN_PATTERN = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?)$")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate the config file at ``path``; raise ConfigError on any problem."""
+    environ = os.environ if environ is None else environ
+    data = read_json_file(path)
+    merged = merge_defaults(DEFAULTS, data, path)
+    apply_env_overrides(merged, environ, path)
+    return validate(merged, path)
+
+
+def read_json_file(path: str) -> dict[str, Any]:
+    """Parse a JSON object from ``path`` with errors that say where the problem is."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read config file: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(path, "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")\
+            from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "the top level must be a JSON object", type(data).__name__)
+    return data
+
+
+def merge_defaults(defaults: dict[str, Any], data: dict[str, Any], source: str,
+                   prefix: str = "") -> dict[str, Any]:
+    """Overlay ``data`` on ``defaults``; sections merge key by key, unknown keys are errors."""
+    merged = copy.deepcopy(defaults)
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in defaults:
+            raise ConfigError(source, where, "unknown key; see docs/configuration.md")
+        default = defaults[key]
+        if isinstance(default, dict) and key not in ("transports", "rate_limits"):
+            if not isinstance(value, dict):
+                raise ConfigError(source, where, "expected an object", value)
+            merged[key] = merge_defaults(default, value, source, where + ".")
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_env_overrides(merged: dict[str, Any], environ: Mapping[str, str], source: str) -> None:
+    """Apply ``RELAYMAIL_<SECTION>_<KEY>`` (or ``RELAYMAIL_<KEY>``) variables to ``merged``."""
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "RELAYMAIL_CONFIG":
+            continue
+        target, key = find_env_target(merged, name[len(ENV_PREFIX):].lower())
+        if target is None:
+            raise ConfigError(source, name, "environment override names no config key")
+        target[key] = parse_env_value(text)
+
+
+def find_env_target(merged: dict[str, Any], rest: str) -> tuple[dict[str, Any] | None, str]:
+    """Resolve ``smtp_max_recipients`` to (merged["smtp"], "max_recipients")."""
+    if rest in merged and not isinstance(merged[rest], dict):
+        return merged, rest
+    for section, body in merged.items():
+        if isinstance(body, dict) and rest.startswith(section + "_"):
+            key = rest[len(section) + 1:]
+            if key in body:
+                return body, key
+    return None, rest
+
+
+def parse_env_value(text: str) -> Any:
+    """Environment values are JSON when they parse as JSON, else plain strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+class _Check:
+    """Small typed accessors that raise ConfigError naming the key path and value."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.base = os.path.dirname(os.path.abspath(source))
+
+    def fail(self, key: str, problem: str, value: Any = None) -> ConfigError:
+        return ConfigError(self.source, key, problem, value)
+
+    def integer(self, value: Any, key: str, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key, f"expected an integer >= {minimum}", value)
+        return value
+
+    def number(self, value: Any, key: str, minimum: float = 0) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise self.fail(key, f"expected a number >= {minimum}", value)
+        return float(value)
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, "expected true or false", value)
+        return value
+
+    def string(self, value: Any, key: str, allow_none: bool = False) -> str:
+        if value is None and allow_none:
+            return None  # type: ignore[return-value]
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "expected a non-empty string", value)
+        return value
+
+    def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(key, f"expected one of {', '.join(choices)}", value)
+        return value
+
+    def path(self, value: Any, key: str, allow_none: bool = False) -> str:
+        text = self.string(value, key, allow_none)
+        if text is None:
+            return None  # type: ignore[return-value]
+        return os.path.normpath(os.path.join(self.base, os.path.expanduser(text)))
+
+    def obj(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, "expected an object", value)
+        for name in value:
+            if name not in allowed:
+                raise self.fail(f"{key}.{name}", "unknown key; see docs/configuration.md")
+        return value
+
+    def array(self, value: Any, key: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(key, "expected a list", value)
+        return value
+
+    def networks(self, value: Any, key: str) -> tuple[IPNetwork, ...]:
+        out = []
+        for i, item in enumerate(self.array(value, key)):
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except (TypeError, ValueError):
+                raise self.fail(f"{key}[{i}]", "expected an IP network like 10.0.0.0/8", item)\
+                    from None
+        return tuple(out)
+
+
+def validate(merged: dict[str, Any], source: str) -> Config:
+    """Turn the merged dictionary into a frozen Config, checking every value."""
+    c = _Check(source)
+    transports = validate_transports(c, merged["transports"])
+    return Config(
+        path=os.path.abspath(source),
+        hostname=validate_hostname(c, merged["hostname"]),
+        spool_dir=c.path(merged["spool_dir"], "spool_dir"),
+        smtp=validate_smtp(c, merged["smtp"]),
+        credentials_file=c.path(merged["credentials_file"], "credentials_file"),
+        routes=validate_routes(c, merged["routes"], transports),
+        transports=transports,
+        delivery=validate_delivery(c, merged["delivery"]),
+        dkim=tuple(validate_dkim(c, merged["dkim"])),
+        rate_limits=c.obj(merged["rate_limits"], "rate_limits",
+                          {"backend", "per_sender", "per_ip", "per_credential", "global",
+                           "on_backend_error", "count"}),
+        web=validate_web(c, merged["web"]),
+        log=LogConfig(level=c.choice(merged["log"]["level"], "log.level", LOG_LEVELS)),
+        raw=merged,
+    )
+
+
+def validate_hostname(c: _Check, value: Any) -> str:
+    name = c.string(value, "hostname")
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", name):
+        raise c.fail("hostname", "expected a host name like relay.example.com", value)
+    return name
+
+
+def validate_smtp(c: _Check, s: dict[str, Any]) -> SMTPConfig:
+    tls = c.obj(s["tls"], "smtp.tls", {"certificate", "private_key", "self_signed"})
+    tls_conf = TLSConfig(
+        certificate=c.path(tls.get("certificate"), "smtp.tls.certificate", allow_none=True),
+        private_key=c.path(tls.get("private_key"), "smtp.tls.private_key", allow_none=True),
+        self_signed=c.boolean(tls.get("self_signed", False), "smtp.tls.self_signed"),
+    )
+    if (tls_conf.certificate is None) != (tls_conf.private_key is None):
+        raise c.fail("smtp.tls", "certificate and private_key must be set together")
+    listeners = tuple(
+        validate_listener(c, item, f"smtp.listeners[{i}]", tls_conf)
+        for i, item in enumerate(c.array(s["listeners"], "smtp.listeners"))
+    )
+    if not listeners:
+        raise c.fail("smtp.listeners", "at least one listener is needed", [])
+    check_unique_names(c, listeners)
+    return SMTPConfig(
+        listeners=listeners,
+        tls=tls_conf,
+        trusted_networks=c.networks(s["trusted_networks"], "smtp.trusted_networks"),
+        blocked_networks=c.networks(s["blocked_networks"], "smtp.blocked_networks"),
+        max_message_size=c.integer(s["max_message_size"], "smtp.max_message_size", 1024),
+        max_recipients=c.integer(s["max_recipients"], "smtp.max_recipients", 1),
+        max_connections=c.integer(s["max_connections"], "smtp.max_connections", 1),
+        max_connections_per_ip=c.integer(s["max_connections_per_ip"],
+                                         "smtp.max_connections_per_ip", 1),
+        max_errors=c.integer(s["max_errors"], "smtp.max_errors", 1),
+        idle_timeout=c.number(s["idle_timeout"], "smtp.idle_timeout", 1),
+        max_line_length=c.integer(s["max_line_length"], "smtp.max_line_length", 1000),
+        bare_line_endings=c.choice(s["bare_line_endings"], "smtp.bare_line_endings",
+                                   ("normalize", "reject")),
+    )
+
+
+def validate_listener(c: _Check, item: Any, key: str, tls: TLSConfig) -> ListenerConfig:
+    d = c.obj(item, key, LISTENER_KEYS)
+    if "endpoint" not in d:
+        raise c.fail(f"{key}.endpoint", "missing; e.g. \"tcp:2525:interface=127.0.0.1\"")
+    listener = ListenerConfig(
+        name=c.string(d.get("name", key), f"{key}.name"),
+        endpoint=validate_endpoint(c, d["endpoint"], f"{key}.endpoint"),
+        tls=c.choice(d.get("tls", "starttls" if tls.certificate else "none"), f"{key}.tls",
+                     TLS_MODES),
+        auth=c.choice(d.get("auth", "optional"), f"{key}.auth", AUTH_MODES),
+        proxy_protocol=c.boolean(d.get("proxy_protocol", False), f"{key}.proxy_protocol"),
+    )
+    if listener.tls != "none" and tls.certificate is None:
+        raise c.fail(f"{key}.tls", "needs smtp.tls.certificate and smtp.tls.private_key",
+                     listener.tls)
+    return listener
+
+
+def check_unique_names(c: _Check, listeners: tuple[ListenerConfig, ...]) -> None:
+    seen: dict[str, int] = {}
+    for i, listener in enumerate(listeners):
+        if listener.name in seen:
+            raise c.fail(f"smtp.listeners[{i}].name", "duplicate listener name", listener.name)
+        seen[listener.name] = i
+
+
+ENDPOINT_RE = re.compile(r"^(tcp6?|unix):(.+)$")
+
+
+def validate_endpoint(c: _Check, value: Any, key: str) -> str:
+    """Check a Twisted server endpoint string (tcp, tcp6 or unix) without listening."""
+    text = c.string(value, key)
+    m = ENDPOINT_RE.match(text)
+    if not m:
+        raise c.fail(key, "expected a Twisted endpoint like tcp:2525:interface=127.0.0.1", text)
+    if m.group(1) == "unix":
+        return text
+    port, _, _ = endpoint_address(text)
+    if port is None or not 0 <= port <= 65535:
+        raise c.fail(key, "expected a port number 0-65535 after tcp:", text)
+    for option in text.split(":")[2:]:
+        name = option.split("=", 1)[0]
+        if name not in ("interface", "backlog"):
+            raise c.fail(key, f"unknown endpoint option {name!r}", text)
+    return text
+
+
+def endpoint_address(text: str) -> tuple[int | None, str, str]:
+    """Return (port, interface, kind) of a tcp/tcp6 endpoint string; port None if unparsable."""
+    parts = re.split(r"(?<!\\):", text)
+    kind = parts[0]
+    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    positional = [p for p in parts[1:] if "=" not in p]
+    port_text = options.get("port", positional[0] if positional else "")
+    interface = options.get("interface", "").replace("\\:", ":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = None
+    return port, interface, kind
+
+
+def validate_routes(c: _Check, value: Any, transports: Mapping[str, TransportConfig]
+                    ) -> tuple[RouteConfig, ...]:
+    routes = []
+    for i, item in enumerate(c.array(value, "routes")):
+        key = f"routes[{i}]"
+        d = c.obj(item, key, {"domains", "transport"})
+        domains = tuple(c.array(d.get("domains"), f"{key}.domains"))
+        for j, domain in enumerate(domains):
+            if not isinstance(domain, str) or not DOMAIN_PATTERN.match(domain):
+                raise c.fail(f"{key}.domains[{j}]", "expected a domain, *.domain or *", domain)
+        name = c.string(d.get("transport"), f"{key}.transport")
+        if name not in transports:
+            raise c.fail(f"{key}.transport", "names no transport in transports", name)
+        routes.append(RouteConfig(domains=tuple(x.lower() for x in domains), transport=name))
+    return tuple(routes)
+
+
+def validate_transports(c: _Check, value: Any) -> dict[str, TransportConfig]:
+    if not isinstance(value, dict):
+        raise c.fail("transports", "expected an object of named transports", value)
+    out = {}
+    for name, item in value.items():
+        key = f"transports.{name}"
+        d = c.obj(item, key, TRANSPORT_KEYS)
+        kind = c.choice(d.get("type"), f"{key}.type", TRANSPORT_TYPES)
+        upstreams = tuple(
+            validate_upstream(c, u, f"{key}.upstreams[{i}]")
+            for i, u in enumerate(c.array(d.get("upstreams", []), f"{key}.upstreams"))
+        )
+        if kind in ("smarthost", "smtp") and not upstreams:
+            raise c.fail(f"{key}.upstreams", f"a {kind} transport needs at least one upstream")
+        if kind == "maildir" and "path" not in d:
+            raise c.fail(f"{key}.path", "a maildir transport needs a path")
+        out[name] = TransportConfig(
+            name=name, type=kind, upstreams=upstreams,
+            path=c.path(d.get("path"), f"{key}.path", allow_none=True),
+            fallback=c.string(d.get("fallback"), f"{key}.fallback", allow_none=True),
+            require_tls=c.boolean(d.get("require_tls", False), f"{key}.require_tls"),
+        )
+    for name, transport in out.items():
+        if transport.fallback is not None and transport.fallback not in out:
+            raise c.fail(f"transports.{name}.fallback", "names no transport", transport.fallback)
+    return out
+
+
+def validate_upstream(c: _Check, item: Any, key: str) -> UpstreamConfig:
+    d = dict(c.obj(item, key, UPSTREAM_KEYS))
+    preset_name = d.get("preset")
+    if preset_name is not None:
+        preset = PRESETS.get(preset_name)
+        if preset is None:
+            raise c.fail(f"{key}.preset", f"unknown preset; known: {', '.join(PRESETS)}",
+                         preset_name)
+        d = {**preset.as_upstream(), **d}
+    return UpstreamConfig(
+        host=c.string(d.get("host"), f"{key}.host"),
+        port=c.integer(d.get("port", 587), f"{key}.port", 1),
+        tls=c.choice(d.get("tls", "starttls"), f"{key}.tls", UPSTREAM_TLS_MODES),
+        verify=c.boolean(d.get("verify", True), f"{key}.verify"),
+        ca_file=c.path(d.get("ca_file"), f"{key}.ca_file", allow_none=True),
+        username=c.string(d.get("username"), f"{key}.username", allow_none=True),
+        password=c.string(d.get("password"), f"{key}.password", allow_none=True),
+        helo=c.string(d.get("helo"), f"{key}.helo", allow_none=True),
+        preset=preset_name,
+    )
+
+
+def validate_delivery(c: _Check, d: dict[str, Any]) -> DeliveryConfig:
+    schedule = c.array(d["retry_schedule"], "delivery.retry_schedule")
+    return DeliveryConfig(
+        concurrency=c.integer(d["concurrency"], "delivery.concurrency", 1),
+        per_destination_concurrency=c.integer(d["per_destination_concurrency"],
+                                              "delivery.per_destination_concurrency", 1),
+        batch_size=c.integer(d["batch_size"], "delivery.batch_size", 1),
+        batch_delay=c.number(d["batch_delay"], "delivery.batch_delay"),
+        retry_schedule=tuple(c.number(x, f"delivery.retry_schedule[{i}]", 1)
+                             for i, x in enumerate(schedule)) or (300.0,),
+        max_queue_lifetime=c.number(d["max_queue_lifetime"], "delivery.max_queue_lifetime", 60),
+        bounces=c.boolean(d["bounces"], "delivery.bounces"),
+        connect_timeout=c.number(d["connect_timeout"], "delivery.connect_timeout", 1),
+        command_timeout=c.number(d["command_timeout"], "delivery.command_timeout", 1),
+    )
+
+
+def validate_dkim(c: _Check, value: Any) -> list[dict[str, Any]]:
+    out = []
+    for i, item in enumerate(c.array(value, "dkim")):
+        key = f"dkim[{i}]"
+        d = c.obj(item, key, {"domain", "selector", "private_key", "algorithm"})
+        out.append({
+            "domain": c.string(d.get("domain"), f"{key}.domain").lower(),
+            "selector": c.string(d.get("selector"), f"{key}.selector"),
+            "private_key": c.path(d.get("private_key"), f"{key}.private_key"),
+            "algorithm": c.choice(d.get("algorithm", "rsa-sha256"), f"{key}.algorithm",
+                                  ("rsa-sha256", "ed25519-sha256")),
+        })
+    return out
+
+
+def validate_web(c: _Check, d: dict[str, Any]) -> WebConfig:
+    return WebConfig(
+        enabled=c.boolean(d["enabled"], "web.enabled"),
+        endpoint=validate_endpoint(c, d["endpoint"], "web.endpoint"),
+        admin_user=c.string(d["admin_user"], "web.admin_user"),
+        admin_password_hash=c.string(d["admin_password_hash"], "web.admin_password_hash",
+                                     allow_none=True),
+        open_metrics_to_loopback=c.boolean(d["open_metrics_to_loopback"],
+                                           "web.open_metrics_to_loopback"),
+    )
+
+
+# ---------------------------------------------------------------------------- startup checks
+
+
+def check_runtime(config: Config, readable: Callable[[str], bool] | None = None) -> None:
+    """Checks that need the filesystem: TLS files readable, no two listeners on one port."""
+    readable = readable or (lambda p: os.access(p, os.R_OK))
+    tls = config.smtp.tls
+    for key, path in (("smtp.tls.certificate", tls.certificate),
+                      ("smtp.tls.private_key", tls.private_key)):
+        if path is None or readable(path):
+            continue
+        if tls.self_signed and not os.path.exists(path):
+            continue
+        raise ConfigError(config.path, key, "file is missing or unreadable", path)
+    check_port_overlap(config)
+
+
+def check_port_overlap(config: Config) -> None:
+    """Two listeners (or a listener and the web console) on the same address and port."""
+    seen: dict[tuple[int, str], str] = {}
+    endpoints = [(f"smtp.listeners[{i}].endpoint", listener.endpoint)
+                 for i, listener in enumerate(config.smtp.listeners)]
+    if config.web.enabled:
+        endpoints.append(("web.endpoint", config.web.endpoint))
+    for key, text in endpoints:
+        port, interface, kind = endpoint_address(text)
+        if kind == "unix" or not port:
+            continue
+        for other_iface in {interface, ""} if interface else set():
+            if (port, other_iface) in seen:
+                raise ConfigError(config.path, key,
+                                  f"port {port} is already used by {seen[(port, other_iface)]}",
+                                  text)
+        if not interface and any(p == port for p, _ in seen):
+            other = next(v for (p, _), v in seen.items() if p == port)
+            raise ConfigError(config.path, key, f"port {port} is already used by {other}", text)
+        seen[(port, interface)] = key

@@ -1,0 +1,251 @@
+"""SMTP AUTH credentials: a JSON file of bcrypt hashes, and a twisted.cred checker over it.
+
+The file holds no plaintext password; a generated password is shown once, when created or
+reset.  The file is re-read when its modification time changes, so ``relaymail credentials``
+edits take effect without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import bcrypt
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+BCRYPT_ROUNDS = 12
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+")
+
+
+class CredentialsError(Exception):
+    """A credentials file problem or a bad request to change it."""
+
+
+@dataclass
+class Credential:
+    """One SMTP AUTH identity with its limits."""
+
+    name: str
+    password_hash: str
+    enabled: bool = True
+    allowed_sender_domains: list[str] = field(default_factory=list)
+    hourly_quota: int | None = None
+    daily_quota: int | None = None
+    created: float = 0.0
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Credential:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def public(self) -> dict[str, Any]:
+        """The credential without its hash, for listings and API answers."""
+        data = asdict(self)
+        data.pop("password_hash")
+        return data
+
+
+def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def check_name(name: str) -> str:
+    if not name or len(name) > 128 or not set(name) <= NAME_CHARS:
+        raise CredentialsError(f"invalid credential name {name!r}: use letters, digits, .-_@+")
+    return name
+
+
+class CredentialStore:
+    """The credentials file, loaded lazily and again whenever it changes on disk."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[float, int] | None = None
+        self._items: dict[str, Credential] = {}
+
+    def get(self, name: str) -> Credential | None:
+        self._refresh()
+        return self._items.get(name)
+
+    def all(self) -> list[Credential]:
+        self._refresh()
+        return sorted(self._items.values(), key=lambda c: c.name)
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._items, self._stamp = {}, None
+            return
+        stamp = (st.st_mtime, st.st_size)
+        if stamp != self._stamp:
+            self._items = self._read()
+            self._stamp = stamp
+
+    def _read(self) -> dict[str, Credential]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+            items = [Credential.from_dict(x) for x in data.get("credentials", [])]
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise CredentialsError(f"{self.path}: cannot read credentials: {e}") from None
+        return {c.name: c for c in items}
+
+    # -- changes (used by the command line and the console) --
+
+    def add(self, name: str, password: str | None = None, **limits: Any) -> str:
+        """Create a credential; returns its password (generated unless given)."""
+        check_name(name)
+        if self.get(name) is not None:
+            raise CredentialsError(f"credential {name!r} already exists")
+        password = password or generate_password()
+        items = dict(self._items)
+        items[name] = Credential(name=name, password_hash=hash_password(password),
+                                 created=time.time(), **limits)
+        self._write(items)
+        return password
+
+    def reset(self, name: str, password: str | None = None) -> str:
+        credential = self._require(name)
+        password = password or generate_password()
+        credential.password_hash = hash_password(password)
+        self._write(dict(self._items))
+        return password
+
+    def update(self, name: str, **changes: Any) -> Credential:
+        credential = self._require(name)
+        for key, value in changes.items():
+            if key in ("name", "password_hash") or not hasattr(credential, key):
+                raise CredentialsError(f"cannot change {key!r}")
+            setattr(credential, key, value)
+        self._write(dict(self._items))
+        return credential
+
+    def remove(self, name: str) -> None:
+        self._require(name)
+        items = dict(self._items)
+        del items[name]
+        self._write(items)
+
+    def _require(self, name: str) -> Credential:
+        credential = self.get(name)
+        if credential is None:
+            raise CredentialsError(f"no credential named {name!r}")
+        return credential
+
+    def _write(self, items: dict[str, Credential]) -> None:
+        data = {"credentials": [asdict(c) for c in sorted(items.values(), key=lambda c: c.name)]}
+        write_json_atomically(self.path, data)
+        self._items, self._stamp = items, None
+
+
+def write_json_atomically(path: str, data: Any, mode: int = 0o600) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+_DUMMY_HASH = bcrypt.hashpw(b"relaymail-dummy", bcrypt.gensalt(4))
+
+
+@implementer(ICredentialsChecker)
+class CredentialChecker:
+    """Checks IUsernamePassword against the store; bcrypt runs in ``run_in_thread``.
+
+    Successful checks are remembered for ``cache_seconds`` under a keyed digest of the
+    name, password and hash (so a changed hash invalidates them), because applications
+    often authenticate on every connection and bcrypt is deliberately slow.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, store: CredentialStore, run_in_thread: Callable[..., Deferred],
+                 clock: Callable[[], float] = time.monotonic, cache_seconds: float = 300,
+                 cache_size: int = 1024) -> None:
+        self.store = store
+        self.run_in_thread = run_in_thread
+        self.clock = clock
+        self.cache_seconds = cache_seconds
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        self._key = secrets.token_bytes(32)
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred:
+        name = credentials.username
+        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        password = credentials.password
+        password = password if isinstance(password, bytes) else password.encode()
+        try:
+            credential = self.store.get(name)
+        except CredentialsError as e:
+            return fail(e)
+        usable = credential is not None and credential.enabled
+        stored = credential.password_hash.encode() if usable else _DUMMY_HASH
+        digest = hmac.new(self._key, b"\0".join([name.encode(), password, stored]),
+                          hashlib.sha256).digest()
+        if usable and self._cached(digest):
+            return succeed(name)
+        d = self.run_in_thread(_bcrypt_matches, password, stored)
+        d.addCallback(self._verdict, name, usable, digest)
+        return d
+
+    def _verdict(self, matches: bool, name: str, usable: bool, digest: bytes) -> str:
+        if not (matches and usable):
+            raise UnauthorizedLogin("bad credentials")
+        self._cache[digest] = self.clock() + self.cache_seconds
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return name
+
+    def _cached(self, digest: bytes) -> bool:
+        expiry = self._cache.get(digest)
+        if expiry is None:
+            return False
+        if expiry < self.clock():
+            del self._cache[digest]
+            return False
+        return True
+
+
+def _bcrypt_matches(password: bytes, stored: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, stored)
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Outbound side: routing, transports, provider presets."""

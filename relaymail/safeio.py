@@ -1,0 +1,60 @@
+"""The few blocking file operations the spool needs, behind one class so tests can inject faults.
+
+Everything here blocks: call it from a thread, never from the reactor thread (except at startup).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class FileOps:
+    """Real filesystem operations with explicit durability (fsync of files and directories)."""
+
+    def create_exclusive(self, path: str) -> int:
+        """Open a new file for writing; fail if it exists (a queue ID collision)."""
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def open_append(self, path: str) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+
+    def write_all(self, fd: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def write_file_durably(self, path: str, data: bytes) -> None:
+        """Create ``path`` (must not exist) with ``data`` and fsync it."""
+        fd = self.create_exclusive(path)
+        try:
+            self.write_all(fd, data)
+            self.fsync(fd)
+        finally:
+            self.close(fd)

@@ -1,0 +1,1 @@
+"""Inbound side: the ESMTP listeners, their access rules and the per-transaction spool writer."""

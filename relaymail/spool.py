@@ -1,0 +1,319 @@
+"""The durable queue on disk.
+
+Layout under ``spool_dir``::
+
+    incoming/  bodies and envelopes being received or committed; wiped at startup
+    data/      message bodies (<id>.eml), CRLF line ends, exactly as they will be sent
+    queue/     envelopes (<id>.json) of messages ready or deferred
+    hold/      envelopes kept back by an operator
+    failed/    envelopes of messages that failed for good, kept for inspection and retry
+
+A message exists once its envelope is renamed into ``queue/``; that happens only after the
+body and envelope are fsync'd and the body's directory entry is durable.  Commits of
+concurrent sessions are grouped: one thread commits everything that queued up while the
+previous batch was being written, so directory fsyncs are shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from relaymail.envelope import Envelope
+from relaymail.logs import Logger
+from relaymail.safeio import FileOps
+
+log = Logger(namespace="relaymail.spool")
+
+STATES = ("queue", "hold", "failed")
+DIRS = ("incoming", "data", *STATES)
+SPILL_THRESHOLD = 256 * 1024
+_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # base 31, no vowels: IDs never spell words
+
+RunInThread = Callable[..., Deferred]
+
+
+class SpoolError(Exception):
+    """The spool could not store or change a message (disk full, read-only, I/O error)."""
+
+
+def encode_base(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, rest = divmod(number, len(_ALPHABET))
+        digits.append(_ALPHABET[rest])
+    return "".join(reversed(digits))
+
+
+def new_queue_id(now: float) -> str:
+    """Short, unique, roughly time-ordered: 11 chars of microseconds plus 4 random chars."""
+    return encode_base(int(now * 1_000_000), 11) + encode_base(secrets.randbits(20), 4)
+
+
+def run_synchronously(f: Callable[..., Any], *args: Any) -> Deferred:
+    """A ``run_in_thread`` for tests and tools: run ``f`` now and wrap its result."""
+    return maybeDeferred(f, *args)
+
+
+class MessageWriter:
+    """Collects the bytes of one message; large bodies spill to ``incoming/`` as they arrive."""
+
+    def __init__(self, spool: Spool, queue_id: str) -> None:
+        self.spool = spool
+        self.queue_id = queue_id
+        self.size = 0
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._spill_fd: int | None = None
+        self.closed = False
+
+    @property
+    def body_path(self) -> str:
+        return self.spool.path("incoming", self.queue_id + ".eml")
+
+    def write(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.size += len(data)
+        self._buffered += len(data)
+        if self._buffered >= SPILL_THRESHOLD:
+            self._spill()
+
+    def _spill(self) -> None:
+        """Move buffered bytes to the incoming file (page cache only; fsync comes at commit)."""
+        ops = self.spool.ops
+        if self._spill_fd is None:
+            self._spill_fd = ops.create_exclusive(self.body_path)
+        ops.write_all(self._spill_fd, b"".join(self._chunks))
+        self._chunks, self._buffered = [], 0
+
+    def finish_in_thread(self) -> None:
+        """Write what is still buffered and fsync the body (runs in the commit thread)."""
+        ops = self.spool.ops
+        fd = self._spill_fd if self._spill_fd is not None else ops.create_exclusive(
+            self.body_path)
+        self._spill_fd = None
+        try:
+            ops.write_all(fd, b"".join(self._chunks))
+            ops.fsync(fd)
+        finally:
+            ops.close(fd)
+        self._chunks = []
+
+    def discard(self) -> None:
+        """Forget the message: close and remove any spill file."""
+        self.closed = True
+        self._chunks = []
+        if self._spill_fd is not None:
+            fd, self._spill_fd = self._spill_fd, None
+            self.spool.ops.close(fd)
+            with contextlib.suppress(OSError):
+                self.spool.ops.unlink(self.body_path)
+
+
+@dataclass
+class _Pending:
+    writer: MessageWriter
+    envelope: Envelope
+    deferred: Deferred = field(default_factory=Deferred)
+
+
+class Spool:
+    """The spool directory; every blocking operation runs through ``run_in_thread``."""
+
+    def __init__(self, root: str, run_in_thread: RunInThread,
+                 clock: Callable[[], float] = time.time, ops: FileOps | None = None) -> None:
+        self.root = root
+        self.run_in_thread = run_in_thread
+        self.clock = clock
+        self.ops = ops or FileOps()
+        self._pending: list[_Pending] = []
+        self._committing = False
+        self.commit_listeners: list[Callable[[Envelope], None]] = []
+
+    def path(self, state: str, name: str = "") -> str:
+        return os.path.join(self.root, state, name) if name else os.path.join(self.root, state)
+
+    # ------------------------------------------------------------------ startup
+
+    def prepare(self) -> list[Envelope]:
+        """Create the directories, drop uncommitted leftovers, return the queued envelopes.
+
+        Runs once at startup, before any listener accepts mail.
+        """
+        for name in DIRS:
+            os.makedirs(self.path(name), mode=0o700, exist_ok=True)
+        for name in self.ops.listdir(self.path("incoming")):
+            self.ops.unlink(self.path("incoming", name))
+        committed = {n[:-5] for s in STATES for n in self.ops.listdir(self.path(s))
+                     if n.endswith(".json")}
+        for name in self.ops.listdir(self.path("data")):
+            if name[:-4] not in committed:
+                log.info("spool: removing uncommitted body {name}", name=name)
+                self.ops.unlink(self.path("data", name))
+        return list(self.load_state("queue"))
+
+    def load_state(self, state: str) -> Iterable[Envelope]:
+        for name in sorted(self.ops.listdir(self.path(state))):
+            if not name.endswith(".json"):
+                continue
+            try:
+                yield Envelope.from_json(self.ops.read(self.path(state, name)))
+            except (OSError, ValueError, TypeError) as e:
+                log.error("spool: unreadable envelope {name}: {error}", name=name, error=e)
+
+    # ------------------------------------------------------------------ receiving
+
+    def new_message(self) -> MessageWriter:
+        return MessageWriter(self, new_queue_id(self.clock()))
+
+    def commit(self, writer: MessageWriter, envelope: Envelope) -> Deferred:
+        """Make the message durable and visible in ``queue/``; fires with the queue ID.
+
+        Fails with SpoolError when anything could not be stored; then nothing is visible.
+        """
+        envelope.size = writer.size
+        item = _Pending(writer, envelope)
+        self._pending.append(item)
+        self._start_batch()
+        return item.deferred
+
+    def _start_batch(self) -> None:
+        if self._committing or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._committing = True
+        d = self.run_in_thread(self._commit_batch, batch)
+        d.addBoth(self._batch_done, batch)
+
+    def _batch_done(self, outcome: Any, batch: list[_Pending]) -> None:
+        self._committing = False
+        errors = outcome if isinstance(outcome, list) else [outcome] * len(batch)
+        for item, error in zip(batch, errors, strict=True):
+            if error is None:
+                item.deferred.callback(item.envelope.queue_id)
+                self._announce(item.envelope)
+            else:
+                item.writer.closed = True
+                item.deferred.errback(SpoolError(str(getattr(error, "value", error))))
+        self._start_batch()
+
+    def _announce(self, envelope: Envelope) -> None:
+        for listener in self.commit_listeners:
+            try:
+                listener(envelope)
+            except Exception:
+                log.failure("spool: commit listener failed")
+
+    def _commit_batch(self, batch: list[_Pending]) -> list[Exception | None]:
+        """Thread: fsync bodies and envelopes, then publish them with shared dir fsyncs."""
+        errors: list[Exception | None] = [None] * len(batch)
+        staged = []
+        for i, item in enumerate(batch):
+            try:
+                self._stage(item)
+                staged.append(item)
+            except OSError as e:
+                errors[i] = e
+                self._unstage(item)
+        try:
+            self._publish(staged)
+        except OSError as e:
+            for item in staged:
+                errors[batch.index(item)] = e
+                self._withdraw(item)
+        return errors
+
+    def _stage(self, item: _Pending) -> None:
+        item.writer.finish_in_thread()
+        qid = item.envelope.queue_id
+        self.ops.write_file_durably(self.path("incoming", qid + ".json"), item.envelope.to_json())
+
+    def _publish(self, staged: list[_Pending]) -> None:
+        if not staged:
+            return
+        for item in staged:
+            qid = item.envelope.queue_id
+            self.ops.rename(self.path("incoming", qid + ".eml"), self.path("data", qid + ".eml"))
+        self.ops.fsync_dir(self.path("data"))
+        for item in staged:
+            qid = item.envelope.queue_id
+            self.ops.rename(self.path("incoming", qid + ".json"),
+                            self.path("queue", qid + ".json"))
+        self.ops.fsync_dir(self.path("queue"))
+
+    def _unstage(self, item: _Pending) -> None:
+        qid = item.envelope.queue_id
+        for path in (self.path("incoming", qid + ".eml"), self.path("incoming", qid + ".json")):
+            self._remove_quietly(path)
+
+    def _withdraw(self, item: _Pending) -> None:
+        """Undo a publish whose durability could not be confirmed: the client got 452."""
+        qid = item.envelope.queue_id
+        self._unstage(item)
+        self._remove_quietly(self.path("queue", qid + ".json"))
+        self._remove_quietly(self.path("data", qid + ".eml"))
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            self.ops.unlink(path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.warn("spool: could not remove {path}: {error}", path=path, error=e)
+
+    # ------------------------------------------------------------------ reading and changing
+
+    def read_body(self, queue_id: str) -> Deferred:
+        return self.run_in_thread(self.ops.read, self.path("data", queue_id + ".eml"))
+
+    def find_state(self, queue_id: str) -> str | None:
+        for state in STATES:
+            if os.path.exists(self.path(state, queue_id + ".json")):
+                return state
+        return None
+
+    def save_envelope(self, envelope: Envelope, state: str = "queue") -> Deferred:
+        """Atomically replace the envelope in ``state`` (temp file, fsync, rename, dir fsync)."""
+        return self.run_in_thread(self._save_envelope, envelope, state)
+
+    def _save_envelope(self, envelope: Envelope, state: str) -> None:
+        qid = envelope.queue_id
+        tmp = self.path("incoming", f"{qid}.{secrets.token_hex(4)}.json")
+        try:
+            self.ops.write_file_durably(tmp, envelope.to_json())
+            self.ops.rename(tmp, self.path(state, qid + ".json"))
+        except OSError:
+            self._remove_quietly(tmp)
+            raise
+        self.ops.fsync_dir(self.path(state))
+
+    def move(self, queue_id: str, source: str, target: str) -> Deferred:
+        return self.run_in_thread(self._move, queue_id, source, target)
+
+    def _move(self, queue_id: str, source: str, target: str) -> None:
+        name = queue_id + ".json"
+        self.ops.rename(self.path(source, name), self.path(target, name))
+        self.ops.fsync_dir(self.path(target))
+        self.ops.fsync_dir(self.path(source))
+
+    def remove(self, queue_id: str, state: str) -> Deferred:
+        return self.run_in_thread(self._remove, queue_id, state)
+
+    def _remove(self, queue_id: str, state: str) -> None:
+        self.ops.unlink(self.path(state, queue_id + ".json"))
+        self.ops.fsync_dir(self.path(state))
+        self._remove_quietly(self.path("data", queue_id + ".eml"))
+
+    def count(self, state: str) -> int:
+        return sum(1 for n in os.listdir(self.path(state)) if n.endswith(".json"))
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize

@@ -1,0 +1,28 @@
+"""Packaging for relaymail: flat layout, plus our twistd plugin under twisted/plugins."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="relaymail",
+    version="0.1.0",
+    description="Store-and-forward SMTP relay (smart host) on Twisted",
+    python_requires=">=3.11",
+    packages=[*find_packages(include=["relaymail", "relaymail.*"]), "twisted.plugins"],
+    package_data={"relaymail": ["py.typed"]},
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "pyopenssl",
+        "service-identity",
+        "cryptography",
+        "dnspython>=2.6",
+        "dkimpy",
+        "klein",
+        "treq",
+        "bcrypt",
+        "idna",
+    ],
+    extras_require={
+        "test": ["pytest", "aiosmtpd", "trustme", "hypothesis", "ruff", "mypy"],
+    },
+    entry_points={"console_scripts": ["relaymail = relaymail.cli:main"]},
+)
