@@ -59,12 +59,18 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
     )
 
 
-def listener_service(ctx: ServerContext, listener: ListenerConfig, reactor: Any
-                     ) -> StreamServerEndpointService:
-    """One endpoint service; implicit TLS wraps the factory, PROXY wraps outside the TLS."""
+def listener_factory(ctx: ServerContext, listener: ListenerConfig) -> Any:
+    """The session factory of one listener; implicit TLS wraps it in a TLS factory."""
     factory: Any = RelaySMTPFactory(ctx, listener)
     if listener.tls == "implicit":
         factory = TLSMemoryBIOFactory(ctx.tls_options, False, factory)
+    return factory
+
+
+def listener_service(ctx: ServerContext, listener: ListenerConfig, reactor: Any
+                     ) -> StreamServerEndpointService:
+    """One endpoint service; PROXY protocol wraps outside the TLS (the header comes first)."""
+    factory = listener_factory(ctx, listener)
     endpoint = serverFromString(reactor, listener.endpoint)
     if listener.proxy_protocol:
         endpoint = proxyEndpoint(endpoint)

@@ -241,7 +241,7 @@ class RelayESMTP(ESMTP):
         self.setTimeout(self.timeout)
         while self._backlog and not self._blocked and not self.transport.disconnecting:
             self.dispatch(self._backlog.popleft())
-        if not self._blocked:
+        if not self._blocked and not self.transport.disconnecting:
             self.transport.resumeProducing()
 
     def lineLengthExceeded(self, line: bytes) -> None:

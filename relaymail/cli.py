@@ -1,0 +1,124 @@
+"""The ``relaymail`` command: config check and credential management.
+
+Queue commands talk to the running instance through its API and arrive with the web console.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+
+from relaymail.config import Config, ConfigError, check_runtime, load_config
+from relaymail.credentials import CredentialsError, CredentialStore, hash_password
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (ConfigError, CredentialsError) as e:
+        print(f"relaymail: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaymail", description="relaymail administration")
+    parser.add_argument("--config", "-c", default="etc/relay.json", help="config file path")
+    sub = parser.add_subparsers(title="commands")
+
+    check = sub.add_parser("check-config", help="validate the config file and exit")
+    check.set_defaults(run=cmd_check_config)
+
+    creds = sub.add_parser("credentials", help="manage SMTP AUTH credentials")
+    csub = creds.add_subparsers(title="credential commands")
+    add = csub.add_parser("add", help="create a credential; prints its password once")
+    add.add_argument("name")
+    add.add_argument("--sender-domain", action="append", default=[], dest="domains",
+                     help="allowed sender domain or address (repeatable)")
+    add.add_argument("--hourly-quota", type=int)
+    add.add_argument("--daily-quota", type=int)
+    add.add_argument("--description", default="")
+    add.set_defaults(run=cmd_credentials_add)
+    listing = csub.add_parser("list", help="list credentials (never their passwords)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=cmd_credentials_list)
+    reset = csub.add_parser("reset", help="generate a new password; prints it once")
+    reset.add_argument("name")
+    reset.set_defaults(run=cmd_credentials_reset)
+    remove = csub.add_parser("remove", help="delete a credential")
+    remove.add_argument("name")
+    remove.set_defaults(run=cmd_credentials_remove)
+
+    hashpw = sub.add_parser("hash-password", help="print a bcrypt hash of a password "
+                                                  "read from the terminal or stdin")
+    hashpw.set_defaults(run=cmd_hash_password)
+    return parser
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    check_runtime(config)
+    listeners = ", ".join(f"{x.name}={x.endpoint}" for x in config.smtp.listeners)
+    print(f"{args.config}: ok (listeners: {listeners}; spool: {config.spool_dir})")
+    return 0
+
+
+def store_for(args: argparse.Namespace) -> CredentialStore:
+    config: Config = load_config(args.config)
+    return CredentialStore(config.credentials_file)
+
+
+def cmd_credentials_add(args: argparse.Namespace) -> int:
+    password = store_for(args).add(
+        args.name, allowed_sender_domains=args.domains, hourly_quota=args.hourly_quota,
+        daily_quota=args.daily_quota, description=args.description)
+    print(f"created {args.name}; password (shown once): {password}")
+    return 0
+
+
+def cmd_credentials_list(args: argparse.Namespace) -> int:
+    items = [c.public() for c in store_for(args).all()]
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    print(f"{'NAME':<24} {'ENABLED':<8} {'HOURLY':>7} {'DAILY':>7}  SENDER DOMAINS")
+    for c in items:
+        print(f"{c['name']:<24} {'yes' if c['enabled'] else 'no':<8} "
+              f"{c['hourly_quota'] or '-':>7} {c['daily_quota'] or '-':>7}  "
+              f"{', '.join(c['allowed_sender_domains']) or '(any)'}")
+    return 0
+
+
+def cmd_credentials_reset(args: argparse.Namespace) -> int:
+    password = store_for(args).reset(args.name)
+    print(f"reset {args.name}; new password (shown once): {password}")
+    return 0
+
+
+def cmd_credentials_remove(args: argparse.Namespace) -> int:
+    store_for(args).remove(args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("relaymail: empty password", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

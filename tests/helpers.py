@@ -1,0 +1,99 @@
+"""Shared test helpers: config files, certificates, an in-process server, blocking clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from typing import Any
+
+import trustme
+from twisted.internet import reactor
+
+from relaymail.config import load_config
+from relaymail.service import build_context, listener_factory
+from relaymail.smtp.server import ServerContext
+
+_CA: trustme.CA | None = None
+
+
+def test_ca() -> trustme.CA:
+    """One trustme CA per test run; its leaf certificates name localhost and 127.0.0.1."""
+    global _CA
+    if _CA is None:
+        _CA = trustme.CA()
+    return _CA
+
+
+def write_tls_files(directory: str) -> tuple[str, str, str]:
+    """Write a leaf certificate chain, its key and the CA file; return their paths."""
+    leaf = test_ca().issue_cert("localhost", "127.0.0.1")
+    cert, key, ca = (os.path.join(directory, n) for n in ("cert.pem", "key.pem", "ca.pem"))
+    leaf.private_key_pem.write_to_path(key)
+    with open(cert, "wb") as f:
+        for blob in leaf.cert_chain_pems:
+            f.write(blob.bytes())
+    test_ca().cert_pem.write_to_path(ca)
+    return cert, key, ca
+
+
+def write_config(directory: str, data: dict[str, Any], name: str = "relay.json") -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def base_config(directory: str, tls: bool = True, **smtp: Any) -> dict[str, Any]:
+    """A config for tests: one listener on a free port, spool in ``directory``."""
+    data: dict[str, Any] = {
+        "hostname": "relay.test",
+        "spool_dir": os.path.join(directory, "spool"),
+        "credentials_file": os.path.join(directory, "credentials.json"),
+        "smtp": {"listeners": [{"name": "smtp", "endpoint": "tcp:0:interface=127.0.0.1"}],
+                 **smtp},
+        "web": {"enabled": False},
+    }
+    if tls:
+        cert, key, _ = write_tls_files(directory)
+        data["smtp"]["tls"] = {"certificate": cert, "private_key": key}
+    return data
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """An in-process relaymail SMTP listener on 127.0.0.1 (one per listener config)."""
+
+    def __init__(self, ctx: ServerContext, ports: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.ports = ports
+
+    def port(self, name: str = "smtp") -> int:
+        return self.ports[name].getHost().port
+
+    def stop(self) -> Any:
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults([p.stopListening() for p in self.ports.values()])
+
+
+async def start_server(data: dict[str, Any], directory: str | None = None,
+                       ops: Any = None) -> RunningServer:
+    """Build the production context from ``data`` and listen with production factories."""
+    directory = directory or tempfile.mkdtemp()
+    config = load_config(write_config(directory, data), environ={})
+    ctx = build_context(config, reactor)
+    if ops is not None:
+        ctx.spool.ops = ops
+    ctx.spool.prepare()
+    ports = {}
+    for listener in config.smtp.listeners:
+        factory = listener_factory(ctx, listener)
+        ports[listener.name] = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    return RunningServer(ctx, ports)

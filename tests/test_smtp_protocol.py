@@ -1,0 +1,471 @@
+"""The ESMTP session over StringTransport: protocol rules and the stock-Twisted regressions."""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from typing import Any
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.mail.smtp import ESMTP
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from relaymail.config import load_config
+from relaymail.smtp.server import RelayESMTP, ServerContext
+from relaymail.spool import Spool, run_synchronously
+from tests.helpers import base_config, write_config
+
+
+@implementer(ITLSTransport)
+class TLSCapableTransport(StringTransport):
+    """A StringTransport that records STARTTLS instead of doing it."""
+
+    tls_started_with: Any = None
+
+    def startTLS(self, contextFactory: Any) -> None:
+        self.tls_started_with = contextFactory
+
+
+class ManualRunner:
+    """A ``run_in_thread`` whose results the test releases, to hold replies outstanding."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], Deferred]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred:
+        d: Deferred = Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def release(self) -> None:
+        calls, self.calls = self.calls, []
+        for f, args, d in calls:
+            d.callback(f(*args))
+
+
+class FakeChecker:
+    """Accepts user/secret; anything else is refused. ``pending`` holds answers back."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred] | None = None
+
+    def requestAvatarId(self, creds: Any) -> Deferred:
+        ok = creds.username == "user" and creds.password in (b"secret", "secret")
+        result = succeed("user") if ok else fail(UnauthorizedLogin())
+        if self.pending is None:
+            return result
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        result.addBoth(lambda r: self.pending.append(r))  # keep result to fire later
+        return d
+
+
+def b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+class SessionTestCase(TestCase):
+    """Builds a session over a StringTransport with a real spool in a temp directory."""
+
+    peer = "127.0.0.1"
+    listener_overrides: dict[str, Any] = {}
+    smtp_overrides: dict[str, Any] = {}
+    tls_listener = "starttls"
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        data = base_config(self.dir, tls=True, **self.smtp_overrides)
+        data["smtp"]["listeners"][0].update({"tls": self.tls_listener,
+                                             **self.listener_overrides})
+        self.config = load_config(write_config(self.dir, data), environ={})
+        self.runner = ManualRunner()
+        self.clock = Clock()
+        self.spool = Spool(self.config.spool_dir, self.runner, clock=self.clock.seconds)
+        self.spool.prepare()
+        self.checker = FakeChecker()
+        self.ctx = ServerContext(hostname="relay.test", smtp=self.config.smtp, spool=self.spool,
+                                 clock=self.clock.seconds, checker=self.checker,
+                                 tls_options=object())
+        self.proto, self.transport = self.connect()
+
+    def connect(self, peer: str | None = None) -> tuple[RelayESMTP, StringTransport]:
+        proto = RelayESMTP(self.ctx, self.config.smtp.listeners[0])
+        proto.callLater = self.clock.callLater
+        transport = TLSCapableTransport(peerAddress=IPv4Address("TCP", peer or self.peer, 5000))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def send(self, data: bytes, proto: RelayESMTP | None = None) -> None:
+        (proto or self.proto).dataReceived(data)
+
+    def replies(self, transport: StringTransport | None = None) -> list[bytes]:
+        transport = transport or self.transport
+        lines = transport.value().split(b"\r\n")
+        transport.clear()
+        return [line for line in lines if line]
+
+    def codes(self) -> list[bytes]:
+        return [r[:3] for r in self.replies() if r[3:4] == b" "]
+
+    def queued_files(self) -> list[str]:
+        return sorted(os.listdir(self.spool.path("queue")))
+
+    def commit_all(self) -> None:
+        while self.runner.calls:
+            self.runner.release()
+
+
+class GreetingAndSimpleCommands(SessionTestCase):
+    def test_banner_uses_hostname(self) -> None:
+        self.assertEqual(self.replies(), [b"220 relay.test ESMTP relaymail"])
+
+    def test_ehlo_advertises_extensions(self) -> None:
+        self.replies()
+        self.send(b"EHLO client.example\r\n")
+        lines = self.replies()
+        self.assertEqual(lines[0], b"250-relay.test")
+        keywords = {line[4:] for line in lines[1:]}
+        self.assertEqual(keywords, {b"PIPELINING", b"SIZE %d" % self.config.smtp.max_message_size,
+                                    b"8BITMIME", b"ENHANCEDSTATUSCODES", b"STARTTLS"})
+
+    def test_every_reply_has_an_enhanced_code(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nNOOP\r\nVRFY bob\r\nHELP\r\nRSET\r\nEXPN x\r\nFOO\r\n"
+                  b"MAIL FROM:<a@b.example> FOO=1\r\nRCPT TO:<x@y.example>\r\nQUIT\r\n")
+        final = [r for r in self.replies() if r[3:4] == b" "][1:]
+        self.assertEqual([r[:10] for r in final], [
+            b"250 2.0.0 ", b"252 2.0.0 ", b"214 2.0.0 ", b"250 2.0.0 ", b"502 5.5.1 ",
+            b"500 5.5.2 ", b"555 5.5.4 ", b"503 5.5.1 ", b"221 2.0.0 "])
+
+    def test_stock_noop_was_500(self) -> None:
+        """Regression: stock twisted.mail answers NOOP (mandatory, RFC 5321 §4.5.1) with 500."""
+        self.assertIsNone(getattr(ESMTP, "do_NOOP", None))
+        self.replies()
+        self.send(b"NOOP\r\n")
+        self.assertEqual(self.replies(), [b"250 2.0.0 Ok"])
+
+    def test_mail_requires_helo(self) -> None:
+        self.replies()
+        self.send(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.replies(), [b"503 5.5.1 Error: send HELO/EHLO first"])
+
+    def test_helo_needs_argument(self) -> None:
+        self.replies()
+        self.send(b"EHLO\r\n")
+        self.assertEqual(self.codes(), [b"501"])
+
+
+class Transactions(SessionTestCase):
+    def transaction(self, recipients: int = 1, body: bytes = b"Subject: t\r\n\r\nhi\r\n") -> None:
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n")
+        for i in range(recipients):
+            self.send(b"RCPT TO:<r%d@x.example>\r\n" % i)
+        self.send(b"DATA\r\n" + body + b".\r\n")
+
+    def test_many_recipients_one_spool_write_one_received_header(self) -> None:
+        self.replies()
+        self.transaction(recipients=5)
+        self.commit_all()
+        files = self.queued_files()
+        self.assertEqual(len(files), 1)
+        body = open(self.spool.path("data", files[0][:-5] + ".eml"), "rb").read()
+        self.assertEqual(body.count(b"Received:"), 1)
+        self.assertNotIn(b"\tfor <", body)
+        self.assertTrue(self.replies()[-1].startswith(b"250 2.0.0 Ok: queued as "))
+
+    def test_crlf_storage_and_dot_unstuffing(self) -> None:
+        self.replies()
+        self.transaction(body=b"Subject: t\r\n\r\n..leading dot\r\nbare\nlf and bare\rcr\r\n")
+        self.commit_all()
+        qid = self.queued_files()[0][:-5]
+        body = open(self.spool.path("data", qid + ".eml"), "rb").read()
+        self.assertTrue(body.endswith(b"\r\n.leading dot\r\nbare\r\nlf and bare\r\ncr\r\n"))
+
+    def test_bare_line_ending_smuggling_is_not_end_of_data(self) -> None:
+        """``\\n.\\n`` must not end DATA; the text behind it stays message content."""
+        self.replies()
+        self.transaction(body=b"Subject: t\r\n\r\nx\n.\nMAIL FROM:<evil@x.example>\r\n")
+        self.commit_all()
+        self.assertEqual(len(self.queued_files()), 1)
+        self.assertEqual(self.codes()[-1], b"250")
+
+    def test_reply_250_only_after_commit(self) -> None:
+        self.replies()
+        self.transaction()
+        self.assertFalse(any(r.startswith(b"250 2.0.0 Ok: queued") for r in self.replies()))
+        self.assertEqual(self.queued_files(), [])
+        self.commit_all()
+        self.assertEqual(len(self.queued_files()), 1)
+        self.assertTrue(self.replies()[-1].startswith(b"250 2.0.0 Ok: queued as "))
+
+    def test_storage_failure_gives_452_and_nothing_visible(self) -> None:
+        def broken(*args: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        self.spool.ops.fsync = broken  # type: ignore[method-assign]
+        self.replies()
+        self.transaction()
+        self.commit_all()
+        self.assertEqual(self.replies()[-1], b"452 4.3.1 Insufficient system storage; "
+                                             b"try again later")
+        self.assertEqual(self.queued_files(), [])
+        self.assertEqual(os.listdir(self.spool.path("data")), [])
+        self.assertEqual(os.listdir(self.spool.path("incoming")), [])
+
+    def test_data_without_recipients(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nDATA\r\n")
+        self.assertEqual(self.codes()[-1], b"554")
+
+    def test_null_sender_accepted(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(self.codes()[-1], b"250")
+
+
+class Pipelining(SessionTestCase):
+    """Regression: stock twisted.mail runs pipelined lines while a reply is outstanding."""
+
+    def test_pipelined_transactions_in_one_write(self) -> None:
+        self.replies()
+        one = b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nSubject: %d\r\n\r\n" \
+              b"MAIL FROM:<inside@body.example>\r\n.\r\n"
+        self.send(b"EHLO c\r\n" + one % 1 + one % 2 + b"QUIT\r\n")
+        # First commit is outstanding: the second transaction and QUIT must wait.
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.commit_all()
+        codes = self.codes()
+        self.assertEqual(codes, [b"250", b"250", b"250", b"354", b"250",
+                                 b"250", b"250", b"354", b"250", b"221"])
+        self.assertEqual(len(self.queued_files()), 2)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_quit_after_dot_waits_for_the_250(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+                  b"hi\r\n.\r\nQUIT\r\n")
+        self.assertFalse(self.transport.disconnecting)
+        self.commit_all()
+        self.assertEqual(self.codes()[-2:], [b"250", b"221"])
+
+
+class StartTLS(SessionTestCase):
+    def test_injection_after_starttls_is_discarded(self) -> None:
+        """Regression (CVE-2011-0411 class): commands behind STARTTLS must not run in TLS."""
+        self.replies()
+        self.send(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected@x.example>\r\n")
+        self.assertIsNotNone(self.transport.tls_started_with)
+        self.assertEqual(self.codes(), [b"250", b"220"])
+        self.assertIsNone(self.proto.txn)
+        self.send(b"MAIL FROM:<a@b.example>\r\n")  # first line inside TLS: EHLO needed again
+        self.assertEqual(self.codes(), [b"503"])
+
+    def test_session_state_reset_after_starttls(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nSTARTTLS\r\n")
+        self.replies()
+        self.send(b"EHLO again\r\n")
+        keywords = [line[4:] for line in self.replies()[1:]]
+        self.assertNotIn(b"STARTTLS", keywords)
+        self.assertIn(b"AUTH PLAIN LOGIN", keywords)
+
+    def test_starttls_twice(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nSTARTTLS\r\n")
+        self.send(b"EHLO c\r\nSTARTTLS\r\n")
+        self.assertEqual(self.codes()[-1], b"554")
+
+
+class ImplicitTLS(SessionTestCase):
+    tls_listener = "implicit"
+
+    def test_no_starttls_on_implicit_tls(self) -> None:
+        """Regression: stock ESMTP offers STARTTLS on port 465 and the client then hangs."""
+        self.replies()
+        self.send(b"EHLO c\r\n")
+        keywords = [line[4:] for line in self.replies()[1:]]
+        self.assertNotIn(b"STARTTLS", keywords)
+        self.assertIn(b"AUTH PLAIN LOGIN", keywords)
+
+
+class Auth(SessionTestCase):
+    def tls_session(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nSTARTTLS\r\n")
+        self.send(b"EHLO c\r\n")
+        self.replies()
+
+    def test_auth_not_offered_or_accepted_before_tls(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\n")
+        self.assertNotIn(b"250-AUTH PLAIN LOGIN", self.replies())
+        self.send(b"AUTH PLAIN " + b64("\0user\0secret") + b"\r\n")
+        self.assertEqual(self.codes(), [b"538"])
+        self.assertIsNone(self.proto.credential)
+
+    def test_auth_without_mechanism(self) -> None:
+        """Regression: stock ESMTP raises IndexError and drops the connection."""
+        self.tls_session()
+        self.send(b"AUTH\r\n")
+        self.assertEqual(self.codes(), [b"501"])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_malformed_plain_response(self) -> None:
+        """Regression: a PLAIN response without NULs dropped the connection."""
+        self.tls_session()
+        self.send(b"AUTH PLAIN " + b64("no-nuls-here") + b"\r\n")
+        self.assertEqual(self.codes(), [b"501"])
+        self.send(b"AUTH PLAIN !!!notbase64\r\n")
+        self.assertEqual(self.codes(), [b"501"])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_plain_good_and_bad(self) -> None:
+        self.tls_session()
+        self.send(b"AUTH PLAIN " + b64("\0user\0wrong") + b"\r\n")
+        self.assertEqual(self.codes(), [b"535"])
+        self.send(b"AUTH PLAIN " + b64("\0user\0secret") + b"\r\n")
+        self.assertEqual(self.replies(), [b"235 2.7.0 Authentication successful"])
+        self.assertEqual(self.proto.credential, "user")
+        self.send(b"AUTH PLAIN " + b64("\0user\0secret") + b"\r\n")
+        self.assertEqual(self.codes(), [b"503"])
+
+    def test_login_with_challenges_and_abort(self) -> None:
+        self.tls_session()
+        self.send(b"AUTH LOGIN\r\n")
+        self.assertEqual(self.replies(), [b"334 " + b64("Username:")])
+        self.send(b"*\r\n")
+        self.assertEqual(self.codes(), [b"501"])
+        self.send(b"AUTH LOGIN " + b64("user") + b"\r\n")
+        self.assertEqual(self.replies(), [b"334 " + b64("Password:")])
+        self.send(b64("secret") + b"\r\n")
+        self.assertEqual(self.codes(), [b"235"])
+
+    def test_auth_before_starttls_does_not_survive_it(self) -> None:
+        self.listener_overrides = {}
+        self.proto.listener = self.proto.listener.__class__(
+            name="smtp", endpoint="tcp:0", tls="starttls", auth="plaintext-loopback")
+        self.replies()
+        self.send(b"EHLO c\r\nAUTH PLAIN " + b64("\0user\0secret") + b"\r\n")
+        self.assertEqual(self.codes(), [b"250", b"235"])
+        self.send(b"STARTTLS\r\n")
+        self.assertIsNone(self.proto.credential)
+
+    def test_pipelined_auth_and_mail_wait_for_the_check(self) -> None:
+        self.checker.pending = []
+        self.tls_session()
+        self.send(b"AUTH PLAIN " + b64("\0user\0secret") + b"\r\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.replies(), [])
+        d, result = self.checker.pending
+        d.callback(result)
+        self.assertEqual(self.codes(), [b"235", b"250"])
+
+
+class Untrusted(SessionTestCase):
+    peer = "203.0.113.9"
+
+    def test_open_relay_forms_all_refused(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.codes()[-1], b"250")
+        forms = [b"<u@ext.example>", b"<u%ext.example@relay.test>", b"<@relay.test:u@ext.example>",
+                 b"<ext.example!u@relay.test>", b'<"u@ext.example"@relay.test>', b"<u@[192.0.2.1]>",
+                 b"<u@ext.example.>", b"<U@EXT.Example>", b"<postmaster@relay.test>"]
+        for form in forms:
+            self.send(b"RCPT TO:" + form + b"\r\n")
+            reply = self.replies()[-1]
+            self.assertTrue(reply.startswith(b"530 5.7.0") or reply.startswith(b"501 "), form)
+        self.send(b"DATA\r\n")
+        self.assertEqual(self.codes()[-1], b"554")
+
+    def test_authenticated_untrusted_may_relay(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nSTARTTLS\r\n")
+        self.send(b"EHLO c\r\nAUTH PLAIN " + b64("\0user\0secret") + b"\r\n"
+                  b"MAIL FROM:<a@b.example>\r\nRCPT TO:<u@ext.example>\r\n")
+        self.assertEqual(self.codes()[-3:], [b"235", b"250", b"250"])
+
+
+class Blocked(SessionTestCase):
+    peer = "198.51.100.7"
+    smtp_overrides = {"blocked_networks": ["198.51.100.0/24"]}
+
+    def test_blocked_network_refused_at_connect(self) -> None:
+        self.assertEqual(self.codes(), [b"554"])
+        self.assertTrue(self.transport.disconnecting)
+
+
+class SubmissionListener(SessionTestCase):
+    listener_overrides = {"auth": "required"}
+
+    def test_trusted_client_still_needs_auth(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.replies()[-1], b"530 5.7.0 Must issue a STARTTLS command first")
+
+
+class Limits(SessionTestCase):
+    smtp_overrides = {"max_recipients": 2, "max_message_size": 2000, "max_errors": 3,
+                      "max_connections_per_ip": 2, "idle_timeout": 30, "max_line_length": 1000}
+
+    def test_max_recipients(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n" + b"RCPT TO:<x@y.example>\r\n" * 3)
+        self.assertEqual(self.replies()[-1], b"452 4.5.3 Error: too many recipients")
+
+    def test_declared_size_over_limit(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example> SIZE=2001\r\n")
+        self.assertEqual(self.codes()[-1], b"552")
+
+    def test_counted_size_over_limit_at_end_of_data(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example> SIZE=10\r\nRCPT TO:<x@y.example>\r\nDATA\r\n")
+        self.send((b"x" * 500 + b"\r\n") * 5 + b".\r\n")
+        self.assertEqual(self.replies()[-1][:9], b"552 5.3.4")
+        self.assertEqual(self.queued_files(), [])
+        self.assertEqual(self.runner.calls, [])
+
+    def test_unknown_parameters(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example> SMTPUTF8\r\n"
+                  b"MAIL FROM:<a@b.example> BODY=8BITMIME\r\nRCPT TO:<x@y.example> NOTIFY=NEVER\r\n")
+        self.assertEqual(self.codes()[1:], [b"555", b"250", b"555"])
+
+    def test_too_many_errors_closes(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nBAD\r\nBAD\r\nBAD\r\nNOOP\r\n")
+        lines = self.replies()
+        self.assertEqual(lines[-1], b"421 4.7.0 Error: too many errors")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_long_line_replies_then_closes(self) -> None:
+        """Regression: stock answers 500 and keeps going, accepting commands after it."""
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n")
+        self.send(b"x" * 1500 + b"\r\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.replies()[-1], b"500 5.5.2 Error: line too long")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_idle_timeout(self) -> None:
+        self.replies()
+        self.clock.advance(31)
+        self.assertEqual(self.replies(), [b"421 4.4.2 Error: timeout exceeded"])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_per_ip_connection_limit(self) -> None:
+        self.connect()  # second from the same IP (setUp made the first)
+        proto, transport = self.connect()
+        self.assertEqual(transport.value()[:9], b"421 4.7.0")
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.proto.connectionLost()
+        _, again = self.connect()
+        self.assertEqual(again.value()[:3], b"220")
