@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from relaymail.config import load_config
 from relaymail.smtp.server import RelayESMTP, ServerContext
-from relaymail.spool import Spool, run_synchronously
+from relaymail.spool import Spool
 from tests.helpers import base_config, write_config
 
 

@@ -1,0 +1,160 @@
+"""Config loading: defaults, env overrides, relative paths, and a table of broken configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import pytest
+
+from relaymail.config import ConfigError, check_runtime, load_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAMPLE = os.path.join(HERE, "..", "etc", "relay.json")
+
+
+def write(directory: str, data: Any, raw: str | None = None) -> str:
+    path = os.path.join(directory, "relay.json")
+    with open(path, "w") as f:
+        f.write(raw if raw is not None else json.dumps(data))
+    return path
+
+
+def test_sample_config_loads() -> None:
+    config = load_config(SAMPLE, environ={})
+    assert config.smtp.listeners[0].endpoint == "tcp:2525:interface=127.0.0.1"
+    assert config.spool_dir == os.path.normpath(os.path.join(HERE, "..", "var", "spool"))
+    assert config.routes[0].transport == "outbox"
+
+
+def test_defaults_for_an_empty_file(tmp_path: Any) -> None:
+    config = load_config(write(str(tmp_path), {}), environ={})
+    assert config.smtp.max_recipients == 100
+    assert config.smtp.trusted_networks[0].with_prefixlen == "127.0.0.0/8"
+    assert config.spool_dir == os.path.join(str(tmp_path), "var", "spool")
+
+
+def test_environment_overrides(tmp_path: Any) -> None:
+    env = {"RELAYMAIL_SMTP_MAX_RECIPIENTS": "7", "RELAYMAIL_HOSTNAME": "mx.example.com",
+           "RELAYMAIL_SMTP_TRUSTED_NETWORKS": '["10.0.0.0/8"]', "RELAYMAIL_LOG_LEVEL": "debug"}
+    config = load_config(write(str(tmp_path), {}), environ=env)
+    assert config.smtp.max_recipients == 7
+    assert config.hostname == "mx.example.com"
+    assert [n.with_prefixlen for n in config.smtp.trusted_networks] == ["10.0.0.0/8"]
+    assert config.log.level == "debug"
+
+
+def test_bad_environment_override(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(str(tmp_path), {}), environ={"RELAYMAIL_SMTP_MAX_RECIPIENTS": "ten"})
+    assert "smtp.max_recipients" in str(e.value) and '"ten"' in str(e.value)
+    with pytest.raises(ConfigError, match="RELAYMAIL_NOPE"):
+        load_config(write(str(tmp_path), {}), environ={"RELAYMAIL_NOPE": "1"})
+
+
+def test_preset_fills_upstream(tmp_path: Any) -> None:
+    data = {"transports": {"up": {"type": "smarthost", "upstreams": [
+        {"preset": "tencent-ses", "username": "u", "password": "p"}]}},
+        "routes": [{"domains": ["*"], "transport": "up"}]}
+    upstream = load_config(write(str(tmp_path), data), environ={}).transports["up"].upstreams[0]
+    assert (upstream.host, upstream.port, upstream.tls) == ("smtp.qcloudmail.com", 465, "implicit")
+
+
+# (config, expected key path, expected words in the message)
+BAD_CONFIGS: list[tuple[Any, str, str]] = [
+    ({"smtp": {"max_recipients": "ten"}}, "smtp.max_recipients", '"ten"'),
+    ({"smtp": {"max_recipients": 0}}, "smtp.max_recipients", "integer >= 1"),
+    ({"smtp": {"max_message_size": True}}, "smtp.max_message_size", "true"),
+    ({"smpt": {}}, "smpt", "unknown key"),
+    ({"smtp": {"max_recipents": 5}}, "smtp.max_recipents", "unknown key"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp:abc"}]}}, "smtp.listeners[0].endpoint", "tcp:abc"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp:70000"}]}}, "smtp.listeners[0].endpoint", "70000"),
+    ({"smtp": {"listeners": [{"endpoint": "carrier-pigeon:1"}]}}, "smtp.listeners[0].endpoint",
+     "carrier-pigeon"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp:25:colour=blue"}]}},
+     "smtp.listeners[0].endpoint", "colour"),
+    ({"smtp": {"listeners": [{"name": "a"}]}}, "smtp.listeners[0].endpoint", "missing"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp:25", "tls": "maybe"}]}},
+     "smtp.listeners[0].tls", "maybe"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp:25", "tls": "implicit"}]}},
+     "smtp.listeners[0].tls", "certificate"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp:25", "auth": "sometimes"}]}},
+     "smtp.listeners[0].auth", "sometimes"),
+    ({"smtp": {"listeners": []}}, "smtp.listeners", "at least one"),
+    ({"smtp": {"listeners": [{"name": "a", "endpoint": "tcp:25"},
+                             {"name": "a", "endpoint": "tcp:26"}]}},
+     "smtp.listeners[1].name", "duplicate"),
+    ({"smtp": {"trusted_networks": ["10.0.0.0/33"]}}, "smtp.trusted_networks[0]", "10.0.0.0/33"),
+    ({"smtp": {"trusted_networks": "127.0.0.1"}}, "smtp.trusted_networks", "list"),
+    ({"smtp": {"tls": {"certificate": "a.pem"}}}, "smtp.tls", "together"),
+    ({"hostname": "bad host!"}, "hostname", "bad host!"),
+    ({"routes": [{"domains": ["*"], "transport": "nowhere"}]}, "routes[0].transport", "nowhere"),
+    ({"routes": [{"domains": ["bad domain"], "transport": "outbox"}]}, "routes[0].domains[0]",
+     "bad domain"),
+    ({"transports": {"x": {"type": "pigeon"}}}, "transports.x.type", "pigeon"),
+    ({"transports": {"x": {"type": "smarthost"}}}, "transports.x.upstreams", "at least one"),
+    ({"transports": {"x": {"type": "smarthost", "upstreams": [{"preset": "nope"}]}}},
+     "transports.x.upstreams[0].preset", "nope"),
+    ({"transports": {"x": {"type": "smarthost", "upstreams": [{"host": "h", "tls": "ssl3"}]}}},
+     "transports.x.upstreams[0].tls", "ssl3"),
+    ({"delivery": {"retry_schedule": [60, -1]}}, "delivery.retry_schedule[1]", "-1"),
+    ({"log": {"level": "loud"}}, "log.level", "loud"),
+    ({"dkim": [{"domain": "example.com"}]}, "dkim[0].selector", "non-empty string"),
+    ([1, 2], "", "JSON object"),
+]
+
+
+@pytest.mark.parametrize(("data", "key", "words"), BAD_CONFIGS)
+def test_bad_config_table(tmp_path: Any, data: Any, key: str, words: str) -> None:
+    path = write(str(tmp_path), data)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={})
+    message = str(e.value)
+    assert message.startswith(path + ": ")
+    assert e.value.key == key
+    assert words in message
+
+
+def test_invalid_json_names_line(tmp_path: Any) -> None:
+    path = write(str(tmp_path), None, raw='{"smtp": {\n  "max_recipients": 5,\n}\n}')
+    with pytest.raises(ConfigError, match=r"invalid JSON at line 3"):
+        load_config(path, environ={})
+
+
+def test_missing_file() -> None:
+    path = os.path.join(tempfile.mkdtemp(), "nope.json")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(path, environ={})
+
+
+def test_unreadable_certificate(tmp_path: Any) -> None:
+    data = {"smtp": {"tls": {"certificate": "missing.pem", "private_key": "missing.key"}}}
+    config = load_config(write(str(tmp_path), data), environ={})
+    with pytest.raises(ConfigError) as e:
+        check_runtime(config)
+    assert e.value.key == "smtp.tls.certificate"
+    assert str(tmp_path / "missing.pem") in str(e.value)
+
+
+@pytest.mark.parametrize(("endpoints", "key"), [
+    (["tcp:2525", "tcp:2525:interface=127.0.0.1"], "smtp.listeners[1].endpoint"),
+    (["tcp:2525:interface=127.0.0.1", "tcp:2525:interface=127.0.0.1"],
+     "smtp.listeners[1].endpoint"),
+    (["tcp:8025:interface=127.0.0.1"], "web.endpoint"),
+])
+def test_overlapping_ports(tmp_path: Any, endpoints: list[str], key: str) -> None:
+    listeners = [{"name": f"l{i}", "endpoint": e, "tls": "none"} for i, e in enumerate(endpoints)]
+    data = {"smtp": {"listeners": listeners}, "web": {"endpoint": "tcp:8025:interface=127.0.0.1"}}
+    config = load_config(write(str(tmp_path), data), environ={})
+    with pytest.raises(ConfigError) as e:
+        check_runtime(config)
+    assert e.value.key == key and "already used" in str(e.value)
+
+
+def test_different_interfaces_same_port_ok(tmp_path: Any) -> None:
+    listeners = [{"name": "a", "endpoint": "tcp:2525:interface=127.0.0.1"},
+                 {"name": "b", "endpoint": "tcp:2525:interface=127.0.0.2"}]
+    config = load_config(write(str(tmp_path), {"smtp": {"listeners": listeners}}), environ={})
+    check_runtime(config)
