@@ -117,6 +117,10 @@ class SessionTestCase(TestCase):
     def queued_files(self) -> list[str]:
         return sorted(os.listdir(self.spool.path("queue")))
 
+    def stored(self, qid: str) -> bytes:
+        with open(self.spool.path("data", qid + ".eml"), "rb") as f:
+            return f.read()
+
     def commit_all(self) -> None:
         while self.runner.calls:
             self.runner.release()
@@ -175,7 +179,7 @@ class Transactions(SessionTestCase):
         self.commit_all()
         files = self.queued_files()
         self.assertEqual(len(files), 1)
-        body = open(self.spool.path("data", files[0][:-5] + ".eml"), "rb").read()
+        body = self.stored(files[0][:-5])
         self.assertEqual(body.count(b"Received:"), 1)
         self.assertNotIn(b"\tfor <", body)
         self.assertTrue(self.replies()[-1].startswith(b"250 2.0.0 Ok: queued as "))
@@ -185,7 +189,7 @@ class Transactions(SessionTestCase):
         self.transaction(body=b"Subject: t\r\n\r\n..leading dot\r\nbare\nlf and bare\rcr\r\n")
         self.commit_all()
         qid = self.queued_files()[0][:-5]
-        body = open(self.spool.path("data", qid + ".eml"), "rb").read()
+        body = self.stored(qid)
         self.assertTrue(body.endswith(b"\r\n.leading dot\r\nbare\r\nlf and bare\r\ncr\r\n"))
 
     def test_bare_line_ending_smuggling_is_not_end_of_data(self) -> None:
@@ -436,7 +440,8 @@ class Limits(SessionTestCase):
     def test_unknown_parameters(self) -> None:
         self.replies()
         self.send(b"EHLO c\r\nMAIL FROM:<a@b.example> SMTPUTF8\r\n"
-                  b"MAIL FROM:<a@b.example> BODY=8BITMIME\r\nRCPT TO:<x@y.example> NOTIFY=NEVER\r\n")
+                  b"MAIL FROM:<a@b.example> BODY=8BITMIME\r\n"
+                  b"RCPT TO:<x@y.example> NOTIFY=NEVER\r\n")
         self.assertEqual(self.codes()[1:], [b"555", b"250", b"555"])
 
     def test_too_many_errors_closes(self) -> None:
