@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -35,6 +37,24 @@ class SpoolService(Service):
         log.info("spool {path}: {count} queued message(s) recovered", path=self.spool.root,
                  count=len(self.recovered))
         super().startService()
+
+
+class ListenerService(StreamServerEndpointService):
+    """An endpoint service whose bind failure stops startup with one line naming the key."""
+
+    def __init__(self, endpoint: Any, factory: Any, config_path: str, key: str,
+                 description: str) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.config_path, self.key, self.description = config_path, key, description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            sys.stderr.write(f"relaymail: cannot listen: {self.config_path}: {self.key}: "
+                             f"{e.socketError} (got \"{self.description}\")\n")
+            raise SystemExit(1) from None
 
 
 def thread_runner(reactor: Any) -> Any:
@@ -67,15 +87,14 @@ def listener_factory(ctx: ServerContext, listener: ListenerConfig) -> Any:
     return factory
 
 
-def listener_service(ctx: ServerContext, listener: ListenerConfig, reactor: Any
-                     ) -> StreamServerEndpointService:
+def listener_service(ctx: ServerContext, listener: ListenerConfig, key: str, config_path: str,
+                     reactor: Any) -> ListenerService:
     """One endpoint service; PROXY protocol wraps outside the TLS (the header comes first)."""
     factory = listener_factory(ctx, listener)
     endpoint = serverFromString(reactor, listener.endpoint)
     if listener.proxy_protocol:
         endpoint = proxyEndpoint(endpoint)
-    service = StreamServerEndpointService(endpoint, factory)
-    service._raiseSynchronously = True  # a port that cannot be bound stops startup
+    service = ListenerService(endpoint, factory, config_path, key, listener.endpoint)
     service.setName(f"smtp:{listener.name}")
     return service
 
@@ -88,7 +107,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     spool_service = SpoolService(ctx.spool)
     spool_service.setName("spool")
     spool_service.setServiceParent(top)
-    for listener in config.smtp.listeners:
-        listener_service(ctx, listener, reactor).setServiceParent(top)
+    for i, listener in enumerate(config.smtp.listeners):
+        key = f"smtp.listeners[{i}].endpoint"
+        listener_service(ctx, listener, key, config.path, reactor).setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     return top

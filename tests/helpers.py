@@ -18,7 +18,7 @@ from relaymail.smtp.server import ServerContext
 _CA: trustme.CA | None = None
 
 
-def test_ca() -> trustme.CA:
+def shared_ca() -> trustme.CA:
     """One trustme CA per test run; its leaf certificates name localhost and 127.0.0.1."""
     global _CA
     if _CA is None:
@@ -28,13 +28,13 @@ def test_ca() -> trustme.CA:
 
 def write_tls_files(directory: str) -> tuple[str, str, str]:
     """Write a leaf certificate chain, its key and the CA file; return their paths."""
-    leaf = test_ca().issue_cert("localhost", "127.0.0.1")
+    leaf = shared_ca().issue_cert("localhost", "127.0.0.1")
     cert, key, ca = (os.path.join(directory, n) for n in ("cert.pem", "key.pem", "ca.pem"))
     leaf.private_key_pem.write_to_path(key)
     with open(cert, "wb") as f:
         for blob in leaf.cert_chain_pems:
             f.write(blob.bytes())
-    test_ca().cert_pem.write_to_path(ca)
+    shared_ca().cert_pem.write_to_path(ca)
     return cert, key, ca
 
 
@@ -77,10 +77,16 @@ class RunningServer:
     def port(self, name: str = "smtp") -> int:
         return self.ports[name].getHost().port
 
-    def stop(self) -> Any:
+    async def stop(self) -> None:
+        """Stop listening, then wait (bounded) until every session has closed."""
         from twisted.internet.defer import gatherResults
+        from twisted.internet.task import deferLater
 
-        return gatherResults([p.stopListening() for p in self.ports.values()])
+        await gatherResults([p.stopListening() for p in self.ports.values()])
+        for _ in range(200):
+            if self.ctx.connections.total == 0:
+                return
+            await deferLater(reactor, 0.02, lambda: None)
 
 
 async def start_server(data: dict[str, Any], directory: str | None = None,

@@ -1,0 +1,223 @@
+"""``twistd -n relaymail`` as a real process: startup errors, and the SIGKILL crash test."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.helpers import free_port
+
+BIN = os.path.dirname(sys.executable)
+TWISTD = os.path.join(BIN, "twistd")
+RELAYMAIL = os.path.join(BIN, "relaymail")
+
+
+def twistd(config: str, **kw: Any) -> subprocess.Popen:
+    return subprocess.Popen([TWISTD, "-n", "--pidfile=", "relaymail", "--config", config],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=os.path.dirname(config), **kw)
+
+
+def write_config(directory: str, port: int, **smtp: Any) -> str:
+    path = os.path.join(directory, "relay.json")
+    data = {"hostname": "relay.test", "spool_dir": "spool", "web": {"enabled": False},
+            "smtp": {"listeners": [{"name": "smtp", "endpoint": f"tcp:{port}:interface=127.0.0.1",
+                                    "tls": "none"}], **smtp}}
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def wait_for_banner(port: int, proc: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"twistd exited: {proc.communicate()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(100).startswith(b"220 "):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("relaymail did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"smtp": {"max_recipients": "ten"}}, 'smtp.max_recipients: expected an integer >= 1 '
+                                          '(got "ten")'),
+    ({"smtp": {"tls": {"certificate": "nope.pem", "private_key": "nope.key"}}},
+     "smtp.tls.certificate: file is missing or unreadable"),
+    ({"unknown_section": 1}, "unknown_section: unknown key"),
+])
+def test_bad_config_stops_twistd_without_traceback(tmp_path: Any, data: Any, words: str) -> None:
+    config = tmp_path / "relay.json"
+    config.write_text(json.dumps(data))
+    proc = twistd(str(config))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    text = (out + err).decode()
+    assert f"{config}: {words}" in text
+    assert "Traceback" not in text
+    check = subprocess.run([RELAYMAIL, "--config", str(config), "check-config"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2
+    assert f"{config}: {words}" in check.stderr
+
+
+def test_busy_port_stops_twistd_with_one_line(tmp_path: Any) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = write_config(str(tmp_path), busy.getsockname()[1])
+        proc = twistd(config)
+        out, err = proc.communicate(timeout=60)
+    text = (out + err).decode()
+    assert proc.returncode != 0
+    assert "smtp.listeners[0].endpoint: [Errno 98] Address already in use" in text
+    assert "Traceback" not in text
+
+
+def test_credentials_cli_round_trip(tmp_path: Any) -> None:
+    config = write_config(str(tmp_path), free_port())
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([RELAYMAIL, "--config", config, *args], capture_output=True,
+                              text=True, timeout=60)
+
+    added = cli("credentials", "add", "app1", "--sender-domain", "example.com")
+    assert added.returncode == 0, added.stderr
+    password = added.stdout.rsplit(" ", 1)[1].strip()
+    stored = (tmp_path / "credentials.json").read_text()
+    assert password not in stored and "$2b$" in stored
+    assert oct((tmp_path / "credentials.json").stat().st_mode & 0o777) == "0o600"
+    listing = cli("credentials", "list", "--json")
+    assert json.loads(listing.stdout)[0]["allowed_sender_domains"] == ["example.com"]
+    assert "password" not in listing.stdout
+    assert cli("credentials", "add", "app1").returncode == 2
+    reset = cli("credentials", "reset", "app1")
+    assert reset.returncode == 0 and password not in reset.stdout
+    assert cli("credentials", "remove", "app1").returncode == 0
+    assert json.loads(cli("credentials", "list", "--json").stdout) == []
+
+
+# ---------------------------------------------------------------------------- crash test
+
+
+MARKER = re.compile(rb"^X-Marker: (\S+)\r$", re.M)
+
+
+def message(marker: str) -> bytes:
+    filler = "".join(random.choice("abcdefghij .") for _ in range(random.randint(10, 3000)))
+    lines = [f"X-Marker: {marker}", "Subject: crash test", "", filler[:70], filler[70:], "end"]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+class Sender(threading.Thread):
+    """Sends messages until told to stop; records which got a 250 and which were in flight."""
+
+    def __init__(self, port: int, name: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.tag = port, name
+        self.acked: dict[str, bytes] = {}
+        self.in_flight: dict[str, bytes] = {}
+        self.stopping = False
+
+    def run(self) -> None:
+        n = 0
+        try:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as s:
+                s.ehlo()
+                while not self.stopping:
+                    n += 1
+                    marker = f"{self.tag}-{n}"
+                    body = message(marker)
+                    s.mail("a@client.example")
+                    s.rcpt("b@dest.example")
+                    self.in_flight[marker] = body
+                    code, _ = s.data(body)
+                    if code == 250:
+                        self.acked[marker] = self.in_flight.pop(marker)
+        except (OSError, smtplib.SMTPException):
+            return  # the server was killed
+
+
+def spool_contents(spool: str) -> dict[bytes, bytes]:
+    """marker -> stored body without our Received header, for committed messages."""
+    out = {}
+    queued = {n[:-5] for n in os.listdir(os.path.join(spool, "queue"))}
+    data = {n[:-4] for n in os.listdir(os.path.join(spool, "data"))}
+    assert queued <= data, "an envelope without its body"
+    assert queued == data, "a body without an envelope survived startup"
+    assert os.listdir(os.path.join(spool, "incoming")) == []
+    for qid in queued:
+        with open(os.path.join(spool, "data", qid + ".eml"), "rb") as f:
+            stored = f.read()
+        marker = MARKER.search(stored)
+        assert marker, f"{qid} has no marker"
+        out[marker.group(1)] = stored[stored.index(b"\r\nX-Marker:") + 2:]
+    return out
+
+
+def test_sigkill_loses_nothing_acknowledged(tmp_path: Any) -> None:
+    port = free_port()
+    config = write_config(str(tmp_path), port)
+    spool = str(tmp_path / "spool")
+    acked: dict[str, bytes] = {}
+    maybe: dict[str, bytes] = {}
+    rng = random.Random(os.getpid())
+    for round_no in range(4):
+        proc = twistd(config)
+        try:
+            wait_for_banner(port, proc)
+            senders = [Sender(port, f"r{round_no}s{i}") for i in range(4)]
+            for sender in senders:
+                sender.start()
+            time.sleep(rng.uniform(0.3, 1.5))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        for sender in senders:
+            sender.stopping = True
+            sender.join(timeout=15)
+            acked.update(sender.acked)
+            maybe.update(sender.in_flight)
+        proc = twistd(config)  # restart: recovery runs before the first session
+        try:
+            wait_for_banner(port, proc)
+            stored = spool_contents(spool)
+        finally:
+            stop(proc)
+        for marker, body in acked.items():
+            assert stored.get(marker.encode()) == body, f"acknowledged {marker} lost or changed"
+        for marker, body in stored.items():
+            name = marker.decode()
+            assert name in acked or name in maybe, f"{name} stored but never fully sent"
+            assert body == (acked.get(name) or maybe[name]), f"{name} stored damaged"
+    print(f"crash test: {len(acked)} acknowledged, {len(maybe)} in flight at kills")
+    assert len(acked) > 20, f"too little load to mean anything: {len(acked)} acknowledged"
