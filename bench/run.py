@@ -1,0 +1,233 @@
+"""Acceptance benchmark: relaymail against a private Postfix instance, measured in one run.
+
+Load comes from Postfix's smtp-source; Postfix relays to smtp-sink.  Prints accepted
+messages/s, 1-session latency, relaymail's memory per idle connection, and the ratios.
+Run with ``make bench`` (needs Debian's postfix package: apt-get install postfix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_banner(port: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(200).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+def progress(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def smtp_source(port: int, sessions: int, messages: int, size: int) -> float:
+    """Run smtp-source; return elapsed seconds for ``messages`` messages."""
+    progress(f"smtp-source -s {sessions} -m {messages} -l {size} -> port {port}")
+    cmd = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+           "-f", "bench@client.example", "-t", "sink@dest.example", f"127.0.0.1:{port}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=600)
+    return time.perf_counter() - start
+
+
+@contextmanager
+def relaymail(workdir: str, max_connections: int) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    os.makedirs(workdir, exist_ok=True)
+    config = os.path.join(workdir, "relay.json")
+    with open(config, "w") as f:
+        json.dump({
+            "hostname": "bench.localdomain", "spool_dir": "spool", "web": {"enabled": False},
+            "smtp": {"listeners": [{"name": "smtp", "tls": "none",
+                                    "endpoint": f"tcp:{port}:interface=127.0.0.1"}],
+                     "max_connections": max_connections,
+                     "max_connections_per_ip": max_connections},
+            "log": {"level": "warn"},
+        }, f)
+    proc = subprocess.Popen([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "relaymail",
+                             "--config", config], cwd=workdir, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_banner(port)
+        yield port, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def sink() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{port}", "256"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_banner(port)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {dir}/queue
+data_directory = {dir}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.localdomain
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{sink}
+smtpd_relay_restrictions = permit_mynetworks, reject
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+master_service_disable = {disable}
+in_flow_delay = {flow_delay}
+"""
+
+
+@contextmanager
+def postfix(workdir: str, sink_port: int, accept_only: bool) -> Iterator[int]:
+    """A private Postfix instance in ``workdir`` (postfix -c DIR), smtpd on a free port."""
+    port = free_port()
+    conf = os.path.join(workdir, "postfix")
+    for sub in ("queue", "data"):
+        os.makedirs(os.path.join(conf, sub), exist_ok=True)
+    shutil.chown(os.path.join(conf, "data"), "postfix")
+    with open(os.path.join(conf, "main.cf"), "w") as f:
+        # Accept-only: no queue manager, and so no in_flow_delay stalls waiting for one.
+        f.write(MAIN_CF.format(dir=conf, sink=sink_port,
+                               disable="qmgr.unix" if accept_only else "",
+                               flow_delay="0s" if accept_only else "1s"))
+    with open("/etc/postfix/master.cf") as f:
+        master = [line for line in f.read().splitlines()
+                  if not line.startswith("smtp      inet")]
+    master.append(f"127.0.0.1:{port} inet n - n - - smtpd")
+    with open(os.path.join(conf, "master.cf"), "w") as f:
+        f.write("\n".join(master) + "\n")
+    subprocess.run(["postfix", "-c", conf, "check"], check=True, capture_output=True)
+    master = subprocess.Popen(["postfix", "-c", conf, "start-fg"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for_banner(port)
+        yield port
+    finally:
+        subprocess.run(["postfix", "-c", conf, "stop"], capture_output=True)
+        master.wait(timeout=30)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def idle_connection_cost(port: int, pid: int, count: int) -> float:
+    """KiB of relaymail RSS per idle connection (banner read, then nothing)."""
+    progress(f"{count} idle connections")
+    before = rss_kib(pid)
+    held = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port))
+            held.append(s)
+        for s in held:
+            s.recv(200)
+        time.sleep(0.5)
+        return (rss_kib(pid) - before) / count
+    finally:
+        for s in held:
+            s.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--latency-messages", type=int, default=500)
+    parser.add_argument("--idle", type=int, default=1000)
+    args = parser.parse_args()
+    if not shutil.which("smtp-source") or not shutil.which("postfix"):
+        print("bench: needs Debian's postfix package (smtp-source, smtp-sink, postfix)")
+        return 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.idle * 2 + 100)), hard))
+    work = tempfile.mkdtemp(prefix="relaymail-bench-")
+    os.chmod(work, 0o755)  # Postfix's unprivileged daemons must reach their queue below it
+    n, s, size = args.messages, args.sessions, args.size
+    results: dict[str, float] = {}
+    try:
+        with relaymail(os.path.join(work, "r"), args.idle + 100) as (port, pid):
+            smtp_source(port, s, min(n, 500), size)  # warm-up
+            results["relaymail_accept"] = n / smtp_source(port, s, n, size)
+            m = args.latency_messages
+            results["relaymail_latency_ms"] = 1000 * smtp_source(port, 1, m, size) / m
+            results["relaymail_idle_kib"] = idle_connection_cost(port, pid, args.idle)
+        with sink() as sink_port:
+            for mode, accept_only in (("postfix_accept", True), ("postfix_relaying", False)):
+                with postfix(os.path.join(work, mode), sink_port, accept_only) as port:
+                    smtp_source(port, s, min(n, 500), size)
+                    results[mode] = n / smtp_source(port, s, n, size)
+                    if accept_only:
+                        m = args.latency_messages
+                        results["postfix_latency_ms"] = 1000 * smtp_source(port, 1, m, size) / m
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(results, s, n, size, args.idle)
+    return 0
+
+
+def report(r: dict[str, float], sessions: int, messages: int, size: int, idle: int) -> None:
+    print(f"\nacceptance: smtp-source -s {sessions} -m {messages} -l {size} (same run)")
+    print(f"{'measure':<42}{'relaymail':>12}{'postfix':>12}{'ratio':>8}")
+    rows = [
+        ("accepted msg/s (postfix accept-only)", r["relaymail_accept"], r["postfix_accept"]),
+        ("accepted msg/s (postfix while relaying)", r["relaymail_accept"],
+         r["postfix_relaying"]),
+        ("1-session latency ms/msg (lower=better)", r["relaymail_latency_ms"],
+         r["postfix_latency_ms"]),
+    ]
+    for name, ours, theirs in rows:
+        print(f"{name:<42}{ours:>12.1f}{theirs:>12.1f}{ours / theirs:>8.2f}")
+    print(f"{'RSS per idle connection, KiB (' + str(idle) + ' idle)':<42}"
+          f"{r['relaymail_idle_kib']:>12.2f}{'-':>12}{'-':>8}")
+    print("targets: acceptance ratio >= 1.5, latency ratio <= 1.0, <= 5 KiB per idle connection")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
