@@ -16,12 +16,14 @@ run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= relaymail --config etc/relay.json
 
 test: $(STAMP)
+	scripts/system-deps
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	WITH_POSTFIX=1 scripts/system-deps
 	$(BIN)/python bench/run.py
 
 clean:

@@ -10,6 +10,8 @@ from typing import Any
 
 import trustme
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.protocols.haproxy import proxyEndpoint
 
 from relaymail.config import load_config
 from relaymail.service import build_context, listener_factory
@@ -85,7 +87,7 @@ class RunningServer:
         await gatherResults([p.stopListening() for p in self.ports.values()])
         for _ in range(200):
             if self.ctx.connections.total == 0:
-                return
+                break
             await deferLater(reactor, 0.02, lambda: None)
 
 
@@ -100,6 +102,8 @@ async def start_server(data: dict[str, Any], directory: str | None = None,
     ctx.spool.prepare()
     ports = {}
     for listener in config.smtp.listeners:
-        factory = listener_factory(ctx, listener)
-        ports[listener.name] = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        endpoint: Any = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        if listener.proxy_protocol:
+            endpoint = proxyEndpoint(endpoint)
+        ports[listener.name] = await endpoint.listen(listener_factory(ctx, listener))
     return RunningServer(ctx, ports)

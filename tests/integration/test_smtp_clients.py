@@ -271,3 +271,40 @@ class BrokenDisk(ClientTests):
         self.assertEqual(stored_bodies(self.server), [])
         self.assertEqual(await self.in_thread(send), {})
         self.assertEqual(len(stored_bodies(self.server)), 1)
+
+
+class ProxyProtocol(ClientTests):
+    smtp = {"blocked_networks": ["198.51.100.0/24"]}
+    listeners = [{"name": "smtp", "endpoint": "tcp:0", "tls": "none", "proxy_protocol": True}]
+
+    def session(self, source: str, commands: bytes) -> bytes:
+        port = self.server.port()
+        header = f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(header + commands)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data
+
+    async def test_real_client_address_decides_relaying(self) -> None:
+        """Behind HAProxy the proxy is on loopback (trusted); the client is not."""
+        data = await self.in_thread(self.session, "203.0.113.5",
+                                    b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n"
+                                    b"RCPT TO:<x@y.example>\r\nQUIT\r\n")
+        finals = [line[:9] for line in data.split(b"\r\n") if line[3:4] == b" "]
+        self.assertEqual(finals, [b"220 relay", b"250 ENHAN", b"250 2.1.0", b"530 5.7.0",
+                                  b"221 2.0.0"])
+
+    async def test_trusted_client_through_proxy_and_received_header(self) -> None:
+        data = await self.in_thread(self.session, "127.0.0.9",
+                                    b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n"
+                                    b"RCPT TO:<x@y.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+        self.assertIn(b"250 2.0.0 Ok: queued as", data)
+        [body] = stored_bodies(self.server)
+        self.assertIn(b"([127.0.0.9])", body)
+
+    async def test_blocked_network_through_proxy(self) -> None:
+        data = await self.in_thread(self.session, "198.51.100.7", b"EHLO c\r\n")
+        self.assertIn(b"554 5.7.1", data)
+        self.assertNotIn(b"250", data)
