@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from relaymail.relay.presets import PRESETS
@@ -133,7 +133,6 @@ class Config:
     rate_limits: Mapping[str, Any]
     web: WebConfig
     log: LogConfig
-    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -358,7 +357,6 @@ def validate(merged: dict[str, Any], source: str) -> Config:
                            "on_backend_error", "count"}),
         web=validate_web(c, merged["web"]),
         log=LogConfig(level=c.choice(merged["log"]["level"], "log.level", LOG_LEVELS)),
-        raw=merged,
     )
 
 

@@ -70,7 +70,6 @@ class ServerContext:
     credentials: CredentialStore | None = None
     tls_options: Any = None  # IOpenSSLServerConnectionCreator for STARTTLS
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
-    accepted_listeners: list[Callable[[Envelope], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -580,8 +579,6 @@ class RelayESMTP(ESMTP):
                  nrcpt=len(envelope.recipients), size=envelope.size, client_ip=self.client_ip,
                  listener=self.listener.name, credential=self.credential)
         self.reply(Reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}"))
-        for listener in self.ctx.accepted_listeners:
-            listener(envelope)
 
     def envelope_for(self, txn: Transaction) -> Envelope:
         now = self.ctx.clock()

@@ -106,6 +106,21 @@ class Plain(ClientTests):
         self.assertEqual([e.credential for e in queue], ["app1", "app1"])
         self.assertEqual({e.protocol for e in queue}, {"ESMTPSA"})
 
+    async def test_credential_limited_to_sender_domains(self) -> None:
+        store = CredentialStore(self.server.ctx.credentials.path)
+        password = store.add("shop", allowed_sender_domains=["shop.example", "*.corp.example"])
+        port = self.server.port("submission")
+
+        def attempt(sender: str) -> int:
+            with smtplib.SMTP("localhost", port) as s:
+                s.starttls(context=client_tls())
+                s.login("shop", password)
+                return s.mail(sender)[0]
+
+        for sender, code in (("orders@shop.example", 250), ("x@eu.corp.example", 250),
+                             ("ceo@bank.example", 550), ("a@shop.example.evil", 550)):
+            self.assertEqual(await self.in_thread(attempt, sender), code, sender)
+
     async def test_bad_password_refused(self) -> None:
         port = self.server.port("submission")
 
