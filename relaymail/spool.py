@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure
 
 from relaymail.envelope import Envelope
 from relaymail.logs import Logger
@@ -64,7 +65,11 @@ def run_synchronously(f: Callable[..., Any], *args: Any) -> Deferred:
 
 
 class MessageWriter:
-    """Collects the bytes of one message; large bodies spill to ``incoming/`` as they arrive."""
+    """Collects the bytes of one message; large bodies spill to ``incoming/`` as they arrive.
+
+    Spill writes run in ``run_in_thread``, chained one after another on ``_tail`` so they
+    stay in order; commit and discard wait for the chain.  The reactor thread never writes.
+    """
 
     def __init__(self, spool: Spool, queue_id: str) -> None:
         self.spool = spool
@@ -73,6 +78,9 @@ class MessageWriter:
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._spill_fd: int | None = None
+        self._tail: Deferred = succeed(None)
+        self._spilled = False
+        self.spill_error: BaseException | None = None
         self.closed = False
 
     @property
@@ -87,16 +95,38 @@ class MessageWriter:
             self._spill()
 
     def _spill(self) -> None:
-        """Move buffered bytes to the incoming file (page cache only; fsync comes at commit)."""
+        chunk = b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        self._spilled = True
+        self._tail.addCallback(lambda _: self.spool.run_in_thread(self._append, chunk))
+        self._tail.addErrback(self._spill_failed)
+
+    def _append(self, chunk: bytes) -> None:
+        """Thread: append a chunk to the incoming file (page cache; fsync comes at commit)."""
+        if self.spill_error is not None or self.closed:
+            return
         ops = self.spool.ops
         if self._spill_fd is None:
             self._spill_fd = ops.create_exclusive(self.body_path)
-        ops.write_all(self._spill_fd, b"".join(self._chunks))
-        self._chunks, self._buffered = [], 0
+        ops.write_all(self._spill_fd, chunk)
+
+    def _spill_failed(self, failure: Failure) -> None:
+        self.spill_error = failure.value
+
+    def flushed(self) -> Deferred:
+        """Fires once every spill write so far has finished."""
+        d: Deferred = Deferred()
+        self._tail.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
 
     def finish_in_thread(self) -> None:
         """Write what is still buffered and fsync the body (runs in the commit thread)."""
         ops = self.spool.ops
+        if self.spill_error is not None:
+            if self._spill_fd is not None:
+                fd, self._spill_fd = self._spill_fd, None
+                ops.close(fd)
+            raise OSError(f"spilling the message failed: {self.spill_error}")
         fd = self._spill_fd if self._spill_fd is not None else ops.create_exclusive(
             self.body_path)
         self._spill_fd = None
@@ -108,14 +138,23 @@ class MessageWriter:
         self._chunks = []
 
     def discard(self) -> None:
-        """Forget the message: close and remove any spill file."""
+        """Forget the message; once pending spills finish, close and remove the spill file."""
+        if self.closed:
+            return
         self.closed = True
         self._chunks = []
-        if self._spill_fd is not None:
-            fd, self._spill_fd = self._spill_fd, None
-            self.spool.ops.close(fd)
-            with contextlib.suppress(OSError):
-                self.spool.ops.unlink(self.body_path)
+        if not self._spilled:
+            return
+        self.flushed().addCallback(lambda _: self.spool.run_in_thread(self._remove_spill))\
+            .addErrback(lambda f: log.failure("spool: discarding a spill file", failure=f))
+
+    def _remove_spill(self) -> None:
+        if self._spill_fd is None:
+            return
+        fd, self._spill_fd = self._spill_fd, None
+        self.spool.ops.close(fd)
+        with contextlib.suppress(OSError):
+            self.spool.ops.unlink(self.body_path)
 
 
 @dataclass
@@ -181,9 +220,12 @@ class Spool:
         """
         envelope.size = writer.size
         item = _Pending(writer, envelope)
+        writer.flushed().addCallback(lambda _: self._enqueue(item))
+        return item.deferred
+
+    def _enqueue(self, item: _Pending) -> None:
         self._pending.append(item)
         self._start_batch()
-        return item.deferred
 
     def _start_batch(self) -> None:
         if self._committing or not self._pending:

@@ -79,6 +79,39 @@ class SpoolTests(TestCase):
         with open(spool.path("data", qid + ".eml"), "rb") as f:
             self.assertEqual(f.read(), body)
 
+    def test_spill_writes_run_off_the_reactor_thread(self) -> None:
+        runner = ManualRunner()
+        spool = self.make(runner)
+        writer = spool.new_message()
+        chunk = b"y" * 998 + b"\r\n"
+        for _ in range(600):
+            writer.write(chunk)
+        self.assertFalse(os.path.exists(writer.body_path))  # nothing written in this thread
+        self.assertEqual([c[0].__name__ for c in runner.calls], ["_append"])
+        d = spool.commit(writer, envelope(writer.queue_id))
+        while runner.calls:
+            runner.release()
+        qid = self.successResultOf(d)
+        with open(spool.path("data", qid + ".eml"), "rb") as f:
+            self.assertEqual(f.read(), chunk * 600)
+
+    def test_discard_after_spill_removes_the_file(self) -> None:
+        spool = self.make()
+        writer = spool.new_message()
+        writer.write(b"z" * 300_000)
+        self.assertTrue(os.path.exists(writer.body_path))
+        writer.discard()
+        self.assertEqual(os.listdir(spool.path("incoming")), [])
+
+    def test_spill_failure_fails_the_commit(self) -> None:
+        spool = self.make(ops=FailingOps("write_all"))
+        writer = spool.new_message()
+        writer.write(b"z" * 300_000)
+        self.failureResultOf(spool.commit(writer, envelope(writer.queue_id)), SpoolError)
+        self.assertEqual(spool.count("queue"), 0)
+        self.assertEqual(os.listdir(spool.path("incoming")), [])
+        self.assertIsNone(writer._spill_fd)
+
     def check_failure_leaves_nothing(self, operation: str) -> None:
         spool = self.make(ops=FailingOps(operation))
         _, d = self.store(spool, b"body\r\n")
