@@ -3,6 +3,8 @@ sockets and swaks; plain, STARTTLS and implicit TLS with trustme certificates; A
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import shutil
 import smtplib
@@ -17,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.mail.smtp import ESMTPSenderFactory
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -120,6 +123,41 @@ class Plain(ClientTests):
         for sender, code in (("orders@shop.example", 250), ("x@eu.corp.example", 250),
                              ("ceo@bank.example", 550), ("a@shop.example.evil", 550)):
             self.assertEqual(await self.in_thread(attempt, sender), code, sender)
+
+    async def test_passwords_never_logged(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        port = self.server.port("submission")
+
+        def login(password: str) -> None:
+            with smtplib.SMTP("localhost", port) as s:
+                s.starttls(context=client_tls())
+                with contextlib.suppress(smtplib.SMTPAuthenticationError):
+                    s.login("app1", password)
+
+        await self.in_thread(login, self.password)
+        await self.in_thread(login, "Wr0ng-S3cret-Value")
+        text = "\n".join(formatEvent(e) + repr(e) for e in events)
+        self.assertIn("auth ok", text)
+        self.assertIn("auth failed", text)
+        for secret in (self.password, "Wr0ng-S3cret-Value"):
+            self.assertNotIn(secret, text)
+            plain = base64.b64encode(f"\0app1\0{secret}".encode()).decode()
+            self.assertNotIn(plain, text)
+
+    async def test_large_message_byte_identical(self) -> None:
+        port = self.server.port()
+        body = b"Subject: big\r\n\r\n" + b"".join(
+            b"%07d " % i + b"x" * 90 + b"\r\n" for i in range(50_000))
+
+        def send() -> Any:
+            with smtplib.SMTP("127.0.0.1", port) as s:
+                return s.sendmail("a@client.example", ["b@dest.example"], body)
+
+        self.assertEqual(await self.in_thread(send), {})
+        [stored] = stored_bodies(self.server)
+        self.assertEqual(without_received(stored), body)
 
     async def test_bad_password_refused(self) -> None:
         port = self.server.port("submission")
