@@ -119,8 +119,8 @@ class MessageWriter:
         self._tail.addBoth(lambda result: (d.callback(None), result)[1])
         return d
 
-    def finish_in_thread(self) -> None:
-        """Write what is still buffered and fsync the body (runs in the commit thread)."""
+    def open_complete_in_thread(self) -> int:
+        """Thread: write what is still buffered; return the open (not yet synced) file."""
         ops = self.spool.ops
         if self.spill_error is not None:
             if self._spill_fd is not None:
@@ -132,10 +132,11 @@ class MessageWriter:
         self._spill_fd = None
         try:
             ops.write_all(fd, b"".join(self._chunks))
-            ops.fsync(fd)
-        finally:
+        except OSError:
             ops.close(fd)
+            raise
         self._chunks = []
+        return fd
 
     def discard(self) -> None:
         """Forget the message; once pending spills finish, close and remove the spill file."""
@@ -255,16 +256,34 @@ class Spool:
                 log.failure("spool: commit listener failed")
 
     def _commit_batch(self, batch: list[_Pending]) -> list[Exception | None]:
-        """Thread: fsync bodies and envelopes, then publish them with shared dir fsyncs."""
+        """Thread: write every file of the batch, then fsync them all, then publish.
+
+        Writing all files before the first fsync lets one journal commit cover many of
+        them; publishing shares the directory fsyncs.  Each message fails on its own.
+        """
         errors: list[Exception | None] = [None] * len(batch)
-        staged = []
+        written = []
         for i, item in enumerate(batch):
+            fds: list[int] = []
             try:
-                self._stage(item)
+                fds.append(item.writer.open_complete_in_thread())
+                fds.append(self._write_envelope(item.envelope))
+                written.append((i, item, fds))
+            except OSError as e:
+                errors[i] = e
+                self._close_all(fds)
+                self._unstage(item)
+        staged = []
+        for i, item, fds in written:
+            try:
+                for fd in fds:
+                    self.ops.fsync(fd)
                 staged.append(item)
             except OSError as e:
                 errors[i] = e
                 self._unstage(item)
+            finally:
+                self._close_all(fds)
         try:
             self._publish(staged)
         except OSError as e:
@@ -273,10 +292,19 @@ class Spool:
                 self._withdraw(item)
         return errors
 
-    def _stage(self, item: _Pending) -> None:
-        item.writer.finish_in_thread()
-        qid = item.envelope.queue_id
-        self.ops.write_file_durably(self.path("incoming", qid + ".json"), item.envelope.to_json())
+    def _write_envelope(self, envelope: Envelope) -> int:
+        fd = self.ops.create_exclusive(self.path("incoming", envelope.queue_id + ".json"))
+        try:
+            self.ops.write_all(fd, envelope.to_json())
+        except OSError:
+            self.ops.close(fd)
+            raise
+        return fd
+
+    def _close_all(self, fds: list[int]) -> None:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                self.ops.close(fd)
 
     def _publish(self, staged: list[_Pending]) -> None:
         if not staged:
