@@ -2,16 +2,18 @@
 
 Layout under ``spool_dir``::
 
-    incoming/  bodies and envelopes being received or committed; wiped at startup
-    data/      message bodies (<id>.eml), CRLF line ends, exactly as they will be sent
+    incoming/  envelopes being committed or rewritten; wiped at startup
+    data/      message bodies (<id>.eml), CRLF line ends, exactly as they will be sent;
+               written in place while received, removed at startup if never committed
     queue/     envelopes (<id>.json) of messages ready or deferred
     hold/      envelopes kept back by an operator
     failed/    envelopes of messages that failed for good, kept for inspection and retry
 
 A message exists once its envelope is renamed into ``queue/``; that happens only after the
-body and envelope are fsync'd and the body's directory entry is durable.  Commits of
-concurrent sessions are grouped: one thread commits everything that queued up while the
-previous batch was being written, so directory fsyncs are shared.
+body and envelope are fsync'd and the body's directory entry is durable (``data/`` fsync).
+Commits of concurrent sessions are grouped: one thread commits everything that queued up
+while the previous batch was being written, so journal commits and directory fsyncs are
+shared.
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ class MessageWriter:
 
     @property
     def body_path(self) -> str:
-        return self.spool.path("incoming", self.queue_id + ".eml")
+        """Bodies are written in place in ``data/``: without an envelope they are invisible,
+        and startup removes them; this spares a rename and a journal commit per message."""
+        return self.spool.path("data", self.queue_id + ".eml")
 
     def write(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -309,9 +313,6 @@ class Spool:
     def _publish(self, staged: list[_Pending]) -> None:
         if not staged:
             return
-        for item in staged:
-            qid = item.envelope.queue_id
-            self.ops.rename(self.path("incoming", qid + ".eml"), self.path("data", qid + ".eml"))
         self.ops.fsync_dir(self.path("data"))
         for item in staged:
             qid = item.envelope.queue_id
@@ -321,15 +322,13 @@ class Spool:
 
     def _unstage(self, item: _Pending) -> None:
         qid = item.envelope.queue_id
-        for path in (self.path("incoming", qid + ".eml"), self.path("incoming", qid + ".json")):
+        for path in (self.path("data", qid + ".eml"), self.path("incoming", qid + ".json")):
             self._remove_quietly(path)
 
     def _withdraw(self, item: _Pending) -> None:
         """Undo a publish whose durability could not be confirmed: the client got 452."""
-        qid = item.envelope.queue_id
+        self._remove_quietly(self.path("queue", item.envelope.queue_id + ".json"))
         self._unstage(item)
-        self._remove_quietly(self.path("queue", qid + ".json"))
-        self._remove_quietly(self.path("data", qid + ".eml"))
 
     def _remove_quietly(self, path: str) -> None:
         try:

@@ -101,7 +101,7 @@ class SpoolTests(TestCase):
         writer.write(b"z" * 300_000)
         self.assertTrue(os.path.exists(writer.body_path))
         writer.discard()
-        self.assertEqual(os.listdir(spool.path("incoming")), [])
+        self.assertEqual(os.listdir(spool.path("data")), [])
 
     def test_spill_failure_fails_the_commit(self) -> None:
         spool = self.make(ops=FailingOps("write_all"))
@@ -109,6 +109,7 @@ class SpoolTests(TestCase):
         writer.write(b"z" * 300_000)
         self.failureResultOf(spool.commit(writer, envelope(writer.queue_id)), SpoolError)
         self.assertEqual(spool.count("queue"), 0)
+        self.assertEqual(os.listdir(spool.path("data")), [])
         self.assertEqual(os.listdir(spool.path("incoming")), [])
         self.assertIsNone(writer._spill_fd)
 
