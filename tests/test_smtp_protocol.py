@@ -57,7 +57,7 @@ class FakeChecker:
         self.pending: list[Deferred] | None = None
 
     def requestAvatarId(self, creds: Any) -> Deferred:
-        ok = creds.username == "user" and creds.password in (b"secret", "secret")
+        ok = creds.username == b"user" and creds.password == b"secret"
         result = succeed("user") if ok else fail(UnauthorizedLogin())
         if self.pending is None:
             return result

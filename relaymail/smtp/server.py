@@ -90,14 +90,14 @@ class Transaction:
 class RelayESMTP(ESMTP):
     """One inbound SMTP session."""
 
-    def __init__(self, ctx: ServerContext, listener: ListenerConfig) -> None:
-        tls = ctx.tls_options if listener.tls == "starttls" else None
+    def __init__(self, context: ServerContext, listener: ListenerConfig) -> None:
+        tls = context.tls_options if listener.tls == "starttls" else None
         super().__init__(chal={}, contextFactory=tls)
-        self.ctx = ctx
+        self.context = context
         self.listener = listener
-        self.host = ctx.hostname.encode()
-        self.timeout = ctx.smtp.idle_timeout
-        self.MAX_LENGTH = ctx.smtp.max_line_length
+        self.host = context.hostname.encode()
+        self.timeout = context.smtp.idle_timeout
+        self.MAX_LENGTH = context.smtp.max_line_length
         self.mode = COMMAND
         self.helo: str | None = None
         self.esmtp = False
@@ -117,7 +117,7 @@ class RelayESMTP(ESMTP):
 
     def connectionMade(self) -> None:
         self.startedTLS = self.listener.tls == "implicit"
-        self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.ctx_available()
+        self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.starttls_configured()
         self.client_ip = self.peer_ip()
         if not self.listener.proxy_protocol and not self.admit():
             return
@@ -126,8 +126,8 @@ class RelayESMTP(ESMTP):
         self.sendCode(220, self.host + b" ESMTP relaymail")
         self.setTimeout(self.timeout)
 
-    def ctx_available(self) -> bool:
-        return self.listener.tls == "starttls" and self.ctx.tls_options is not None
+    def starttls_configured(self) -> bool:
+        return self.listener.tls == "starttls" and self.context.tls_options is not None
 
     def peer_ip(self) -> str:
         peer = self.transport.getPeer()
@@ -136,7 +136,7 @@ class RelayESMTP(ESMTP):
     def admit(self) -> bool:
         """Apply blocked networks and connection limits; refuse and close if needed."""
         self.client_ip = self.peer_ip()
-        refusal = self.ctx.connections.admit(self.client_ip, self.ctx.smtp)
+        refusal = self.context.connections.admit(self.client_ip, self.context.smtp)
         if refusal is not None:
             log.info("refused client={client_ip} listener={listener} reason={reason}",
                      client_ip=self.client_ip, listener=self.listener.name, reason=refusal.text)
@@ -151,7 +151,7 @@ class RelayESMTP(ESMTP):
         self.discard_transaction()
         if self.admitted:
             self.admitted = False
-            self.ctx.connections.release(self.client_ip)
+            self.context.connections.release(self.client_ip)
             log.info("disconnect client={client_ip} listener={listener} credential={credential}",
                      client_ip=self.client_ip, listener=self.listener.name,
                      credential=self.credential)
@@ -261,7 +261,7 @@ class RelayESMTP(ESMTP):
         SMTP.sendCode(self, code, replies.with_enhanced(code, message))
         if code >= 500:
             self.errors += 1
-            if self.errors >= self.ctx.smtp.max_errors:
+            if self.errors >= self.context.smtp.max_errors:
                 log.info("too many errors client={client_ip}", client_ip=self.client_ip)
                 SMTP.sendCode(self, 421, replies.TOO_MANY_ERRORS.encode())
                 self.transport.loseConnection()
@@ -288,13 +288,13 @@ class RelayESMTP(ESMTP):
         self.discard_transaction()
         self.helo, self.esmtp = name, esmtp
         if not esmtp:
-            self.reply(Reply(250, "2.0.0", self.ctx.hostname))
+            self.reply(Reply(250, "2.0.0", self.context.hostname))
             return
-        lines = [self.ctx.hostname.encode()] + [b" ".join(x) for x in self.ehlo_keywords()]
+        lines = [self.context.hostname.encode()] + [b" ".join(x) for x in self.ehlo_keywords()]
         SMTP.sendCode(self, 250, b"\n".join(lines))
 
     def ehlo_keywords(self) -> list[list[bytes]]:
-        keywords = [[b"PIPELINING"], [b"SIZE", b"%d" % self.ctx.smtp.max_message_size],
+        keywords = [[b"PIPELINING"], [b"SIZE", b"%d" % self.context.smtp.max_message_size],
                     [b"8BITMIME"], [b"ENHANCEDSTATUSCODES"]]
         if self.canStartTLS and not self.startedTLS:
             keywords.append([b"STARTTLS"])
@@ -348,7 +348,7 @@ class RelayESMTP(ESMTP):
         else:
             self.reply(Reply(220, "2.0.0", "Ready to start TLS"))
             self.forget_plaintext_input()
-            self.transport.startTLS(self.ctx.tls_options)
+            self.transport.startTLS(self.context.tls_options)
             self.startedTLS = True
             self.helo, self.esmtp, self.credential = None, False, None
             self.authenticated = False
@@ -365,7 +365,7 @@ class RelayESMTP(ESMTP):
 
     def auth_offered(self) -> bool:
         """AUTH only over TLS, or in plaintext from loopback when the listener allows it."""
-        if self.ctx.checker is None or self.credential is not None:
+        if self.context.checker is None or self.credential is not None:
             return False
         if self.startedTLS:
             return True
@@ -394,7 +394,7 @@ class RelayESMTP(ESMTP):
             return Reply(503, "5.5.1", "Error: already authenticated")
         if self.txn is not None:
             return Reply(503, "5.5.1", "Error: MAIL transaction in progress")
-        if self.ctx.checker is None:
+        if self.context.checker is None:
             return Reply(503, "5.5.1", "Error: authentication not enabled")
         if not self.auth_offered():
             return Reply(538, "5.7.11", "Encryption required for requested authentication "
@@ -419,7 +419,8 @@ class RelayESMTP(ESMTP):
             return
         self.mode, self.auth_exchange = COMMAND, None
         username, password = result
-        d = maybeDeferred(self.ctx.checker.requestAvatarId, UsernamePassword(username, password))
+        credentials = UsernamePassword(username.encode(), password.encode())
+        d = maybeDeferred(self.context.checker.requestAvatarId, credentials)
         self.await_reply(d, lambda outcome: self.auth_finished(username, outcome))
 
     def auth_finished(self, username: str, outcome: Any) -> None:
@@ -451,7 +452,7 @@ class RelayESMTP(ESMTP):
             return
         try:
             sender = parse_argument(b"FROM", rest, allow_null=True)
-            declared, eight_bit = mail_options(sender.params, self.ctx.smtp.max_message_size)
+            declared, eight_bit = mail_options(sender.params, self.context.smtp.max_message_size)
         except AddressError as e:
             self.reply(e.reply)
             return
@@ -459,7 +460,7 @@ class RelayESMTP(ESMTP):
             self.log_refused_sender(sender.address, SENDER_NOT_ALLOWED)
             self.reply(SENDER_NOT_ALLOWED)
             return
-        self.txn = Transaction(sender, self.ctx.spool.new_message(), declared, eight_bit)
+        self.txn = Transaction(sender, self.context.spool.new_message(), declared, eight_bit)
         log.info("{queue_id}: from=<{sender}> size={size} client={client_ip} "
                  "listener={listener} credential={credential}", queue_id=self.txn.queue_id,
                  sender=sender.address, size=declared, client_ip=self.client_ip,
@@ -481,9 +482,9 @@ class RelayESMTP(ESMTP):
         return replies.AUTH_REQUIRED
 
     def login(self) -> Any:
-        if self.credential is None or self.ctx.credentials is None:
+        if self.credential is None or self.context.credentials is None:
             return None
-        return self.ctx.credentials.get(self.credential)
+        return self.context.credentials.get(self.credential)
 
     def log_refused_sender(self, sender: str, reply: Reply) -> None:
         log.info("refused from=<{sender}> client={client_ip} credential={credential} "
@@ -516,7 +517,7 @@ class RelayESMTP(ESMTP):
         assert self.txn is not None
         if not self.may_relay():
             return self.auth_required()
-        if len(self.txn.recipients) >= self.ctx.smtp.max_recipients:
+        if len(self.txn.recipients) >= self.context.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         return None
 
@@ -525,7 +526,7 @@ class RelayESMTP(ESMTP):
         if self.credential is not None:
             return True
         return self.listener.auth != "required" and in_networks(
-            self.peer_ip(), self.ctx.smtp.trusted_networks)
+            self.peer_ip(), self.context.smtp.trusted_networks)
 
     # ------------------------------------------------------------------ DATA
 
@@ -539,8 +540,8 @@ class RelayESMTP(ESMTP):
         if not self.txn.recipients:
             self.reply(Reply(554, "5.5.1", "Error: no valid recipients"))
             return
-        self.body = BodyReader(self.txn.writer, self.ctx.smtp.max_message_size,
-                               reject_bare=self.ctx.smtp.bare_line_endings == "reject")
+        self.body = BodyReader(self.txn.writer, self.context.smtp.max_message_size,
+                               reject_bare=self.context.smtp.bare_line_endings == "reject")
         self.txn.writer.write(self.received_header(self.txn))
         self.mode = DATA
         SMTP.sendCode(self, 354, b"End data with <CR><LF>.<CR><LF>")
@@ -563,7 +564,7 @@ class RelayESMTP(ESMTP):
             self.reply(body.problem)
             return
         envelope = self.envelope_for(txn)
-        d = self.ctx.spool.commit(txn.writer, envelope)
+        d = self.context.spool.commit(txn.writer, envelope)
         self.await_reply(d, lambda outcome: self.committed(envelope, outcome))
 
     def committed(self, envelope: Envelope, outcome: Any) -> None:
@@ -581,7 +582,7 @@ class RelayESMTP(ESMTP):
         self.reply(Reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}"))
 
     def envelope_for(self, txn: Transaction) -> Envelope:
-        now = self.ctx.clock()
+        now = self.context.clock()
         return Envelope(
             queue_id=txn.queue_id, sender=txn.sender.address,
             recipients=[Recipient(address=a) for a in txn.recipients], received_at=now,
@@ -615,11 +616,11 @@ class RelayESMTP(ESMTP):
             return ""
 
     def received_header(self, txn: Transaction) -> bytes:
-        date = email.utils.formatdate(self.ctx.clock(), localtime=True)
+        date = email.utils.formatdate(self.context.clock(), localtime=True)
         tls = self.tls_comment() if self.startedTLS else ""
         lines = [
             f"Received: from {sanitize(self.helo or 'unknown')} ([{self.client_ip}])",
-            f"\tby {self.ctx.hostname} (relaymail) with {self.protocol_name()} "
+            f"\tby {self.context.hostname} (relaymail) with {self.protocol_name()} "
             f"id {txn.queue_id}{tls}",
         ]
         if len(txn.recipients) == 1:
@@ -641,10 +642,10 @@ class RelaySMTPFactory(protocol.ServerFactory):
     noisy = False
 
     def __init__(self, ctx: ServerContext, listener: ListenerConfig) -> None:
-        self.ctx = ctx
+        self.context = ctx
         self.listener = listener
 
     def buildProtocol(self, addr: Any) -> RelayESMTP:
-        p = RelayESMTP(self.ctx, self.listener)
+        p = RelayESMTP(self.context, self.listener)
         p.factory = self
         return p
