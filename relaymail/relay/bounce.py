@@ -1,0 +1,92 @@
+"""Delivery status notifications (RFC 3464) for recipients that failed for good.
+
+The report is a multipart/report with a human-readable part, a message/delivery-status
+part with one block per failed recipient, and the original headers (text/rfc822-headers).
+It is sent from the null sender, so it can never bounce back (RFC 5321 §4.5.5).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import secrets
+from collections.abc import Sequence
+
+from relaymail.envelope import Envelope, Recipient
+
+ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def status_of(reply: str | None) -> str:
+    """The enhanced status code in an SMTP reply, or 5.0.0 when it has none."""
+    m = ENHANCED.search(reply or "")
+    return m.group(1) if m and m.group(1)[0] == "5" else "5.0.0"
+
+
+def header_block(body: bytes) -> bytes:
+    """The header section of a stored message (up to the first empty line), CRLF ended."""
+    end = body.find(b"\r\n\r\n")
+    return body if end < 0 else body[:end + 2]
+
+
+def clean(text: str) -> str:
+    """A single printable ASCII line, for diagnostic fields."""
+    return re.sub(r"[^\x20-\x7e]", "?", " ".join(text.split()))[:900]
+
+
+def build_bounce(envelope: Envelope, failed: Sequence[Recipient], original: bytes,
+                 reporting_mta: str, now: float) -> bytes:
+    """The RFC 3464 report for ``failed`` recipients of ``envelope`` (whose body is
+    ``original``); returns the message bytes with CRLF line ends."""
+    boundary = f"=_relaymail_{secrets.token_hex(12)}"
+    date = email.utils.formatdate(now, localtime=True)
+    headers = header_block(original)
+    lines = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
+        f"To: <{envelope.sender}>",
+        "Subject: Undelivered Mail Returned to Sender",
+        f"Date: {date}",
+        f"Message-ID: <{envelope.queue_id}.{secrets.token_hex(6)}@{reporting_mta}>",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        f"This is the mail system at host {reporting_mta}.",
+        "",
+        "Your message could not be delivered to one or more recipients.",
+        "It has been returned below with the reason for each recipient.",
+        "",
+        *(f"<{r.address}>: {clean(r.last_reply or 'delivery failed')}" for r in failed),
+        "",
+        f"--{boundary}",
+        "Content-Type: message/delivery-status",
+        "",
+        f"Reporting-MTA: dns; {reporting_mta}",
+        f"X-Relaymail-Queue-ID: {envelope.queue_id}",
+        f"Arrival-Date: {email.utils.formatdate(envelope.received_at, localtime=True)}",
+    ]
+    for r in failed:
+        lines += [
+            "",
+            f"Final-Recipient: rfc822; {r.address}",
+            "Action: failed",
+            f"Status: {status_of(r.last_reply)}",
+        ]
+        if r.last_reply:
+            lines.append(f"Diagnostic-Code: smtp; {clean(r.last_reply)}")
+        lines.append(f"Last-Attempt-Date: {date}")
+    eight_bit = any(b > 127 for b in headers)
+    lines += [
+        "",
+        f"--{boundary}",
+        "Content-Type: text/rfc822-headers",
+        *(["Content-Transfer-Encoding: 8bit"] if eight_bit else []),
+        "",
+    ]
+    head = "\r\n".join(lines).encode("ascii") + b"\r\n"
+    return head + headers + f"\r\n--{boundary}--\r\n".encode("ascii")

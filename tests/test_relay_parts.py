@@ -1,0 +1,108 @@
+"""Relay building blocks: the router, RFC 3464 bounces, the maildir outbox writer."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+from typing import Any
+
+from relaymail.config import RouteConfig
+from relaymail.envelope import Envelope, Recipient
+from relaymail.relay.bounce import build_bounce, status_of
+from relaymail.relay.maildir import deliver_to_maildir
+from relaymail.relay.router import Router
+
+ROUTES = [
+    RouteConfig(domains=("corp.example",), transport="internal"),
+    RouteConfig(domains=("*.corp.example",), transport="branch"),
+    RouteConfig(domains=("qq.com", "163.com"), transport="china"),
+    RouteConfig(domains=("*",), transport="provider"),
+]
+
+
+def test_router_first_match_wins_and_patterns() -> None:
+    router = Router(ROUTES)
+    cases = {
+        "a@corp.example": "internal", "a@CORP.Example.": "internal",
+        "a@eu.corp.example": "branch", "a@x.eu.corp.example": "branch",
+        "a@notcorp.example": "provider", "a@qq.com": "china", "a@163.com": "china",
+        "a@[192.0.2.1]": "provider", "a@gmail.com": "provider",
+    }
+    for address, transport in cases.items():
+        assert router.transport_for(address) == transport, address
+
+
+def test_router_without_catch_all_and_split() -> None:
+    router = Router(ROUTES[:2])
+    assert router.transport_for("a@gmail.com") is None
+    groups = router.split(["a@corp.example", "b@gmail.com", "c@x.corp.example", "d@corp.example"])
+    assert groups == {"internal": ["a@corp.example", "d@corp.example"],
+                      "branch": ["c@x.corp.example"], None: ["b@gmail.com"]}
+
+
+ORIGINAL = (b"Received: from x\r\n\tby relay\r\nFrom: App <app@shop.example>\r\n"
+            b"Subject: Your order\r\nMessage-ID: <1@shop.example>\r\n\r\nsecret body text\r\n")
+
+
+def bounce(original: bytes = ORIGINAL) -> Any:
+    env = Envelope(queue_id="QID123", sender="app@shop.example", received_at=1_700_000_000,
+                   recipients=[Recipient("ok@dest.example", state="delivered"),
+                               Recipient("gone@dest.example", state="failed",
+                                         last_reply="550 5.1.1 <gone@dest.example>: "
+                                                    "user unknown"),
+                               Recipient("old@dest.example", state="failed",
+                                         last_reply="expired after 5 days: 451 try later")])
+    failed = [r for r in env.recipients if r.state == "failed"]
+    raw = build_bounce(env, failed, original, "relay.test", 1_700_000_100)
+    return raw, email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+def test_bounce_structure_rfc3464() -> None:
+    raw, msg = bounce()
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # CRLF only
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    assert msg["To"] == "<app@shop.example>"
+    assert msg["From"].endswith("<MAILER-DAEMON@relay.test>")
+    assert msg["Auto-Submitted"] == "auto-replied"
+    text, status, headers = msg.get_payload()
+    assert text.get_content_type() == "text/plain"
+    assert "gone@dest.example" in text.get_payload()
+    assert status.get_content_type() == "message/delivery-status"
+    blocks = status.get_payload()
+    assert blocks[0]["Reporting-MTA"] == "dns; relay.test"
+    per_rcpt = blocks[1:]
+    assert [b["Final-Recipient"] for b in per_rcpt] == ["rfc822; gone@dest.example",
+                                                        "rfc822; old@dest.example"]
+    assert [b["Status"] for b in per_rcpt] == ["5.1.1", "5.0.0"]
+    assert all(b["Action"] == "failed" for b in per_rcpt)
+    assert per_rcpt[0]["Diagnostic-Code"].startswith("smtp; 550 5.1.1")
+    assert headers.get_content_type() == "text/rfc822-headers"
+    assert "Subject: Your order" in headers.get_payload()
+    assert b"secret body text" not in raw  # headers only, never the body
+
+
+def test_bounce_with_8bit_original_headers() -> None:
+    raw, _ = bounce(ORIGINAL.replace(b"Your order", "您的订单".encode()))
+    assert b"Content-Transfer-Encoding: 8bit" in raw
+    assert "您的订单".encode() in raw
+
+
+def test_status_of() -> None:
+    assert status_of("550 5.7.1 relay denied") == "5.7.1"
+    assert status_of("554 no enhanced code") == "5.0.0"
+    assert status_of("451 4.3.0 temporary") == "5.0.0"  # a bounce status is permanent
+    assert status_of(None) == "5.0.0"
+
+
+def test_maildir_delivery(tmp_path: Any) -> None:
+    path = str(tmp_path / "outbox")
+    names = {deliver_to_maildir(path, "a@b.example", ["x@y.example", "z@w.example"],
+                                b"Subject: t\r\n\r\nbody\r\n") for _ in range(50)}
+    assert len(names) == 50
+    assert os.listdir(os.path.join(path, "tmp")) == []
+    name = sorted(names)[0]
+    with open(os.path.join(path, "new", name), "rb") as f:
+        assert f.read() == (b"Return-Path: <a@b.example>\r\nX-Original-To: <x@y.example>\r\n"
+                            b"X-Original-To: <z@w.example>\r\nSubject: t\r\n\r\nbody\r\n")
