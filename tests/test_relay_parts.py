@@ -7,9 +7,13 @@ import email.policy
 import os
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from relaymail.config import RouteConfig
 from relaymail.envelope import Envelope, Recipient
 from relaymail.relay.bounce import build_bounce, status_of
+from relaymail.relay.dotstuff import DotStuffer, unstuff
 from relaymail.relay.maildir import deliver_to_maildir
 from relaymail.relay.router import Router
 
@@ -106,3 +110,49 @@ def test_maildir_delivery(tmp_path: Any) -> None:
     with open(os.path.join(path, "new", name), "rb") as f:
         assert f.read() == (b"Return-Path: <a@b.example>\r\nX-Original-To: <x@y.example>\r\n"
                             b"X-Original-To: <z@w.example>\r\nSubject: t\r\n\r\nbody\r\n")
+
+
+def stuff_in_chunks(body: bytes, size: int) -> bytes:
+    stuffer = DotStuffer()
+    out = b"".join(stuffer.stuff(body[i:i + size]) for i in range(0, len(body), size))
+    return out + stuffer.end()
+
+
+def test_dot_lines_on_16k_boundaries() -> None:
+    """Regression for the stock client: '.' lines exactly at chunk boundaries."""
+    chunk = 16 * 1024
+    line = b"x" * (chunk - 2) + b"\r\n"  # every chunk boundary falls at a line start
+    body = b"Subject: dots\r\n\r\n" + line + b".\r\n" + line + b".hidden\r\n" + b"end\r\n"
+    for size in (chunk, chunk - 1, chunk + 1, 1, 2, 3, 7):
+        stuffed = stuff_in_chunks(body, size)
+        assert stuffed.endswith(b"\r\n.\r\n")
+        content = stuffed[:-3]
+        assert b"\r\n.\r\n" not in content, size  # nothing ends DATA early
+        assert unstuff(content) == body, size
+
+
+def test_dot_at_start_and_missing_final_crlf() -> None:
+    assert stuff_in_chunks(b".first\r\nsecond", 4) == b"..first\r\nsecond\r\n.\r\n"
+    assert stuff_in_chunks(b"", 4) == b".\r\n"
+    assert stuff_in_chunks(b"a\r", 1) == b"a\r\r\n.\r\n"
+    assert stuff_in_chunks(b"a\r\n.\r\n.\r\n", 1) == b"a\r\n..\r\n..\r\n.\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.sampled_from([b"", b".", b"..", b".x", b"x.", b"abc", b"\r", b".\r"]),
+                      max_size=30),
+       cuts=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=10))
+def test_dot_stuffing_independent_of_chunking(lines: list[bytes], cuts: list[int]) -> None:
+    body = b"\r\n".join(lines) + (b"\r\n" if lines else b"")
+    whole = DotStuffer()
+    expected = whole.stuff(body) + whole.end()
+    stuffer, out, i, k = DotStuffer(), b"", 0, 0
+    while i < len(body):
+        size = cuts[k % len(cuts)]
+        out += stuffer.stuff(body[i:i + size])
+        i, k = i + size, k + 1
+    out += stuffer.end()
+    assert out == expected
+    assert b"\r\n.\r\n" not in out[:-3] and not out[:-3].startswith(b".\r\n")
+    if body.endswith(b"\r\n") or not body:
+        assert unstuff(out[:-3]) == body
