@@ -252,6 +252,17 @@ class Pipelining(SessionTestCase):
         self.assertEqual(len(self.queued_files()), 2)
         self.assertTrue(self.transport.disconnecting)
 
+    def test_client_gone_before_commit_finishes(self) -> None:
+        """The message is kept (the duplicate window), and no timer or dispatch follows."""
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+                  b"hi\r\n.\r\nNOOP\r\n")
+        self.proto.connectionLost()
+        self.commit_all()
+        self.assertEqual(len(self.queued_files()), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertNotIn(b"250 2.0.0 Ok\r\n", self.transport.value())  # NOOP not run
+
     def test_quit_after_dot_waits_for_the_250(self) -> None:
         self.replies()
         self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"

@@ -112,6 +112,7 @@ class RelayESMTP(ESMTP):
         self._blocked = False
         self._in_data_received = False
         self._discard_rest = False
+        self.gone = False  # the connection is closed; a peer close leaves disconnecting False
 
     # ------------------------------------------------------------------ connection
 
@@ -147,6 +148,7 @@ class RelayESMTP(ESMTP):
         return True
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.gone = True
         self.setTimeout(None)
         self.discard_transaction()
         if self.admitted:
@@ -235,7 +237,7 @@ class RelayESMTP(ESMTP):
 
     def unblock(self) -> None:
         self._blocked = False
-        if self.transport.disconnecting:
+        if self.gone or self.transport.disconnecting:
             return
         self.setTimeout(self.timeout)
         while self._backlog and not self._blocked and not self.transport.disconnecting:
@@ -256,7 +258,7 @@ class RelayESMTP(ESMTP):
         self.sendCode(r.code, r.encode())
 
     def sendCode(self, code: int, message: bytes = b"") -> None:
-        if self.transport is None or self.transport.disconnecting:
+        if self.gone or self.transport is None or self.transport.disconnecting:
             return
         SMTP.sendCode(self, code, replies.with_enhanced(code, message))
         if code >= 500:
