@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import secrets
+import string
 import tempfile
 import time
 from collections import OrderedDict
@@ -63,8 +64,13 @@ def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
 
 
-def generate_password() -> str:
-    return secrets.token_urlsafe(18)
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
+def generate_password(length: int = 24) -> str:
+    """Letters and digits only (about 143 bits): a password that starts with "-" is read as
+    an option when pasted into swaks, curl or a shell, so urlsafe tokens are avoided."""
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
 
 
 def check_name(name: str) -> str:
@@ -129,15 +135,6 @@ class CredentialStore:
         credential.password_hash = hash_password(password)
         self._write(dict(self._items))
         return password
-
-    def update(self, name: str, **changes: Any) -> Credential:
-        credential = self._require(name)
-        for key, value in changes.items():
-            if key in ("name", "password_hash") or not hasattr(credential, key):
-                raise CredentialsError(f"cannot change {key!r}")
-            setattr(credential, key, value)
-        self._write(dict(self._items))
-        return credential
 
     def remove(self, name: str) -> None:
         self._require(name)

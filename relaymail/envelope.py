@@ -64,8 +64,5 @@ class Envelope:
         values["recipients"] = [Recipient.from_dict(r) for r in raw.get("recipients", [])]
         return cls(**values)
 
-    def pending_recipients(self) -> list[Recipient]:
-        return [r for r in self.recipients if r.state == PENDING]
-
 
 _ENVELOPE_FIELDS = tuple(f.name for f in fields(Envelope))

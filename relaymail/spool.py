@@ -382,7 +382,3 @@ class Spool:
 
     def count(self, state: str) -> int:
         return sum(1 for n in os.listdir(self.path(state)) if n.endswith(".json"))
-
-    def free_bytes(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize

@@ -7,7 +7,7 @@ import email.policy
 import os
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relaymail.config import RouteConfig
@@ -138,7 +138,7 @@ def test_dot_at_start_and_missing_final_crlf() -> None:
     assert stuff_in_chunks(b"a\r\n.\r\n.\r\n", 1) == b"a\r\n..\r\n..\r\n.\r\n"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(st.sampled_from([b"", b".", b"..", b".x", b"x.", b"abc", b"\r", b".\r"]),
                       max_size=30),
        cuts=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=10))

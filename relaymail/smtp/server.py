@@ -304,10 +304,6 @@ class RelayESMTP(ESMTP):
             keywords.append([b"AUTH", *(m.encode() for m in MECHANISMS)])
         return keywords
 
-    def extensions(self) -> dict[bytes, list[bytes] | None]:
-        """Stock hook kept truthful for code that asks for it."""
-        return {k[0]: k[1:] or None for k in self.ehlo_keywords()}
-
     def do_NOOP(self, rest: bytes) -> None:
         self.reply(replies.OK)
 
@@ -528,7 +524,7 @@ class RelayESMTP(ESMTP):
         if self.credential is not None:
             return True
         return self.listener.auth != "required" and in_networks(
-            self.peer_ip(), self.context.smtp.trusted_networks)
+            self.client_ip, self.context.smtp.trusted_networks)
 
     # ------------------------------------------------------------------ DATA
 

@@ -251,8 +251,9 @@ class Plain(ClientTests):
                "--auth", "LOGIN", "--auth-user", "app1", "--auth-password", self.password,
                "--pipeline", "--from", "a@client.example", "--to", "b@dest.example",
                "--h-Subject", "swaks test", "--body", "hello from swaks"]
-        result = await self.in_thread(subprocess.run, cmd, None)
-        self.assertEqual(result.returncode, 0)
+        result = await self.in_thread(
+            lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=60))
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertEqual(len(stored_bodies(self.server)), 1)
 
 

@@ -1,0 +1,42 @@
+"""Credential store and checker, without sockets."""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.trial.unittest import TestCase
+
+from relaymail.credentials import CredentialChecker, CredentialStore, generate_password
+from relaymail.spool import run_synchronously
+
+
+def test_generated_passwords_are_safe_on_a_command_line() -> None:
+    passwords = {generate_password() for _ in range(2000)}
+    assert len(passwords) == 2000
+    allowed = set(string.ascii_letters + string.digits)
+    assert all(len(p) == 24 and set(p) <= allowed for p in passwords)
+
+
+class CheckerTests(TestCase):
+    def setUp(self) -> None:
+        self.store = CredentialStore(self.mktemp() + ".json")
+        self.password = self.store.add("app1")
+        self.checker = CredentialChecker(self.store, run_synchronously)
+
+    def check(self, name: bytes, password: bytes) -> Any:
+        return self.checker.requestAvatarId(UsernamePassword(name, password))
+
+    def test_good_bad_unknown(self) -> None:
+        self.assertEqual(self.successResultOf(self.check(b"app1", self.password.encode())),
+                         "app1")
+        self.failureResultOf(self.check(b"app1", b"wrong"), UnauthorizedLogin)
+        self.failureResultOf(self.check(b"nobody", b"x"), UnauthorizedLogin)
+
+    def test_reset_invalidates_cached_login(self) -> None:
+        old = self.password.encode()
+        self.successResultOf(self.check(b"app1", old))
+        self.store.reset("app1")
+        self.failureResultOf(self.check(b"app1", old), UnauthorizedLogin)
