@@ -84,6 +84,8 @@ class TransportConfig:
     path: str | None = None
     fallback: str | None = None
     require_tls: bool = False
+    port: int = 25
+    nameservers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ DEFAULTS: dict[str, Any] = {
 LISTENER_KEYS = {"name", "endpoint", "tls", "auth", "proxy_protocol"}
 UPSTREAM_KEYS = {"preset", "host", "port", "tls", "verify", "ca_file", "username", "password",
                  "helo"}
-TRANSPORT_KEYS = {"type", "upstreams", "path", "fallback", "require_tls"}
+TRANSPORT_KEYS = {"type", "upstreams", "path", "fallback", "require_tls", "port", "nameservers"}
 TLS_MODES = ("none", "starttls", "implicit")
 UPSTREAM_TLS_MODES = ("starttls", "implicit", "opportunistic", "none")
 AUTH_MODES = ("optional", "required", "plaintext-loopback")
@@ -501,6 +503,10 @@ def validate_transports(c: _Check, value: Any) -> dict[str, TransportConfig]:
             path=c.path(d.get("path"), f"{key}.path", allow_none=True),
             fallback=c.string(d.get("fallback"), f"{key}.fallback", allow_none=True),
             require_tls=c.boolean(d.get("require_tls", False), f"{key}.require_tls"),
+            port=c.integer(d.get("port", 25), f"{key}.port", 1),
+            nameservers=tuple(
+                c.string(n, f"{key}.nameservers[{i}]")
+                for i, n in enumerate(c.array(d.get("nameservers", []), f"{key}.nameservers"))),
         )
     for name, transport in out.items():
         if transport.fallback is not None and transport.fallback not in out:

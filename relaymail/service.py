@@ -1,4 +1,4 @@
-"""Wires one relaymail process: spool, SMTP listeners (and later relay and web) in one reactor."""
+"""Wires one relaymail process: spool, SMTP listeners and the relay manager in one reactor."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from relaymail import logs
 from relaymail.config import Config, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
 from relaymail.logs import Logger
+from relaymail.relay.build import build_manager
 from relaymail.smtp.server import RelaySMTPFactory, ServerContext
 from relaymail.smtp.tls import ensure_self_signed, server_tls_options
 from relaymail.spool import Spool
@@ -110,5 +111,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     for i, listener in enumerate(config.smtp.listeners):
         key = f"smtp.listeners[{i}].endpoint"
         listener_service(ctx, listener, key, config.path, reactor).setServiceParent(top)
+    manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered)
+    manager.setName("relay")
+    manager.setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
+    top.relay = manager  # type: ignore[attr-defined]
     return top

@@ -96,7 +96,7 @@ def test_bounce_with_8bit_original_headers() -> None:
 def test_status_of() -> None:
     assert status_of("550 5.7.1 relay denied") == "5.7.1"
     assert status_of("554 no enhanced code") == "5.0.0"
-    assert status_of("451 4.3.0 temporary") == "5.0.0"  # a bounce status is permanent
+    assert status_of("451 4.3.0 temporary") == "4.3.0"  # expired: the last temporary status
     assert status_of(None) == "5.0.0"
 
 

@@ -18,9 +18,10 @@ ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 
 def status_of(reply: str | None) -> str:
-    """The enhanced status code in an SMTP reply, or 5.0.0 when it has none."""
+    """The enhanced status code in an SMTP reply (4.x.x for an expired message), or 5.0.0
+    when it has none."""
     m = ENHANCED.search(reply or "")
-    return m.group(1) if m and m.group(1)[0] == "5" else "5.0.0"
+    return m.group(1) if m and m.group(1)[0] in "45" else "5.0.0"
 
 
 def header_block(body: bytes) -> bytes:

@@ -1,0 +1,50 @@
+"""Assembles the relay side from the config: pool, health board, transports, manager."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from relaymail.config import Config, TransportConfig
+from relaymail.envelope import Envelope
+from relaymail.relay.health import HealthBoard
+from relaymail.relay.manager import RelayManager
+from relaymail.relay.mx import MXResolver, make_resolver
+from relaymail.relay.pool import SessionPool
+from relaymail.relay.router import Router
+from relaymail.relay.transports import (
+    Failover,
+    MaildirTransport,
+    MXTransport,
+    SmarthostTransport,
+    Transport,
+)
+from relaymail.spool import Spool
+
+
+def build_transport(config: TransportConfig, failover: Failover, reactor: Any,
+                    run_in_thread: Callable[..., Any]) -> Transport:
+    if config.type == "maildir":
+        return MaildirTransport(config, run_in_thread)
+    if config.type == "mx":
+        resolver = MXResolver(make_resolver(config.nameservers), run_in_thread, reactor.seconds)
+        return MXTransport(config, failover, resolver)
+    return SmarthostTransport(config, failover)
+
+
+def build_manager(config: Config, reactor: Any, spool: Spool,
+                  recovered: Callable[[], Iterable[Envelope]]) -> RelayManager:
+    delivery = config.delivery
+    health = HealthBoard(reactor.seconds)
+    pool = SessionPool(reactor, config.hostname, health, concurrency=delivery.concurrency,
+                       per_destination=delivery.per_destination_concurrency,
+                       connect_timeout=delivery.connect_timeout,
+                       command_timeout=delivery.command_timeout)
+    failover = Failover(pool, reactor, delivery.batch_size, delivery.batch_delay)
+    transports = {name: build_transport(t, failover, reactor, spool.run_in_thread)
+                  for name, t in config.transports.items()}
+    manager = RelayManager(
+        spool, Router(config.routes), transports,
+        {name: t.fallback for name, t in config.transports.items()},
+        delivery, config.hostname, reactor, recovered=recovered, pool=pool, health=health)
+    return manager

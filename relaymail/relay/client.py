@@ -1,0 +1,367 @@
+"""The outbound ESMTP session: many messages over one connection, per-recipient results.
+
+The handshake (banner, EHLO with HELO fallback, STARTTLS, AUTH) is the stock
+``twisted.mail.smtp.ESMTPClient``.  The transaction is ours, because the stock one stuffs
+dots per 16 KiB chunk, sends neither SIZE nor BODY, does not pipeline, and reports
+per-recipient results poorly.  ``debug`` is off so that no error carries the transcript
+(which would include the base64 AUTH password).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.mail import smtp
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from relaymail.relay.dotstuff import DotStuffer
+from relaymail.relay.outcome import Outcome, SessionError
+
+MAIL, RCPT, DATA, DATA_END, DISCARD_END, RSET, QUIT = (
+    "mail", "rcpt", "data", "data-end", "discard-end", "rset", "quit")
+
+ERROR_KINDS = (
+    (smtp.SMTPTimeoutError, "timeout"),
+    (smtp.SMTPConnectError, "banner"),
+    (smtp.TLSRequiredError, "starttls"),
+    (smtp.TLSError, "starttls"),
+    (smtp.AUTHRequiredError, "auth"),
+    (smtp.AUTHDeclinedError, "auth"),
+    (smtp.AuthenticationError, "auth"),
+    (smtp.EHLORequiredError, "ehlo"),
+)
+
+
+@dataclass
+class Job:
+    """One message to some of its recipients, sent in one transaction."""
+
+    queue_id: str
+    sender: str
+    recipients: list[str]
+    body_path: str
+    body_8bit: bool = False
+    deferred: Deferred = field(default_factory=Deferred)  # fires with dict[str, Outcome]
+
+
+@implementer(smtp.IClientAuthentication)
+class PlainAuthenticator:
+    """AUTH PLAIN with an empty authorization identity, tried once (the stock one tries
+    twice, which doubles the failed logins a provider counts against us)."""
+
+    def __init__(self, user: bytes) -> None:
+        self.user = user
+
+    def getName(self) -> bytes:
+        return b"PLAIN"
+
+    def challengeResponse(self, secret: bytes, chal: Any = None) -> bytes:
+        return b"\0" + self.user + b"\0" + secret
+
+
+def reply_text(resp: bytes | str) -> str:
+    if isinstance(resp, bytes):
+        resp = resp.decode("utf-8", "replace")
+    return " ".join(resp.split())
+
+
+def error_kind(exc: BaseException) -> str:
+    for cls, kind in ERROR_KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return "protocol"
+
+
+class RelayClient(smtp.ESMTPClient):
+    """One connection to one upstream; ``ready`` fires once MAIL may be sent."""
+
+    debug = False
+    heloFallback = True
+
+    def __init__(self, label: str, identity: str, username: str | None, password: str | None,
+                 tls_context: Any, require_tls: bool, timeout: float) -> None:
+        super().__init__(password.encode() if password else None, tls_context,
+                         identity.encode("idna"))
+        self.label = label
+        self.timeout = timeout
+        self.requireTransportSecurity = require_tls
+        self.requireAuthentication = username is not None
+        if username is not None:
+            self.registerAuthenticator(PlainAuthenticator(username.encode()))
+            self.registerAuthenticator(smtp.LOGINAuthenticator(username.encode()))
+        self.ready: Deferred = Deferred(self._cancel_ready)
+        self.lost: Deferred = Deferred()
+        self.on_idle: Callable[[RelayClient], None] | None = None
+        self.extensions: dict[bytes, bytes | None] = {}
+        self.job: Job | None = None
+        self.error: SessionError | None = None
+        self.messages_sent = 0
+        self.tls: str | None = None
+        self._expecting: deque[tuple[str, str | None]] = deque()
+        self._queued: deque[tuple[bytes, str, str | None]] = deque()
+        self._results: dict[str, Outcome] = {}
+        self._accepted: list[str] = []
+        self._mail_failed: Outcome | None = None
+        self._streaming = False
+        self._data_done = False
+
+    # ------------------------------------------------------------------ handshake
+
+    def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
+        self.extensions = {}
+        for line in resp.splitlines()[1:]:
+            name, _, value = line.partition(b" ")
+            self.extensions[name.upper()] = value or None
+        super().esmtpState_serverConfig(code, resp)
+
+    def _esmtpState_plainAuth(self, code: int, resp: bytes) -> None:
+        self.esmtpAUTHDeclined(code, resp)
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        """The stock handshake ends here: from now on every reply is ours to route."""
+        self._expected = range(0, 1000)
+        self._okresponse = self._failresponse = self._on_reply
+        self.tls = self._describe_tls()
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    @property
+    def pipelining(self) -> bool:
+        return b"PIPELINING" in self.extensions
+
+    @property
+    def max_size(self) -> int:
+        try:
+            return int(self.extensions.get(b"SIZE") or 0)
+        except ValueError:
+            return 0
+
+    def _describe_tls(self) -> str | None:
+        """Protocol version and cipher of the TLS session, for the delivery log."""
+        if not self._tlsMode:
+            return None
+        try:
+            handle = self.transport.getHandle()
+            return f"{handle.get_protocol_version_name()} {handle.get_cipher_name()}"
+        except Exception:
+            return "TLS"
+
+    # ------------------------------------------------------------------ errors
+
+    def sendError(self, exc: BaseException) -> None:
+        """Every stock handshake failure lands here; keep the server's words, no log."""
+        code = getattr(exc, "code", -1)
+        resp = getattr(exc, "resp", b"") or b""
+        text = reply_text(resp) or type(exc).__name__
+        self._fail_session(SessionError(error_kind(exc), f"{code} {text}" if code > 0 else text,
+                                        code))
+
+    def _cancel_ready(self, _: Deferred) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _fail_session(self, error: SessionError) -> None:
+        if self.error is None:
+            self.error = error
+        if not self.ready.called:
+            self.ready.errback(error)
+        if self.job is not None:
+            self._fail_job(error)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = smtp.protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        if self.error is None:
+            kind = "tls" if self._tlsMode and not self.ready.called else "connection"
+            text = f"{type(reason.value).__name__}: {reason.getErrorMessage()}"
+            if not self.ready.called or self.job is not None:
+                self.error = SessionError(kind, text)
+        if self.error is not None:
+            if not self.ready.called:
+                self.ready.errback(self.error)
+            if self.job is not None:
+                self._fail_job(self.error)
+        self.lost.callback(self)
+
+    def _fail_job(self, error: SessionError) -> None:
+        """The session broke mid-transaction: what the server did not finally answer is
+        temporary (a RCPT already refused with 5xx stays refused)."""
+        job, self.job = self.job, None
+        assert job is not None
+        self._expecting.clear()
+        self._queued.clear()
+        for address in job.recipients:
+            outcome = self._results.get(address)
+            if outcome is None or outcome.kind == "delivered":
+                self._results[address] = error.outcome(self.label)
+        job.deferred.callback(dict(self._results))
+
+    # ------------------------------------------------------------------ transactions
+
+    def send(self, job: Job) -> Deferred:
+        """Start one transaction; the Deferred fires with each recipient's Outcome."""
+        assert self.job is None and self.ready.called and self.error is None
+        self.job = job
+        self._results, self._accepted, self._mail_failed = {}, [], None
+        self._data_done = False
+        size = os.path.getsize(job.body_path)
+        if self.max_size and size > self.max_size:
+            refused = self._outcome(552, f"5.3.4 message size {size} exceeds the upstream's limit "
+                                         f"{self.max_size}")
+            self._results = dict.fromkeys(job.recipients, refused)
+            self._finish()
+            return job.deferred
+        commands = [(self._mail_command(job, size), MAIL, None)]
+        commands += [(b"RCPT TO:<" + r.encode() + b">", RCPT, r) for r in job.recipients]
+        commands.append((b"DATA", DATA, None))
+        if self.pipelining:
+            self._expecting.extend((kind, addr) for _, kind, addr in commands)
+            self.transport.writeSequence([line + b"\r\n" for line, _, _ in commands])
+        else:
+            self._queued.extend(commands)
+            self._send_next()
+        return job.deferred
+
+    def _mail_command(self, job: Job, size: int) -> bytes:
+        line = b"MAIL FROM:<" + job.sender.encode() + b">"
+        if b"SIZE" in self.extensions:
+            line += b" SIZE=%d" % size
+        if job.body_8bit and b"8BITMIME" in self.extensions:
+            line += b" BODY=8BITMIME"
+        return line
+
+    def _send_next(self) -> None:
+        if not self._queued:
+            return
+        line, kind, addr = self._queued.popleft()
+        if kind == DATA and not self._accepted:
+            self._queued.clear()
+            self._finish()
+            return
+        self._expecting.append((kind, addr))
+        self.sendLine(line)
+
+    def _on_reply(self, code: int, resp: bytes) -> None:
+        if not self._expecting:
+            # Unsolicited (a 421 while idle, say): the server is going away.
+            self.error = self.error or SessionError("connection", f"{code} {reply_text(resp)}")
+            self.transport.loseConnection()
+            return
+        kind, addr = self._expecting.popleft()
+        text = reply_text(resp)
+        if kind in (RSET, QUIT):
+            self._after_reset(kind)
+            return
+        if self.job is None:
+            return
+        outcome = self._outcome(code, text)
+        if kind == MAIL:
+            self._on_mail(outcome)
+        elif kind == RCPT:
+            self._on_rcpt(addr, outcome)
+        elif kind == DATA:
+            if code == 354:
+                self._start_body()
+                return
+            self._settle_accepted(outcome if code >= 400 else self._outcome(451, text))
+        elif kind == DATA_END:
+            self._data_done = True
+            self._settle_accepted(outcome)
+        if not self.pipelining:
+            self._send_next()
+        if not self._expecting and not self._queued and not self._streaming:
+            self._finish()
+
+    def _outcome(self, code: int, text: str) -> Outcome:
+        return Outcome(code, text, self.label, self.tls)
+
+    def _on_mail(self, outcome: Outcome) -> None:
+        if outcome.kind != "delivered":
+            self._mail_failed = outcome
+            self._queued.clear()
+
+    def _on_rcpt(self, address: str | None, outcome: Outcome) -> None:
+        assert address is not None
+        if self._mail_failed is not None:
+            self._results[address] = self._mail_failed
+        elif outcome.kind == "delivered":
+            self._accepted.append(address)
+        else:
+            self._results[address] = outcome
+
+    def _settle_accepted(self, outcome: Outcome) -> None:
+        for address in self._accepted:
+            self._results[address] = outcome
+
+    def _start_body(self) -> None:
+        """354: stream the spooled body (dot-stuffed across chunks), or end an empty DATA
+        at once when no recipient was accepted (RFC 2920 §3.1)."""
+        assert self.job is not None
+        if not self._accepted:
+            self._expecting.appendleft((DISCARD_END, None))
+            self.transport.write(b".\r\n")
+            return
+        try:
+            body = open(self.job.body_path, "rb")  # noqa: SIM115 (closed when sent)
+        except OSError as e:
+            self._fail_session(SessionError("spool", f"cannot read the body: {e.strerror}"))
+            return
+        self._streaming = True
+        stuffer = DotStuffer()
+
+        def transform(chunk: bytes) -> bytes:
+            self.resetTimeout()
+            return stuffer.stuff(chunk)
+
+        sent = FileSender().beginFileTransfer(body, self.transport, transform)
+        sent.addBoth(lambda result: (body.close(), result)[1])
+        sent.addCallbacks(lambda _: self._body_sent(stuffer), lambda _: None)
+
+    def _body_sent(self, stuffer: DotStuffer) -> None:
+        if self.job is None:
+            return
+        self._streaming = False
+        self._expecting.appendleft((DATA_END, None))
+        self.transport.write(stuffer.end())
+
+    def _finish(self) -> None:
+        job, self.job = self.job, None
+        assert job is not None
+        fallback = self._mail_failed or self._outcome(451, "4.4.2 no reply for this recipient")
+        for address in job.recipients:
+            self._results.setdefault(address, fallback)
+        if self._data_done:
+            self.messages_sent += 1
+        aborted = not self._data_done
+        job.deferred.callback(dict(self._results))
+        if aborted and self.error is None:
+            self._expecting.append((RSET, None))
+            self.sendLine(b"RSET")
+        elif self.error is None:
+            self._became_idle()
+
+    def _after_reset(self, kind: str) -> None:
+        if kind == QUIT:
+            self.transport.loseConnection()
+        else:
+            self._became_idle()
+
+    def _became_idle(self) -> None:
+        if self.on_idle is not None and self.error is None:
+            self.on_idle(self)
+
+    def quit(self) -> None:
+        """Say goodbye politely; the connection closes on the reply (or the timeout)."""
+        if self.error is not None or self.transport is None:
+            return
+        self.error = SessionError("quit", "closed by us")
+        self._expecting.append((QUIT, None))
+        self.sendLine(b"QUIT")

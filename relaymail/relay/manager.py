@@ -1,0 +1,429 @@
+"""The relay manager: takes due messages from the spool, delivers, records, retries, bounces.
+
+Every queued message lives in ``queued`` (memory) and in ``queue/`` (disk).  An attempt
+routes the still-pending recipients, delivers each route's share through its transport
+(then its fallback for what stayed temporary), records each recipient's outcome in the
+envelope, and then either removes the message (all delivered), moves it to ``failed/``
+(some failed for good, after bouncing them), or saves it with its next attempt time.
+The envelope is saved after every attempt, so a restart never re-sends to a recipient
+whose delivery was recorded.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+
+from relaymail.config import DeliveryConfig
+from relaymail.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from relaymail.logs import Logger
+from relaymail.relay.bounce import build_bounce
+from relaymail.relay.health import HealthBoard
+from relaymail.relay.outcome import PERMANENT, TEMPORARY, Outcome
+from relaymail.relay.pool import SessionPool
+from relaymail.relay.router import Router
+from relaymail.relay.transports import Transport
+from relaymail.spool import Spool
+
+log = Logger(namespace="relaymail.relay")
+
+NO_ROUTE = Outcome(550, "5.4.4 no route for this recipient's domain")
+HEADER_BYTES = 256 * 1024
+STATES = ("queue", "hold", "failed")
+
+
+class QueueError(Exception):
+    """An operator's request that cannot be done (unknown ID, wrong state)."""
+
+
+def read_head(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(HEADER_BYTES)
+
+
+class RelayManager(Service):
+    """Schedules and runs delivery attempts; also the queue's control surface."""
+
+    def __init__(self, spool: Spool, router: Router, transports: dict[str, Transport],
+                 fallbacks: dict[str, str | None], delivery: DeliveryConfig, hostname: str,
+                 reactor: Any, recovered: Callable[[], Iterable[Envelope]] = list,
+                 rng: random.Random | None = None, max_active: int = 200,
+                 pool: SessionPool | None = None, health: HealthBoard | None = None) -> None:
+        self.spool = spool
+        self.router = router
+        self.transports = transports
+        self.fallbacks = fallbacks
+        self.delivery = delivery
+        self.hostname = hostname
+        self.reactor = reactor
+        self.recovered = recovered
+        self.rng = rng or random.Random()
+        self.max_active = max_active
+        self.pool = pool
+        self.health = health
+        self.queued: dict[str, Envelope] = {}
+        self.heap: list[tuple[float, str]] = []
+        self.active: dict[str, list[Deferred]] = {}
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        self.counters = {"delivered": 0, "deferred": 0, "failed": 0, "bounces": 0}
+        self._timer: Any = None
+        self._soon: Any = None
+        self.stopping = False
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    # ------------------------------------------------------------------ service
+
+    def startService(self) -> None:
+        super().startService()
+        self.stopping = False
+        self.spool.commit_listeners.append(self.submit)
+        for envelope in self.recovered():
+            self.submit(envelope)
+        log.info("relay: {count} message(s) queued", count=len(self.queued))
+
+    def stopService(self) -> Deferred:
+        self.stopping = True
+        if self.submit in self.spool.commit_listeners:
+            self.spool.commit_listeners.remove(self.submit)
+        for call in (self._timer, self._soon):
+            if call is not None and call.active():
+                call.cancel()
+        waits = [self.wait_idle(qid) for qid in list(self.active)]
+        if self.pool is not None:
+            waits.append(self.pool.close())
+        super().stopService()
+        return DeferredList(waits)
+
+    # ------------------------------------------------------------------ scheduling
+
+    def submit(self, envelope: Envelope) -> None:
+        """A message entered ``queue/`` (committed, recovered, released or a bounce)."""
+        self.queued[envelope.queue_id] = envelope
+        self._schedule(envelope, envelope.next_attempt)
+
+    def _schedule(self, envelope: Envelope, when: float) -> None:
+        envelope.next_attempt = when
+        heapq.heappush(self.heap, (when, envelope.queue_id))
+        self._dispatch_soon()
+
+    def _dispatch_soon(self) -> None:
+        if self._soon is None and not self.stopping and self.running:
+            self._soon = self.reactor.callLater(0, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._soon = None
+        now = self.now()
+        while self.heap and len(self.active) < self.max_active:
+            when, qid = self.heap[0]
+            if when > now:
+                break
+            heapq.heappop(self.heap)
+            envelope = self.queued.get(qid)
+            if envelope is None or qid in self.active or envelope.next_attempt != when:
+                continue  # stale entry: rescheduled, held, deleted or already running
+            self._start(envelope)
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.heap and len(self.active) < self.max_active and not self.stopping:
+            self._timer = self.reactor.callLater(max(0.0, self.heap[0][0] - now),
+                                                 self._dispatch)
+
+    def _start(self, envelope: Envelope) -> None:
+        qid = envelope.queue_id
+        self.active[qid] = []
+        d = ensureDeferred(self._attempt(envelope))
+        d.addErrback(self._attempt_crashed, envelope)
+        d.addBoth(self._attempt_finished, qid)
+
+    def _attempt_crashed(self, failure: Any, envelope: Envelope) -> None:
+        """A bug must not lose mail: log it and try again later."""
+        log.failure("relay: attempt for {queue_id} failed unexpectedly", failure,
+                    queue_id=envelope.queue_id)
+        if envelope.queue_id in self.queued:
+            self._schedule(envelope, self.now() + self.delivery.retry_schedule[0])
+
+    def _attempt_finished(self, _: Any, qid: str) -> None:
+        for waiter in self.active.pop(qid, []):
+            waiter.callback(None)
+        self._dispatch_soon()
+
+    def wait_idle(self, qid: str) -> Deferred:
+        """Fires when no attempt for ``qid`` is running."""
+        if qid not in self.active:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self.active[qid].append(d)
+        return d
+
+    def backoff(self, attempts: int) -> float:
+        schedule = self.delivery.retry_schedule
+        base = schedule[min(max(attempts, 1), len(schedule)) - 1]
+        return base * self.rng.uniform(0.9, 1.1)
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def _attempt(self, envelope: Envelope) -> None:
+        pending = [r for r in envelope.recipients if r.state == PENDING]
+        outcomes = await self.deliver([r.address for r in pending], envelope)
+        now = self.now()
+        envelope.attempts += 1
+        envelope.last_attempt = now
+        newly_failed = self._record(envelope, pending, outcomes, now)
+        still = [r for r in envelope.recipients if r.state == PENDING]
+        if still and now - self.lifetime_start(envelope) >= self.delivery.max_queue_lifetime:
+            newly_failed += self._expire(envelope, still)
+            still = []
+        if newly_failed:
+            await self.send_bounce(envelope, newly_failed)
+        if still:
+            envelope.next_attempt = now + self.backoff(envelope.attempts)
+            await self._save_or_keep(envelope)
+            if envelope.queue_id in self.queued:
+                self._schedule(envelope, envelope.next_attempt)
+        else:
+            await self._finish(envelope)
+
+    def lifetime_start(self, envelope: Envelope) -> float:
+        return max(envelope.received_at, envelope.extra.get("requeued_at", 0.0))
+
+    async def deliver(self, addresses: list[str], envelope: Envelope) -> dict[str, Outcome]:
+        """Route and deliver; temporary outcomes go on to the transport's fallback."""
+        body_path = self.spool.path("data", envelope.queue_id + ".eml")
+        results: dict[str, Outcome] = {}
+        groups = self.router.split(addresses)
+        waits, names = [], []
+        for name, rcpts in groups.items():
+            if name is None:
+                results.update(dict.fromkeys(rcpts, NO_ROUTE))
+                continue
+            waits.append(ensureDeferred(self._deliver_with_fallback(name, rcpts, envelope,
+                                                                    body_path)))
+            names.append(name)
+        for _, part in await DeferredList(waits):
+            results.update(part)
+        return results
+
+    async def _deliver_with_fallback(self, name: str, addresses: list[str],
+                                     envelope: Envelope, body_path: str
+                                     ) -> dict[str, Outcome]:
+        results: dict[str, Outcome] = {}
+        seen: set[str] = set()
+        current: str | None = name
+        while addresses and current is not None and current not in seen:
+            seen.add(current)
+            part = await self.transports[current].deliver(envelope, addresses, body_path)
+            results.update(part)
+            addresses = [a for a in addresses if part[a].kind == TEMPORARY]
+            current = self.fallbacks.get(current)
+        return results
+
+    def _record(self, envelope: Envelope, pending: list[Recipient],
+                outcomes: dict[str, Outcome], now: float) -> list[Recipient]:
+        failed = []
+        for recipient in pending:
+            outcome = outcomes[recipient.address]
+            recipient.attempts += 1
+            recipient.last_reply = outcome.reply
+            recipient.transport = outcome.upstream
+            if outcome.kind == PERMANENT:
+                recipient.state = FAILED
+                failed.append(recipient)
+            elif outcome.kind != TEMPORARY:
+                recipient.state = DELIVERED
+        self._log_attempt(envelope, pending, outcomes, now)
+        return failed
+
+    def _log_attempt(self, envelope: Envelope, pending: list[Recipient],
+                     outcomes: dict[str, Outcome], now: float) -> None:
+        groups: dict[tuple[str, Outcome], list[str]] = {}
+        for recipient in pending:
+            outcome = outcomes[recipient.address]
+            status = {"delivered": "sent", TEMPORARY: "deferred", PERMANENT: "bounced"}[
+                outcome.kind]
+            groups.setdefault((status, outcome), []).append(recipient.address)
+        delay = round(now - envelope.received_at, 3)
+        for (status, outcome), rcpts in groups.items():
+            self.counters[{"sent": "delivered", "deferred": "deferred",
+                           "bounced": "failed"}[status]] += len(rcpts)
+            log.info("{queue_id}: to={to} relay={relay} tls={tls} delay={delay} "
+                     "status={status} ({reply})", queue_id=envelope.queue_id,
+                     to=",".join(f"<{r}>" for r in rcpts), relay=outcome.upstream or "none",
+                     tls=outcome.tls or "none", delay=delay, status=status,
+                     reply=outcome.reply)
+            self._notify({"event": status, "queue_id": envelope.queue_id,
+                          "sender": envelope.sender, "recipients": rcpts,
+                          "relay": outcome.upstream, "tls": outcome.tls, "code": outcome.code,
+                          "reply": outcome.reply, "delay": delay, "time": now,
+                          "attempt": envelope.attempts})
+
+    def _notify(self, event: dict[str, Any]) -> None:
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:
+                log.failure("relay: event observer failed")
+
+    def _expire(self, envelope: Envelope, still: list[Recipient]) -> list[Recipient]:
+        days = self.delivery.max_queue_lifetime / 86400
+        for recipient in still:
+            recipient.state = FAILED
+            recipient.last_reply = (f"4.4.7 message expired after {days:g} days in the queue; "
+                                    f"last reply: {recipient.last_reply or 'none'}")
+        log.info("{queue_id}: expired with {count} recipient(s) undelivered",
+                 queue_id=envelope.queue_id, count=len(still))
+        return still
+
+    async def _save_or_keep(self, envelope: Envelope) -> None:
+        try:
+            await self.spool.save_envelope(envelope, "queue")
+        except OSError as e:
+            log.error("{queue_id}: cannot save the envelope ({error}); keeping it in memory",
+                      queue_id=envelope.queue_id, error=e)
+
+    async def _finish(self, envelope: Envelope) -> None:
+        """No recipient is pending: remove the message, or keep it in failed/."""
+        qid = envelope.queue_id
+        self.queued.pop(qid, None)
+        failed = [r for r in envelope.recipients if r.state == FAILED]
+        if not failed:
+            await self.spool.remove(qid, "queue")
+            return
+        envelope.reason = failed[0].last_reply
+        await self.spool.save_envelope(envelope, "queue")
+        await self.spool.move(qid, "queue", "failed")
+
+    # ------------------------------------------------------------------ bounces
+
+    async def send_bounce(self, envelope: Envelope, failed: list[Recipient]) -> None:
+        """Queue an RFC 3464 report to the sender (never for the null sender)."""
+        if not self.delivery.bounces or not envelope.sender:
+            return
+        path = self.spool.path("data", envelope.queue_id + ".eml")
+        try:
+            head = await self.spool.run_in_thread(read_head, path)
+        except OSError:
+            head = b""
+        report = build_bounce(envelope, failed, head, self.hostname, time.time())
+        qid = await self.inject("", [envelope.sender], report,
+                                extra={"bounce_of": envelope.queue_id})
+        self.counters["bounces"] += 1
+        log.info("{queue_id}: sender non-delivery notification: {bounce_id}",
+                 queue_id=envelope.queue_id, bounce_id=qid)
+
+    async def inject(self, sender: str, recipients: list[str], body: bytes,
+                     extra: dict[str, Any] | None = None) -> str:
+        """Queue a message we make ourselves (bounces, the console's send form)."""
+        writer = self.spool.new_message()
+        writer.write(body)
+        now = self.now()
+        envelope = Envelope(queue_id=writer.queue_id, sender=sender,
+                            recipients=[Recipient(a) for a in recipients], received_at=now,
+                            helo=self.hostname, protocol="local", next_attempt=now,
+                            body_8bit=any(b > 127 for b in body), extra=extra or {})
+        return await self.spool.commit(writer, envelope)
+
+    # ------------------------------------------------------------------ queue control
+
+    def find(self, qid: str) -> tuple[str, Envelope]:
+        """Where a message is and its envelope (from memory when queued)."""
+        if qid in self.queued:
+            return "queue", self.queued[qid]
+        state = self.spool.find_state(qid)
+        if state is None:
+            raise QueueError(f"no message {qid}")
+        with open(self.spool.path(state, qid + ".json"), "rb") as f:
+            return state, Envelope.from_json(f.read())
+
+    def list(self, state: str = "queue") -> list[Envelope]:
+        if state == "queue":
+            return sorted(self.queued.values(), key=lambda e: e.queue_id)
+        if state not in STATES:
+            raise QueueError(f"unknown state {state}")
+        return list(self.spool.load_state(state))
+
+    async def retry(self, qid: str) -> str:
+        await self.wait_idle(qid)
+        state, envelope = self.find(qid)
+        if state == "queue":
+            self._schedule(envelope, self.now())
+            return "queue"
+        if state == "failed":
+            for recipient in envelope.recipients:
+                if recipient.state == FAILED:
+                    recipient.state = PENDING
+            envelope.reason = None
+        envelope.extra["requeued_at"] = self.now()
+        return await self._requeue(envelope, state)
+
+    async def release(self, qid: str) -> str:
+        state, envelope = self.find(qid)
+        if state != "hold":
+            raise QueueError(f"{qid} is not on hold (it is in {state})")
+        return await self._requeue(envelope, state)
+
+    async def _requeue(self, envelope: Envelope, state: str) -> str:
+        envelope.next_attempt = self.now()
+        await self.spool.save_envelope(envelope, state)
+        await self.spool.move(envelope.queue_id, state, "queue")
+        self.submit(envelope)
+        return "queue"
+
+    async def hold(self, qid: str) -> str:
+        await self.wait_idle(qid)
+        state, _ = self.find(qid)
+        if state != "queue":
+            raise QueueError(f"{qid} is not in the queue (it is in {state})")
+        self.queued.pop(qid, None)
+        await self.spool.move(qid, "queue", "hold")
+        return "hold"
+
+    async def delete(self, qid: str) -> str:
+        await self.wait_idle(qid)
+        state, _ = self.find(qid)
+        self.queued.pop(qid, None)
+        await self.spool.remove(qid, state)
+        log.info("{queue_id}: deleted by the operator", queue_id=qid)
+        return "deleted"
+
+    async def bounce(self, qid: str) -> str:
+        """Return the message to its sender now, for every recipient still pending."""
+        await self.wait_idle(qid)
+        state, envelope = self.find(qid)
+        if state == "failed":
+            raise QueueError(f"{qid} has already failed")
+        pending = [r for r in envelope.recipients if r.state == PENDING]
+        for recipient in pending:
+            recipient.state = FAILED
+            recipient.last_reply = "5.0.0 returned to the sender by the mail administrator"
+        if pending:
+            await self.send_bounce(envelope, pending)
+        if state == "hold":
+            await self.spool.move(qid, "hold", "queue")
+        await self._finish(envelope)
+        return "failed"
+
+    def flush(self) -> int:
+        """Every queued message is due now; returns how many."""
+        now = self.now()
+        for envelope in self.queued.values():
+            if envelope.queue_id not in self.active:
+                self._schedule(envelope, now)
+        return len(self.queued)
+
+    async def retry_failed(self) -> int:
+        ids = [e.queue_id for e in self.spool.load_state("failed")]
+        for qid in ids:
+            await self.retry(qid)
+        return len(ids)

@@ -1,0 +1,202 @@
+"""Sessions to upstreams, shared by all deliveries: connection reuse and concurrency caps.
+
+Jobs queue per destination (one upstream target).  A session that finishes a job takes
+the next one for the same destination, so a burst of messages to one provider goes over a
+few long sessions instead of one connection each.  At most ``per_destination`` sessions
+per destination and ``concurrency`` in all; an idle session is kept ``idle_time`` seconds,
+and closed early when another destination needs the slot.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.python.failure import Failure
+
+from relaymail.logs import Logger
+from relaymail.relay.client import Job, RelayClient
+from relaymail.relay.connector import Target, open_session
+from relaymail.relay.health import HealthBoard
+from relaymail.relay.outcome import TEMPORARY, Outcome, SessionError
+
+log = Logger(namespace="relaymail.relay.pool")
+
+Opener = Callable[..., Deferred]
+
+
+@dataclass
+class Destination:
+    target: Target
+    jobs: deque[Job] = field(default_factory=deque)
+    sessions: set[RelayClient] = field(default_factory=set)
+    idle: dict[RelayClient, Any] = field(default_factory=dict)  # client -> expiry call
+    connecting: int = 0
+    opening: set[Deferred] = field(default_factory=set)
+
+
+def session_error(failure: Failure) -> SessionError:
+    if isinstance(failure.value, SessionError):
+        return failure.value
+    return SessionError("connect", failure.getErrorMessage() or type(failure.value).__name__)
+
+
+class SessionPool:
+    """Runs jobs on reused sessions within the concurrency caps."""
+
+    def __init__(self, reactor: Any, identity: str, health: HealthBoard, *, concurrency: int,
+                 per_destination: int, connect_timeout: float, command_timeout: float,
+                 idle_time: float = 2.0, opener: Opener = open_session) -> None:
+        self.reactor = reactor
+        self.identity = identity
+        self.health = health
+        self.concurrency = concurrency
+        self.per_destination = per_destination
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.idle_time = idle_time
+        self.opener = opener
+        self.destinations: dict[tuple[Any, ...], Destination] = {}
+        self.total = 0
+        self.connections_opened = 0
+        self.stopping = False
+
+    def submit(self, target: Target, job: Job) -> Deferred:
+        """Queue ``job`` for ``target``; fires with {recipient: Outcome}, never fails."""
+        dest = self.destinations.get(target.key)
+        if dest is None:
+            dest = self.destinations[target.key] = Destination(target)
+        job.deferred.addCallback(self._job_done, target)
+        dest.jobs.append(job)
+        self._pump()
+        return job.deferred
+
+    def _job_done(self, results: dict[str, Outcome], target: Target) -> dict[str, Outcome]:
+        kinds = {o.kind for o in results.values()}
+        if kinds == {TEMPORARY}:
+            first = next(iter(results.values()))
+            self.health.failed(target.label, first.reply)
+        elif "delivered" in kinds:
+            self.health.succeeded(target.label, messages=1)
+        return results
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _pump(self) -> None:
+        if self.stopping:
+            return
+        for dest in list(self.destinations.values()):
+            while dest.jobs and dest.idle:
+                client, expiry = dest.idle.popitem()
+                expiry.cancel()
+                self._run(dest, client)
+            while (dest.jobs and len(dest.sessions) + dest.connecting < self.per_destination
+                   and dest.connecting < len(dest.jobs)):
+                if self.total >= self.concurrency and not self._evict_idle(dest):
+                    break
+                self._connect(dest)
+            if not dest.jobs and not dest.sessions and not dest.connecting:
+                del self.destinations[dest.target.key]
+
+    def _run(self, dest: Destination, client: RelayClient) -> None:
+        job = dest.jobs.popleft()
+        client.send(job)
+
+    def _evict_idle(self, wanting: Destination) -> bool:
+        for dest in self.destinations.values():
+            if dest is not wanting and dest.idle:
+                client, expiry = dest.idle.popitem()
+                expiry.cancel()
+                self._forget(dest, client)
+                client.quit()
+                return True
+        return False
+
+    def _connect(self, dest: Destination) -> None:
+        dest.connecting += 1
+        self.total += 1
+        self.connections_opened += 1
+        d = self.opener(self.reactor, dest.target, self.identity, self.connect_timeout,
+                        self.command_timeout)
+        dest.opening.add(d)
+        d.addBoth(lambda result: (dest.opening.discard(d), result)[1])
+        d.addCallbacks(self._connected, self._connect_failed, (dest,), None, (dest,))
+
+    def _connected(self, client: RelayClient, dest: Destination) -> None:
+        dest.connecting -= 1
+        dest.sessions.add(client)
+        self.health.get(dest.target.label).sessions_opened += 1
+        client.on_idle = lambda c: self._idle(dest, c)
+        client.lost.addCallback(self._lost, dest)
+        log.debug("relay: session to {upstream} ready (tls {tls})", upstream=client.label,
+                  tls=client.tls)
+        self._idle(dest, client)
+
+    def _connect_failed(self, failure: Failure, dest: Destination) -> None:
+        dest.connecting -= 1
+        self.total -= 1
+        error = session_error(failure)
+        self.health.failed(dest.target.label, str(error))
+        log.warn("relay: cannot use {upstream}: {error}", upstream=dest.target.label,
+                 error=str(error))
+        if not dest.sessions and not dest.connecting:
+            jobs, dest.jobs = list(dest.jobs), deque()
+            for job in jobs:
+                outcome = error.outcome(dest.target.label)
+                job.deferred.callback(dict.fromkeys(job.recipients, outcome))
+        self._pump()
+
+    def _idle(self, dest: Destination, client: RelayClient) -> None:
+        if client not in dest.sessions:
+            return
+        if dest.jobs and not self.stopping:
+            self._run(dest, client)
+            return
+        starving = any(d.jobs for d in self.destinations.values() if d is not dest)
+        if self.stopping or (starving and self.total >= self.concurrency):
+            self._forget(dest, client)
+            client.quit()
+            self._pump()
+            return
+        dest.idle[client] = self.reactor.callLater(self.idle_time, self._expire, dest, client)
+
+    def _expire(self, dest: Destination, client: RelayClient) -> None:
+        dest.idle.pop(client, None)
+        self._forget(dest, client)
+        client.quit()
+        self._pump()
+
+    def _forget(self, dest: Destination, client: RelayClient) -> None:
+        if client in dest.sessions:
+            dest.sessions.discard(client)
+            self.total -= 1
+
+    def _lost(self, client: RelayClient, dest: Destination) -> None:
+        expiry = dest.idle.pop(client, None)
+        if expiry is not None and expiry.active():
+            expiry.cancel()
+        self._forget(dest, client)
+        self._pump()
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> Deferred:
+        """Close every session (QUIT when idle, abort when busy); fires when all are gone."""
+        self.stopping = True
+        waits = []
+        for dest in list(self.destinations.values()):
+            for opening in list(dest.opening):
+                opening.cancel()
+            for expiry in dest.idle.values():
+                expiry.cancel()
+            dest.idle.clear()
+            for client in list(dest.sessions):
+                waits.append(client.lost)
+                if client.job is None:
+                    client.quit()
+                else:
+                    client.transport.abortConnection()
+        return DeferredList(waits)
