@@ -107,3 +107,56 @@ async def start_server(data: dict[str, Any], directory: str | None = None,
             endpoint = proxyEndpoint(endpoint)
         ports[listener.name] = await endpoint.listen(listener_factory(ctx, listener))
     return RunningServer(ctx, ports)
+
+
+class RunningRelay:
+    """A whole relaymail process in this reactor: listeners, spool, relay manager."""
+
+    def __init__(self, service: Any, port: int, directory: str) -> None:
+        self.service = service
+        self.smtp_port = port
+        self.directory = directory
+        self.manager = service.relay
+        self.spool = service.context.spool
+
+    async def stop(self) -> None:
+        await self.service.stopService()
+
+
+def relay_config(directory: str, port: int, **sections: Any) -> dict[str, Any]:
+    """A plain listener on ``port`` plus the given top-level sections."""
+    data = base_config(directory, tls=False)
+    data["smtp"]["listeners"] = [{"name": "smtp", "tls": "none",
+                                  "endpoint": f"tcp:{port}:interface=127.0.0.1"}]
+    data.update(sections)
+    return data
+
+
+async def start_relay(directory: str, **sections: Any) -> RunningRelay:
+    from relaymail.service import build_service
+
+    port = free_port()
+    config = load_config(write_config(directory, relay_config(directory, port, **sections)),
+                         environ={})
+    service = build_service(config, reactor)
+    service.privilegedStartService()
+    service.startService()
+    return RunningRelay(service, port, directory)
+
+
+def send_mail(port: int, sender: str, recipients: list[str], body: bytes) -> dict[str, Any]:
+    """Blocking smtplib submission (run it in a thread); returns refused recipients."""
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        return s.sendmail(sender, recipients, body)
+
+
+def without_trace(body: bytes) -> bytes:
+    """The message as the client sent it: our Received header (first, folded) removed."""
+    lines = body.split(b"\r\n")
+    assert lines[0].startswith(b"Received: "), lines[0]
+    i = 1
+    while lines[i][:1] in (b"\t", b" "):
+        i += 1
+    return b"\r\n".join(lines[i:])

@@ -49,6 +49,7 @@ class Job:
     body_path: str
     body_8bit: bool = False
     deferred: Deferred = field(default_factory=Deferred)  # fires with dict[str, Outcome]
+    health_counted: bool = False  # a connect failure already counted against the upstream
 
 
 @implementer(smtp.IClientAuthentication)

@@ -69,14 +69,15 @@ class SessionPool:
         dest = self.destinations.get(target.key)
         if dest is None:
             dest = self.destinations[target.key] = Destination(target)
-        job.deferred.addCallback(self._job_done, target)
+        job.deferred.addCallback(self._job_done, target, job)
         dest.jobs.append(job)
         self._pump()
         return job.deferred
 
-    def _job_done(self, results: dict[str, Outcome], target: Target) -> dict[str, Outcome]:
+    def _job_done(self, results: dict[str, Outcome], target: Target, job: Job
+                  ) -> dict[str, Outcome]:
         kinds = {o.kind for o in results.values()}
-        if kinds == {TEMPORARY}:
+        if kinds == {TEMPORARY} and not job.health_counted:
             first = next(iter(results.values()))
             self.health.failed(target.label, first.reply)
         elif "delivered" in kinds:
@@ -142,9 +143,12 @@ class SessionPool:
         self.health.failed(dest.target.label, str(error))
         log.warn("relay: cannot use {upstream}: {error}", upstream=dest.target.label,
                  error=str(error))
-        if not dest.sessions and not dest.connecting:
+        if not dest.sessions:
+            # Nothing live serves this destination: its waiting jobs go on to the next
+            # upstream now rather than waiting on (or starting) more attempts.
             jobs, dest.jobs = list(dest.jobs), deque()
             for job in jobs:
+                job.health_counted = True
                 outcome = error.outcome(dest.target.label)
                 job.deferred.callback(dict.fromkeys(job.recipients, outcome))
         self._pump()

@@ -43,6 +43,8 @@ class BodyReader:
             line = BARE_CR_OR_LF.sub(b"\r\n", line)
         if self.in_headers:
             self._header_line(line)
+        if not self.eight_bit_seen and not line.isascii():
+            self.eight_bit_seen = True  # relayed with BODY=8BITMIME even if not declared
         if self.writer.size + len(line) + 2 > self.max_size:
             self._fail(MESSAGE_TOO_BIG)
             return

@@ -562,6 +562,7 @@ class RelayESMTP(ESMTP):
             self.reply(body.problem)
             return
         envelope = self.envelope_for(txn)
+        envelope.body_8bit = envelope.body_8bit or body.eight_bit_seen
         d = self.context.spool.commit(txn.writer, envelope)
         self.await_reply(d, lambda outcome: self.committed(envelope, outcome))
 
