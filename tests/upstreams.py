@@ -106,7 +106,7 @@ class Script:
     """How one session behaves.  Replies are full lines; None in ``stall`` never answers."""
 
     banner: str = "220 scripted.test ESMTP"
-    extensions: tuple[str, ...] = ("PIPELINING", "SIZE 10000000", "8BITMIME")
+    extensions: tuple[str, ...] | None = ("PIPELINING", "SIZE 10000000", "8BITMIME")
     mail: str = "250 2.1.0 Ok"
     rcpt: dict[str, str] = field(default_factory=dict)
     rcpt_first_time: dict[str, str] = field(default_factory=dict)  # only for the first RCPT
@@ -154,6 +154,9 @@ class ScriptedSession(LineReceiver):
             handler(text)
 
     def do_EHLO(self, text: str) -> None:
+        if self.script.extensions is None:
+            self.reply("502 5.5.2 EHLO not supported")
+            return
         lines = ["scripted.test", *self.script.extensions]
         for i, item in enumerate(lines):
             self.reply(("250 " if i == len(lines) - 1 else "250-") + item)

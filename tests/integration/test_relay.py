@@ -218,6 +218,27 @@ class ScriptedTests(RelayTestCase):
         # flight"; the relay rightly re-sent it elsewhere (at-least-once, RFC 1047).
         self.assertEqual(len(good.messages), 3)
 
+    async def test_old_server_helo_only_and_size_limit(self) -> None:
+        helo_only = await self.scripted(Script(extensions=None))
+        relay = await self.relay(**smarthost(plain(helo_only.port)))
+        await self.send(relay, ["a@dest.test", "b@dest.test"], TORTURE)
+        await wait_until(lambda: helo_only.messages, what="delivery over HELO")
+        self.assertEqual(helo_only.messages[0].rcpt_tos, ["a@dest.test", "b@dest.test"])
+        self.assertEqual(without_trace(helo_only.messages[0].content), TORTURE)
+        self.assertIn("HELO relay.test", helo_only.sessions[0].commands)
+        await relay.stop()
+        small = await self.scripted(Script(extensions=("SIZE 1000",)))
+        relay = await start_relay(tempfile.mkdtemp(), **smarthost(plain(small.port),
+                                                                  bounces=False))
+        try:
+            await self.send(relay, ["a@dest.test"], TORTURE)
+            await wait_until(lambda: relay.manager.counters["failed"], what="a size refusal")
+        finally:
+            await relay.stop()
+        [failed] = self.envelopes(relay, "failed")
+        self.assertTrue(failed.recipients[0].last_reply.startswith("552 5.3.4"))
+        self.assertFalse(any(c.startswith("MAIL") for c in small.sessions[0].commands))
+
     async def test_banner_421_then_retry_delivers(self) -> None:
         upstream = await self.scripted(
             lambda n: Script(banner="421 4.3.2 busy") if n == 0 else Script())
