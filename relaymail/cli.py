@@ -1,7 +1,4 @@
-"""The ``relaymail`` command: config check and credential management.
-
-Queue commands talk to the running instance through its API and arrive with the web console.
-"""
+"""The ``relaymail`` command: config check, credentials, and the queue (see queuecli)."""
 
 from __future__ import annotations
 
@@ -13,6 +10,8 @@ from collections.abc import Sequence
 
 from relaymail.config import Config, ConfigError, check_runtime, load_config
 from relaymail.credentials import CredentialsError, CredentialStore, hash_password
+from relaymail.queuecli import CommandError
+from relaymail.queuecli import add_parser as add_queue_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, CredentialsError) as e:
+    except (ConfigError, CredentialsError, CommandError) as e:
         print(f"relaymail: {e}", file=sys.stderr)
         return 2
 
@@ -55,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove = csub.add_parser("remove", help="delete a credential")
     remove.add_argument("name")
     remove.set_defaults(run=cmd_credentials_remove)
+
+    add_queue_parser(sub)
 
     hashpw = sub.add_parser("hash-password", help="print a bcrypt hash of a password "
                                                   "read from the terminal or stdin")

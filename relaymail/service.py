@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import partial
 from typing import Any
@@ -13,8 +14,9 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
 
-from relaymail import logs
+from relaymail import logs, spool_lock
 from relaymail.config import Config, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
 from relaymail.logs import Logger
@@ -22,6 +24,7 @@ from relaymail.relay.build import build_manager
 from relaymail.smtp.server import RelaySMTPFactory, ServerContext
 from relaymail.smtp.tls import ensure_self_signed, server_tls_options
 from relaymail.spool import Spool
+from relaymail.web.api import ControlAPI
 
 log = Logger(namespace="relaymail.service")
 
@@ -32,6 +35,23 @@ class SpoolService(Service):
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self.recovered: list[Any] = []
+        self.lock_fd: int | None = None
+        self.control_token = ""
+
+    def privilegedStartService(self) -> None:
+        try:
+            self.lock_fd = spool_lock.acquire(self.spool.root)
+        except spool_lock.SpoolBusyError as e:
+            sys.stderr.write(f"relaymail: {e}\n")
+            raise SystemExit(1) from None
+        self.control_token = spool_lock.write_token(self.spool.root)
+        super().privilegedStartService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def startService(self) -> None:
         self.recovered = self.spool.prepare()
@@ -100,6 +120,18 @@ def listener_service(ctx: ServerContext, listener: ListenerConfig, key: str, con
     return service
 
 
+def web_service(config: Config, reactor: Any, manager: Any,
+                spool_service: SpoolService) -> ListenerService:
+    """The HTTP API on ``web.endpoint``, in the same reactor."""
+    api = ControlAPI(manager, lambda: spool_service.control_token)
+    site = Site(api.app.resource())
+    site.displayTracebacks = False
+    service = ListenerService(serverFromString(reactor, config.web.endpoint), site, config.path,
+                              "web.endpoint", config.web.endpoint)
+    service.setName("web")
+    return service
+
+
 def build_service(config: Config, reactor: Any) -> MultiService:
     """The whole process as one MultiService (started and stopped by twistd)."""
     logs.set_level(config.log.level)
@@ -114,6 +146,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered)
     manager.setName("relay")
     manager.setServiceParent(top)
+    if config.web.enabled:
+        web_service(config, reactor, manager, spool_service).setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     top.relay = manager  # type: ignore[attr-defined]
     return top

@@ -357,7 +357,10 @@ class RelayManager(Service):
         await self.wait_idle(qid)
         state, envelope = self.find(qid)
         if state == "queue":
-            self._schedule(envelope, self.now())
+            envelope.next_attempt = self.now()
+            await self.spool.save_envelope(envelope, "queue")
+            if self.running:
+                self.submit(envelope)
             return "queue"
         if state == "failed":
             for recipient in envelope.recipients:
@@ -377,7 +380,8 @@ class RelayManager(Service):
         envelope.next_attempt = self.now()
         await self.spool.save_envelope(envelope, state)
         await self.spool.move(envelope.queue_id, state, "queue")
-        self.submit(envelope)
+        if self.running:
+            self.submit(envelope)
         return "queue"
 
     async def hold(self, qid: str) -> str:
@@ -413,6 +417,14 @@ class RelayManager(Service):
             await self.spool.move(qid, "hold", "queue")
         await self._finish(envelope)
         return "failed"
+
+    async def flush_offline(self) -> int:
+        """``flush`` for a stopped instance: the envelopes on disk become due now."""
+        envelopes = list(self.spool.load_state("queue"))
+        for envelope in envelopes:
+            envelope.next_attempt = self.now()
+            await self.spool.save_envelope(envelope, "queue")
+        return len(envelopes)
 
     def flush(self) -> int:
         """Every queued message is due now; returns how many."""

@@ -30,11 +30,12 @@ def twistd(config: str, **kw: Any) -> subprocess.Popen:
                             cwd=os.path.dirname(config), **kw)
 
 
-def write_config(directory: str, port: int, **smtp: Any) -> str:
+def write_config(directory: str, port: int, web: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None, **smtp: Any) -> str:
     path = os.path.join(directory, "relay.json")
-    data = {"hostname": "relay.test", "spool_dir": "spool", "web": {"enabled": False},
+    data = {"hostname": "relay.test", "spool_dir": "spool", "web": web or {"enabled": False},
             "smtp": {"listeners": [{"name": "smtp", "endpoint": f"tcp:{port}:interface=127.0.0.1",
-                                    "tls": "none"}], **smtp}}
+                                    "tls": "none"}], **smtp}, **(extra or {})}
     with open(path, "w") as f:
         json.dump(data, f)
     return path
@@ -123,6 +124,64 @@ def test_credentials_cli_round_trip(tmp_path: Any) -> None:
     assert reset.returncode == 0 and password not in reset.stdout
     assert cli("credentials", "remove", "app1").returncode == 0
     assert json.loads(cli("credentials", "list", "--json").stdout) == []
+
+
+def test_queue_commands_online_and_offline(tmp_path: Any) -> None:
+    """The queue command against a running instance (through its API with the local
+    control token), then against the stopped instance's spool files."""
+    port, web_port, dead = free_port(), free_port(), free_port()
+    extra = {"routes": [{"domains": ["*"], "transport": "provider"}],
+             "transports": {"provider": {"type": "smarthost", "upstreams": [
+                 {"host": "127.0.0.1", "port": dead, "tls": "none"}]}},
+             "delivery": {"bounces": False, "connect_timeout": 1}}
+    config = write_config(str(tmp_path), port, web={
+        "endpoint": f"tcp:{web_port}:interface=127.0.0.1"}, extra=extra)
+
+    def queue(*args: str) -> Any:
+        done = subprocess.run([RELAYMAIL, "--config", config, "queue", *args],
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stdout, done.stderr
+
+    proc = twistd(config)
+    try:
+        wait_for_banner(port, proc)
+        second = twistd(config)
+        out, err = second.communicate(timeout=60)
+        assert second.returncode != 0 and b"in use by another relaymail" in out + err, out + err
+        with smtplib.SMTP("127.0.0.1", port) as s:
+            for i in range(3):
+                s.sendmail("app@client.test", [f"user{i}@dest.test"], b"Subject: q\r\n\r\nx\r\n")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = json.loads(queue("list", "--json")[1])
+            if len(rows) == 3 and all(r["attempts"] for r in rows):
+                break
+            time.sleep(0.2)
+        assert len(rows) == 3 and all("Connection" in (r["recipients"][0]["last_reply"] or "")
+                                      for r in rows), rows
+        a, b, c = sorted(r["queue_id"] for r in rows)
+        code, out, _ = queue("list")
+        assert code == 0 and "user0@dest.test" in out and "3 Requests" in out
+        assert queue("hold", a)[0] == 0
+        assert f"{a}!" in queue("list")[1]
+        code, out, err = queue("release", b)
+        assert code == 1 and "not on hold" in out + err
+        assert queue("delete", b)[0] == 0
+        assert queue("bounce", c)[0] == 0
+        states = {r["queue_id"]: r["state"] for r in json.loads(queue("list", "--json")[1])}
+        assert states == {a: "hold", c: "failed"}
+        shown = json.loads(queue("show", a, "--json")[1])
+        assert shown["headers"].startswith("Received: ") and "Subject: q" in shown["headers"]
+        assert json.loads(queue("flush", "--json")[1]) == {"flushed": 0}
+    finally:
+        stop(proc)
+    # Stopped: the same commands work on the files.
+    assert queue("release", a)[0] == 0
+    assert queue("retry", "--failed")[0] == 0
+    states = {r["queue_id"]: r["state"] for r in json.loads(queue("list", "--json")[1])}
+    assert states == {a: "queue", c: "queue"}
+    assert json.loads(queue("flush", "--json")[1]) == {"flushed": 2}
+    assert queue("delete", "NOSUCHID")[0] == 1
 
 
 # ---------------------------------------------------------------------------- crash test

@@ -1,0 +1,189 @@
+"""The JSON API (Klein): queue control and relay status.
+
+Scripts authenticate with ``Authorization: Bearer <token>``; the local control token (see
+``relaymail.spool_lock``) is what ``relaymail queue`` uses.  Shapes follow DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from relaymail.envelope import Envelope
+from relaymail.relay.manager import QueueError, RelayManager, read_head
+
+QUEUE_ACTIONS = ("retry", "hold", "release", "bounce")
+STATES = ("queue", "hold", "failed")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def envelope_json(envelope: Envelope, state: str, now: float, active: bool) -> dict[str, Any]:
+    return {
+        "queue_id": envelope.queue_id,
+        "state": "active" if active else state,
+        "sender": envelope.sender,
+        "recipients": [r.__dict__ for r in envelope.recipients],
+        "size": envelope.size,
+        "received_at": iso(envelope.received_at),
+        "age_seconds": round(now - envelope.received_at, 1),
+        "attempts": envelope.attempts,
+        "next_attempt": iso(envelope.next_attempt) if state == "queue" else None,
+        "last_attempt": iso(envelope.last_attempt),
+        "reason": envelope.reason,
+        "client_ip": envelope.client_ip,
+        "credential": envelope.credential,
+        "listener": envelope.listener,
+    }
+
+
+def matches(envelope: Envelope, sender: str | None, recipient: str | None) -> bool:
+    if sender and sender.lower() not in envelope.sender.lower():
+        return False
+    return not recipient or any(recipient.lower() in r.address.lower()
+                                for r in envelope.recipients)
+
+
+def int_arg(request: IRequest, name: str, default: int) -> int:
+    raw = request.args.get(name.encode(), [b""])[0]
+    try:
+        return max(0, int(raw)) if raw else default
+    except ValueError:
+        return default
+
+
+def str_arg(request: IRequest, name: str) -> str | None:
+    raw = request.args.get(name.encode(), [b""])[0]
+    return raw.decode("utf-8", "replace") or None
+
+
+class ControlAPI:
+    """Routes over a running relay manager."""
+
+    app = Klein()
+
+    def __init__(self, manager: RelayManager, token: Callable[[], str]) -> None:
+        self.manager = manager
+        self.token = token
+
+    # ------------------------------------------------------------------ plumbing
+
+    def authorized(self, request: IRequest) -> bool:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.decode("latin-1").partition(" ")
+        expected = self.token()
+        return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), expected.encode())
+
+    @staticmethod
+    def reply(request: IRequest, body: Any, code: int = 200) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    def denied(self, request: IRequest) -> bytes | None:
+        if self.authorized(request):
+            return None
+        request.setHeader(b"www-authenticate", b'Bearer realm="relaymail"')
+        return self.reply(request, {"error": "authentication required"}, 401)
+
+    # ------------------------------------------------------------------ queue
+
+    @app.route("/api/queue", methods=["GET"])
+    def list_queue(self, request: IRequest) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        state = str_arg(request, "state") or "queue"
+        if state not in (*STATES, "all"):
+            return self.reply(request, {"error": f"unknown state {state}"}, 400)
+        now = self.manager.now()
+        rows = []
+        for name in STATES if state == "all" else (state,):
+            for envelope in self.manager.list(name):
+                if matches(envelope, str_arg(request, "sender"), str_arg(request, "recipient")):
+                    rows.append(envelope_json(envelope, name, now,
+                                              envelope.queue_id in self.manager.active))
+        offset, limit = int_arg(request, "offset", 0), int_arg(request, "limit", 100)
+        return self.reply(request, {"total": len(rows), "offset": offset, "limit": limit,
+                                    "messages": rows[offset:offset + limit]})
+
+    @app.route("/api/queue/<string:qid>", methods=["GET"])
+    async def show(self, request: IRequest, qid: str) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        try:
+            state, envelope = self.manager.find(qid)
+        except QueueError as e:
+            return self.reply(request, {"error": str(e)}, 404)
+        body = envelope_json(envelope, state, self.manager.now(), qid in self.manager.active)
+        path = self.manager.spool.path("data", qid + ".eml")
+        try:
+            head = await self.manager.spool.run_in_thread(read_head, path)
+        except OSError:
+            head = b""
+        end = head.find(b"\r\n\r\n")
+        body["headers"] = head[:end if end >= 0 else len(head)].decode("utf-8", "replace")
+        return self.reply(request, body)
+
+    @app.route("/api/queue/<string:qid>/<string:action>", methods=["POST"])
+    async def act(self, request: IRequest, qid: str, action: str) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        if action not in QUEUE_ACTIONS:
+            return self.reply(request, {"error": f"unknown action {action}"}, 404)
+        return await self._run(request, qid, action, getattr(self.manager, action))
+
+    @app.route("/api/queue/<string:qid>", methods=["DELETE"])
+    async def delete(self, request: IRequest, qid: str) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        return await self._run(request, qid, "delete", self.manager.delete)
+
+    async def _run(self, request: IRequest, qid: str, action: str, op: Any) -> bytes:
+        try:
+            state = await op(qid)
+        except QueueError as e:
+            code = 404 if str(e).startswith("no message") else 409
+            return self.reply(request, {"error": str(e)}, code)
+        return self.reply(request, {"queue_id": qid, "action": action, "state": state})
+
+    @app.route("/api/queue/flush", methods=["POST"])
+    def flush(self, request: IRequest) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        return self.reply(request, {"flushed": self.manager.flush()})
+
+    @app.route("/admin/retry-failed", methods=["POST"])
+    async def retry_failed(self, request: IRequest) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        return self.reply(request, {"requeued": await self.manager.retry_failed()})
+
+    # ------------------------------------------------------------------ relay
+
+    @app.route("/api/relay/status", methods=["GET"])
+    def relay_status(self, request: IRequest) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        manager = self.manager
+        health = manager.health.snapshot() if manager.health is not None else []
+        pool = manager.pool
+        return self.reply(request, {
+            "upstreams": health,
+            "queue": {"queued": len(manager.queued), "active": len(manager.active),
+                      "hold": manager.spool.count("hold"),
+                      "failed": manager.spool.count("failed")},
+            "counters": dict(manager.counters),
+            "connections_opened": pool.connections_opened if pool is not None else 0,
+        })
