@@ -1,7 +1,9 @@
-"""Acceptance benchmark: relaymail against a private Postfix instance, measured in one run.
+"""Benchmarks: relaymail against a private Postfix instance, measured in one run.
 
-Load comes from Postfix's smtp-source; Postfix relays to smtp-sink.  Prints accepted
-messages/s, 1-session latency, relaymail's memory per idle connection, and the ratios.
+Load comes from Postfix's smtp-source.  Acceptance: accepted messages/s, 1-session latency,
+memory per idle connection.  End to end: smtp-source -> server -> smtp-sink, messages/s
+until the queue is empty, accept-to-delivered delay (p50, p99, from each server's own
+delivery log lines) and upstream connections per 1,000 messages (connection reuse).
 Run with ``make bench`` (needs Debian's postfix package: apt-get install postfix).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -18,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
@@ -57,29 +62,55 @@ def smtp_source(port: int, sessions: int, messages: int, size: int) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class Relaymail:
+    port: int
+    pid: int
+    workdir: str
+    web_port: int
+
+    def status(self) -> dict:
+        with open(os.path.join(self.workdir, "spool", "control.token")) as f:
+            token = f.read().strip()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.web_port}/api/relay/status",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+
 @contextmanager
-def relaymail(workdir: str, max_connections: int) -> Iterator[tuple[int, int]]:
-    port = free_port()
+def relaymail(workdir: str, max_connections: int, sink_port: int | None = None
+              ) -> Iterator[Relaymail]:
+    """relaymail under twistd; with ``sink_port`` it relays there (else the maildir outbox)."""
+    port, web_port = free_port(), free_port()
     os.makedirs(workdir, exist_ok=True)
     config = os.path.join(workdir, "relay.json")
+    data: dict = {
+        "hostname": "bench.localdomain", "spool_dir": "spool",
+        "web": {"endpoint": f"tcp:{web_port}:interface=127.0.0.1"},
+        "smtp": {"listeners": [{"name": "smtp", "tls": "none",
+                                "endpoint": f"tcp:{port}:interface=127.0.0.1"}],
+                 "max_connections": max_connections,
+                 "max_connections_per_ip": max_connections},
+        "log": {"level": "info" if sink_port else "warn"},
+    }
+    if sink_port:
+        data["routes"] = [{"domains": ["*"], "transport": "sink"}]
+        data["transports"] = {"sink": {"type": "smarthost", "upstreams": [
+            {"host": "127.0.0.1", "port": sink_port, "tls": "none"}]}}
     with open(config, "w") as f:
-        json.dump({
-            "hostname": "bench.localdomain", "spool_dir": "spool", "web": {"enabled": False},
-            "smtp": {"listeners": [{"name": "smtp", "tls": "none",
-                                    "endpoint": f"tcp:{port}:interface=127.0.0.1"}],
-                     "max_connections": max_connections,
-                     "max_connections_per_ip": max_connections},
-            "log": {"level": "warn"},
-        }, f)
-    proc = subprocess.Popen([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "relaymail",
-                             "--config", config], cwd=workdir, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+        json.dump(data, f)
+    log = open(os.path.join(workdir, "relaymail.log"), "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "--logfile=-",
+                             "relaymail", "--config", config],
+                            cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_banner(port)
-        yield port, proc.pid
+        yield Relaymail(port, proc.pid, workdir, web_port)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+        log.close()
 
 
 @contextmanager
@@ -115,6 +146,8 @@ smtpd_tls_security_level = none
 smtp_tls_security_level = none
 master_service_disable = {disable}
 in_flow_delay = {flow_delay}
+maillog_file_prefixes = {dir}
+maillog_file = {dir}/maillog
 """
 
 
@@ -146,6 +179,81 @@ def postfix(workdir: str, sink_port: int, accept_only: bool) -> Iterator[int]:
     finally:
         subprocess.run(["postfix", "-c", conf, "stop"], capture_output=True)
         master.wait(timeout=30)
+
+
+def queue_files(root: str, subdirs: tuple[str, ...]) -> int:
+    total = 0
+    for sub in subdirs:
+        for _, _, files in os.walk(os.path.join(root, sub)):
+            total += len(files)
+    return total
+
+
+def wait_until_empty(root: str, subdirs: tuple[str, ...], seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while queue_files(root, subdirs):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"queue under {root} did not drain")
+        time.sleep(0.05)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+RELAYMAIL_SENT = re.compile(r" delay=([\d.]+) status=sent ")
+POSTFIX_SENT = re.compile(r"postfix/smtp\[\d+\]: \w+: to=<[^>]*>, relay=[^,]+, "
+                          r"(conn_use=\d+, )?delay=([\d.]+),.* status=sent ")
+
+
+def end_to_end_relaymail(work: str, sink_port: int, sessions: int, messages: int,
+                         size: int) -> dict[str, float]:
+    with relaymail(work, 1000, sink_port) as r:
+        smtp_source(r.port, sessions, min(messages, 500), size)  # warm-up
+        wait_until_empty(os.path.join(work, "spool"), ("queue",))
+        opened_before = r.status()["connections_opened"]
+        with open(os.path.join(work, "relaymail.log")) as f:
+            f.seek(0, 2)
+            start_offset = f.tell()
+        start = time.perf_counter()
+        smtp_source(r.port, sessions, messages, size)
+        wait_until_empty(os.path.join(work, "spool"), ("queue",))
+        elapsed = time.perf_counter() - start
+        connections = r.status()["connections_opened"] - opened_before
+        with open(os.path.join(work, "relaymail.log")) as f:
+            f.seek(start_offset)
+            delays = [float(m.group(1)) for m in RELAYMAIL_SENT.finditer(f.read())]
+    return {"rate": messages / elapsed, "p50": percentile(delays, 0.5),
+            "p99": percentile(delays, 0.99), "conns_per_1000": 1000 * connections / messages,
+            "logged": len(delays)}
+
+
+def end_to_end_postfix(work: str, sink_port: int, sessions: int, messages: int,
+                       size: int) -> dict[str, float]:
+    queue = os.path.join(work, "postfix", "queue")
+    busy = ("incoming", "active", "deferred", "maildrop")
+    with postfix(work, sink_port, accept_only=False) as port:
+        smtp_source(port, sessions, min(messages, 500), size)
+        wait_until_empty(queue, busy)
+        log = os.path.join(work, "postfix", "maillog")
+        time.sleep(1)
+        offset = os.path.getsize(log) if os.path.exists(log) else 0
+        start = time.perf_counter()
+        smtp_source(port, sessions, messages, size)
+        wait_until_empty(queue, busy)
+        elapsed = time.perf_counter() - start
+        time.sleep(1)  # postlogd writes asynchronously
+        with open(log) as f:
+            f.seek(offset)
+            sent = POSTFIX_SENT.findall(f.read())
+    delays = [float(d) for _, d in sent]
+    connections = sum(1 for reuse, _ in sent if not reuse)
+    return {"rate": messages / elapsed, "p50": percentile(delays, 0.5),
+            "p99": percentile(delays, 0.99), "conns_per_1000": 1000 * connections / messages,
+            "logged": len(sent)}
 
 
 def rss_kib(pid: int) -> int:
@@ -192,13 +300,17 @@ def main() -> int:
     n, s, size = args.messages, args.sessions, args.size
     results: dict[str, float] = {}
     try:
-        with relaymail(os.path.join(work, "r"), args.idle + 100) as (port, pid):
-            smtp_source(port, s, min(n, 500), size)  # warm-up
-            results["relaymail_accept"] = n / smtp_source(port, s, n, size)
+        with relaymail(os.path.join(work, "r"), args.idle + 100) as r:
+            smtp_source(r.port, s, min(n, 500), size)  # warm-up
+            results["relaymail_accept"] = n / smtp_source(r.port, s, n, size)
             m = args.latency_messages
-            results["relaymail_latency_ms"] = 1000 * smtp_source(port, 1, m, size) / m
-            results["relaymail_idle_kib"] = idle_connection_cost(port, pid, args.idle)
+            results["relaymail_latency_ms"] = 1000 * smtp_source(r.port, 1, m, size) / m
+            results["relaymail_idle_kib"] = idle_connection_cost(r.port, r.pid, args.idle)
         with sink() as sink_port:
+            e2e = {"relaymail": end_to_end_relaymail(os.path.join(work, "e2e-r"), sink_port,
+                                                     s, n, size),
+                   "postfix": end_to_end_postfix(os.path.join(work, "e2e-p"), sink_port,
+                                                 s, n, size)}
             for mode, accept_only in (("postfix_accept", True), ("postfix_relaying", False)):
                 with postfix(os.path.join(work, mode), sink_port, accept_only) as port:
                     smtp_source(port, s, min(n, 500), size)
@@ -209,6 +321,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, s, n, size, args.idle)
+    report_end_to_end(e2e, s, n, size)
     return 0
 
 
@@ -227,6 +340,23 @@ def report(r: dict[str, float], sessions: int, messages: int, size: int, idle: i
     print(f"{'RSS per idle connection, KiB (' + str(idle) + ' idle)':<42}"
           f"{r['relaymail_idle_kib']:>12.2f}{'-':>12}{'-':>8}")
     print("targets: acceptance ratio >= 1.5, latency ratio <= 1.0, <= 5 KiB per idle connection")
+
+
+def report_end_to_end(e: dict[str, dict[str, float]], sessions: int, messages: int,
+                      size: int) -> None:
+    print(f"\nend to end: smtp-source -s {sessions} -m {messages} -l {size} -> server -> "
+          "smtp-sink (same run)")
+    print(f"{'measure':<42}{'relaymail':>12}{'postfix':>12}{'ratio':>8}")
+    ours, theirs = e["relaymail"], e["postfix"]
+    for name, key in (("delivered msg/s (until queue empty)", "rate"),
+                      ("accept-to-delivered p50 s", "p50"),
+                      ("accept-to-delivered p99 s", "p99"),
+                      ("upstream connections per 1000 msgs", "conns_per_1000")):
+        ratio = ours[key] / theirs[key] if theirs[key] else float("nan")
+        print(f"{name:<42}{ours[key]:>12.3f}{theirs[key]:>12.3f}{ratio:>8.2f}")
+    print(f"(delivery log lines parsed: relaymail {ours['logged']:.0f}, "
+          f"postfix {theirs['logged']:.0f})")
+    print("target: delivered msg/s ratio >= 1.2")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from relaymail.netutil import disable_nagle
 from relaymail.relay.dotstuff import DotStuffer
 from relaymail.relay.outcome import Outcome, SessionError
 
@@ -114,6 +115,10 @@ class RelayClient(smtp.ESMTPClient):
         self._data_done = False
 
     # ------------------------------------------------------------------ handshake
+
+    def connectionMade(self) -> None:
+        disable_nagle(self.transport)
+        super().connectionMade()
 
     def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
         self.extensions = {}

@@ -33,6 +33,7 @@ from relaymail.config import ListenerConfig, SMTPConfig
 from relaymail.credentials import CredentialStore
 from relaymail.envelope import Envelope, Recipient
 from relaymail.logs import Logger
+from relaymail.netutil import disable_nagle
 from relaymail.smtp import replies
 from relaymail.smtp.access import (
     SENDER_NOT_ALLOWED,
@@ -117,6 +118,7 @@ class RelayESMTP(ESMTP):
     # ------------------------------------------------------------------ connection
 
     def connectionMade(self) -> None:
+        disable_nagle(self.transport)
         self.startedTLS = self.listener.tls == "implicit"
         self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.starttls_configured()
         self.client_ip = self.peer_ip()
