@@ -376,8 +376,10 @@ class Spool:
         return self.run_in_thread(self._remove, queue_id, state)
 
     def _remove(self, queue_id: str, state: str) -> None:
+        """No directory fsync here (as in Postfix): an unlink lost to a power failure means
+        the message is delivered once more, never lost; an fsync per delivered message
+        halved the relay's throughput."""
         self.ops.unlink(self.path(state, queue_id + ".json"))
-        self.ops.fsync_dir(self.path(state))
         self._remove_quietly(self.path("data", queue_id + ".eml"))
 
     def count(self, state: str) -> int:

@@ -61,17 +61,21 @@ class AioUpstream:
     """A provider stand-in: STARTTLS required, AUTH PLAIN/LOGIN required over TLS."""
 
     def __init__(self, username: str | None = "relay", password: str = "s3cret-pass",
-                 cert_names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> None:
+                 cert_names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+                 implicit: bool = False) -> None:
         self.port = free_port()
         self.handler = RecordingHandler()
         self.username, self.password = username, password
         leaf = shared_ca().issue_cert(*cert_names)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         leaf.configure_cert(context)
+        tls: dict[str, Any] = ({"ssl_context": context} if implicit else
+                               {"tls_context": context, "require_starttls": True})
         self.controller = Controller(
-            self.handler, hostname="127.0.0.1", port=self.port, tls_context=context,
-            require_starttls=True, authenticator=self._check if username else None,
-            auth_required=username is not None, auth_require_tls=True)
+            self.handler, hostname="127.0.0.1", port=self.port,
+            authenticator=self._check if username else None,
+            # aiosmtpd only counts STARTTLS as TLS; on implicit TLS everything is TLS.
+            auth_required=username is not None, auth_require_tls=not implicit, **tls)
 
     def _check(self, server: Any, session: Any, envelope: Any, mechanism: str,
                auth_data: Any) -> AuthResult:
@@ -190,6 +194,12 @@ class ScriptedSession(LineReceiver):
     def do_RSET(self, text: str) -> None:
         self.mail_from, self.rcpts = None, []
         self.reply("250 2.0.0 Ok")
+
+    def do_STARTTLS(self, text: str) -> None:
+        """Says yes, then speaks garbage instead of a TLS handshake."""
+        self.reply("220 2.0.0 Ready to start TLS")
+        self.transport.write(b"this is not TLS\r\n" * 4)
+        self.transport.loseConnection()
 
     def do_NOOP(self, text: str) -> None:
         self.reply("250 2.0.0 Ok")

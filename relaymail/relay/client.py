@@ -127,6 +127,12 @@ class RelayClient(smtp.ESMTPClient):
             self.extensions[name.upper()] = value or None
         super().esmtpState_serverConfig(code, resp)
 
+    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
+        """Whatever arrived after the 220 in plaintext must not be read as replies once TLS
+        is up (the client side of the STARTTLS injection class): the stock client reads it."""
+        self.clearLineBuffer()
+        super().esmtpState_starttls(code, resp)
+
     def _esmtpState_plainAuth(self, code: int, resp: bytes) -> None:
         self.esmtpAUTHDeclined(code, resp)
 

@@ -6,6 +6,7 @@ for every recipient given, and never failing: trouble is a temporary outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -37,6 +38,11 @@ def target_from_upstream(upstream: UpstreamConfig) -> Target:
                   username=upstream.username, password=upstream.password, helo=upstream.helo)
 
 
+def tls_failed(outcomes: dict[str, Outcome], recipients: list[str]) -> bool:
+    return all(outcomes[r].kind == TEMPORARY and outcomes[r].text.startswith("4.4.2 tls:")
+               for r in recipients)
+
+
 def batches(items: Sequence[str], size: int) -> list[list[str]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
@@ -64,6 +70,10 @@ class Failover:
                 last.update(dict.fromkeys(remaining, down))
                 continue
             outcomes = await self._send(envelope, remaining, body_path, target)
+            if target.tls == "opportunistic" and tls_failed(outcomes, remaining):
+                # RFC 7435: when opportunistic TLS cannot be set up, send in plaintext.
+                plain = dataclasses.replace(target, tls="none")
+                outcomes = await self._send(envelope, remaining, body_path, plain)
             still = []
             for address in remaining:
                 outcome = outcomes[address]

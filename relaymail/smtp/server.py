@@ -461,7 +461,7 @@ class RelayESMTP(ESMTP):
             self.reply(SENDER_NOT_ALLOWED)
             return
         self.txn = Transaction(sender, self.context.spool.new_message(), declared, eight_bit)
-        log.info("{queue_id}: from=<{sender}> size={size} client={client_ip} "
+        log.debug("{queue_id}: from=<{sender}> size={size} client={client_ip} "
                  "listener={listener} credential={credential}", queue_id=self.txn.queue_id,
                  sender=sender.address, size=declared, client_ip=self.client_ip,
                  listener=self.listener.name, credential=self.credential)
@@ -502,11 +502,13 @@ class RelayESMTP(ESMTP):
             self.reply(e.reply)
             return
         refusal = self.rcpt_refusal()
-        outcome = "refused" if refusal else "accepted"
-        log.info("{queue_id}: to=<{rcpt}> {outcome} client={client_ip} credential={credential}"
-                 "{why}", queue_id=self.txn.queue_id, rcpt=rcpt.address, outcome=outcome,
-                 client_ip=self.client_ip, credential=self.credential,
-                 why=f" reply={refusal}" if refusal else "")
+        # Accepted recipients are logged at debug: the queued line counts them and the
+        # delivery lines name them; a log line each cost a tenth of the throughput.
+        emit = log.info if refusal else log.debug
+        emit("{queue_id}: to=<{rcpt}> {outcome} client={client_ip} credential={credential}"
+             "{why}", queue_id=self.txn.queue_id, rcpt=rcpt.address,
+             outcome="refused" if refusal else "accepted", client_ip=self.client_ip,
+             credential=self.credential, why=f" reply={refusal}" if refusal else "")
         if refusal is not None:
             self.reply(refusal)
             return

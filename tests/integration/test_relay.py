@@ -109,6 +109,39 @@ class ProviderTests(RelayTestCase):
         self.assertRegex(self.log_text(), r"status=sent \(250 2\.0\.0 OK queued\)")
         self.assertRegex(self.log_text(), r"tls=TLSv1\.[23] ")
 
+    async def test_implicit_tls_465_style(self) -> None:
+        upstream = self.aio(implicit=True)
+        relay = await self.relay(**smarthost({
+            "host": "localhost", "port": upstream.port, "tls": "implicit",
+            "ca_file": ca_file(), "username": "relay", "password": "s3cret-pass"}))
+        await self.send(relay, ["user@dest.test"], TORTURE)
+        await wait_until(lambda: upstream.messages, what="delivery")
+        await self.drained(relay)
+        got = upstream.messages[0]
+        self.assertEqual(without_trace(got.content), TORTURE)
+        self.assertEqual(got.auth_user, "relay")
+
+    async def test_opportunistic_tls_unverified_and_plaintext_fallback(self) -> None:
+        # A certificate for another name is fine for opportunistic TLS (nothing verified).
+        upstream = self.aio(username=None, cert_names=("wrong.example",))
+        relay = await self.relay(**smarthost({
+            "host": "127.0.0.1", "port": upstream.port, "tls": "opportunistic"}))
+        await self.send(relay, ["user@dest.test"])
+        await wait_until(lambda: upstream.messages, what="delivery")
+        self.assertTrue(upstream.messages[0].tls)
+        # A server whose TLS handshake fails gets the mail in plaintext (RFC 7435). Its
+        # garbage right after "220" must not be read as SMTP replies (stock client does).
+        broken = await self.scripted(Script(extensions=("STARTTLS", "PIPELINING")))
+        relay2 = await start_relay(tempfile.mkdtemp(), **smarthost(
+            {"host": "127.0.0.1", "port": broken.port, "tls": "opportunistic"}))
+        try:
+            await self.send(relay2, ["user@dest.test"])
+            await wait_until(lambda: broken.messages, what="plaintext delivery")
+        finally:
+            await relay2.stop()
+        self.assertIn("STARTTLS", broken.sessions[0].commands)
+        self.assertNotIn("STARTTLS", broken.sessions[-1].commands)
+
     async def test_wrong_password_defers_and_is_never_shown(self) -> None:
         upstream = self.aio(password="the-right-one")
         secret = "Wr0ng-Secret-Value"
