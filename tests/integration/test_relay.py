@@ -90,19 +90,24 @@ class RelayTestCase(TestCase):
 class ProviderTests(RelayTestCase):
     """A provider stand-in that requires STARTTLS and AUTH."""
 
-    async def test_starttls_auth_delivers_byte_identical(self) -> None:
-        upstream = self.aio()
+    async def relay_torture(self, tls: str) -> tuple[Any, Any]:
+        """Send the torture body through an authenticated upstream; return what it got."""
+        upstream = self.aio(implicit=tls == "implicit")
         relay = await self.relay(**smarthost({
-            "host": "localhost", "port": upstream.port, "tls": "starttls",
+            "host": "localhost", "port": upstream.port, "tls": tls,
             "ca_file": ca_file(), "username": "relay", "password": "s3cret-pass"}))
         await self.send(relay, ["user@dest.test"], TORTURE)
         await wait_until(lambda: upstream.messages, what="delivery")
         await self.drained(relay)
         got = upstream.messages[0]
         self.assertEqual(without_trace(got.content), TORTURE)
+        self.assertEqual(got.auth_user, "relay")
+        return relay, got
+
+    async def test_starttls_auth_delivers_byte_identical(self) -> None:
+        relay, got = await self.relay_torture("starttls")
         self.assertEqual((got.mail_from, got.rcpt_tos), ("app@client.test", ["user@dest.test"]))
         self.assertTrue(got.tls)
-        self.assertEqual(got.auth_user, "relay")
         self.assertIn("BODY=8BITMIME", got.mail_options)
         self.assertIn(f"SIZE={len(got.content)}", got.mail_options)
         self.assertEqual(os.listdir(relay.spool.path("data")), [])
@@ -110,16 +115,7 @@ class ProviderTests(RelayTestCase):
         self.assertRegex(self.log_text(), r"tls=TLSv1\.[23] ")
 
     async def test_implicit_tls_465_style(self) -> None:
-        upstream = self.aio(implicit=True)
-        relay = await self.relay(**smarthost({
-            "host": "localhost", "port": upstream.port, "tls": "implicit",
-            "ca_file": ca_file(), "username": "relay", "password": "s3cret-pass"}))
-        await self.send(relay, ["user@dest.test"], TORTURE)
-        await wait_until(lambda: upstream.messages, what="delivery")
-        await self.drained(relay)
-        got = upstream.messages[0]
-        self.assertEqual(without_trace(got.content), TORTURE)
-        self.assertEqual(got.auth_user, "relay")
+        await self.relay_torture("implicit")
 
     async def test_opportunistic_tls_unverified_and_plaintext_fallback(self) -> None:
         # A certificate for another name is fine for opportunistic TLS (nothing verified).
