@@ -300,17 +300,14 @@ def main() -> int:
     n, s, size = args.messages, args.sessions, args.size
     results: dict[str, float] = {}
     try:
-        with relaymail(os.path.join(work, "r"), args.idle + 100) as r:
-            smtp_source(r.port, s, min(n, 500), size)  # warm-up
-            results["relaymail_accept"] = n / smtp_source(r.port, s, n, size)
-            m = args.latency_messages
-            results["relaymail_latency_ms"] = 1000 * smtp_source(r.port, 1, m, size) / m
-            results["relaymail_idle_kib"] = idle_connection_cost(r.port, r.pid, args.idle)
         with sink() as sink_port:
-            e2e = {"relaymail": end_to_end_relaymail(os.path.join(work, "e2e-r"), sink_port,
-                                                     s, n, size),
-                   "postfix": end_to_end_postfix(os.path.join(work, "e2e-p"), sink_port,
-                                                 s, n, size)}
+            # relaymail relays to the sink while accepting, like "postfix while relaying".
+            with relaymail(os.path.join(work, "r"), args.idle + 100, sink_port) as r:
+                smtp_source(r.port, s, min(n, 500), size)  # warm-up
+                results["relaymail_accept"] = n / smtp_source(r.port, s, n, size)
+                m = args.latency_messages
+                results["relaymail_latency_ms"] = 1000 * smtp_source(r.port, 1, m, size) / m
+                results["relaymail_idle_kib"] = idle_connection_cost(r.port, r.pid, args.idle)
             for mode, accept_only in (("postfix_accept", True), ("postfix_relaying", False)):
                 with postfix(os.path.join(work, mode), sink_port, accept_only) as port:
                     smtp_source(port, s, min(n, 500), size)
@@ -318,6 +315,10 @@ def main() -> int:
                     if accept_only:
                         m = args.latency_messages
                         results["postfix_latency_ms"] = 1000 * smtp_source(port, 1, m, size) / m
+            e2e = {"relaymail": end_to_end_relaymail(os.path.join(work, "e2e-r"), sink_port,
+                                                     s, n, size),
+                   "postfix": end_to_end_postfix(os.path.join(work, "e2e-p"), sink_port,
+                                                 s, n, size)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, s, n, size, args.idle)
