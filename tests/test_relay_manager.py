@@ -235,3 +235,19 @@ def test_circuit_breaker_opens_after_threshold_and_doubles() -> None:
     board.succeeded("up", messages=1)
     assert board.available("up")
     assert board.snapshot()[0]["messages_relayed"] == 1
+
+
+def test_bounce_that_cannot_be_queued_keeps_the_message_in_failed() -> None:
+    from relaymail.spool import SpoolError
+
+    t = ScriptedTransport("t", {"bad@y.test": [NO_USER]})
+    h = Harness({"t": t})
+    qid = h.queue(["bad@y.test"])
+
+    async def disk_full(*args: Any, **kw: Any) -> str:
+        raise SpoolError("No space left on device")
+
+    h.manager.inject = disk_full  # type: ignore[method-assign]
+    h.run()
+    assert h.state(qid) == "failed"
+    assert "No space left" in h.envelope(qid).extra["bounce_failed"]

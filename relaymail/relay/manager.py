@@ -29,7 +29,7 @@ from relaymail.relay.outcome import PERMANENT, TEMPORARY, Outcome
 from relaymail.relay.pool import SessionPool
 from relaymail.relay.router import Router
 from relaymail.relay.transports import Transport
-from relaymail.spool import Spool
+from relaymail.spool import Spool, SpoolError
 
 log = Logger(namespace="relaymail.relay")
 
@@ -316,8 +316,15 @@ class RelayManager(Service):
         except OSError:
             head = b""
         report = build_bounce(envelope, failed, head, self.hostname, time.time())
-        qid = await self.inject("", [envelope.sender], report,
-                                extra={"bounce_of": envelope.queue_id})
+        try:
+            qid = await self.inject("", [envelope.sender], report,
+                                    extra={"bounce_of": envelope.queue_id})
+        except (SpoolError, OSError) as e:
+            # The message itself stays in failed/ with its reasons; say so loudly.
+            log.error("{queue_id}: could not queue the bounce to <{sender}>: {error}",
+                      queue_id=envelope.queue_id, sender=envelope.sender, error=e)
+            envelope.extra["bounce_failed"] = str(e)
+            return
         self.counters["bounces"] += 1
         log.info("{queue_id}: sender non-delivery notification: {bounce_id}",
                  queue_id=envelope.queue_id, bounce_id=qid)
