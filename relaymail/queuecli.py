@@ -19,7 +19,7 @@ from twisted.internet.defer import ensureDeferred
 
 from relaymail import spool_lock
 from relaymail.config import Config, endpoint_address, load_config
-from relaymail.relay.manager import QueueError, RelayManager
+from relaymail.relay.manager import QueueError, RelayManager, read_headers
 from relaymail.relay.router import Router
 from relaymail.spool import STATES, Spool, run_synchronously
 from relaymail.web.api import envelope_json
@@ -144,13 +144,7 @@ class OfflineQueue:
         except QueueError as e:
             raise CommandError(str(e)) from None
         out = envelope_json(envelope, state, time.time(), False)
-        try:
-            with open(self.manager.spool.path("data", qid + ".eml"), "rb") as f:
-                head = f.read(256 * 1024)
-        except OSError:
-            head = b""
-        end = head.find(b"\r\n\r\n")
-        out["headers"] = head[:end if end >= 0 else len(head)].decode("utf-8", "replace")
+        out["headers"] = read_headers(self.manager.spool.path("data", qid + ".eml"))
         return out
 
     def act(self, action: str, qid: str) -> str:

@@ -9,7 +9,6 @@ per-recipient results poorly.  ``debug`` is off so that no error carries the tra
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ class Job:
     sender: str
     recipients: list[str]
     body_path: str
+    size: int = 0  # bytes of the stored body (the envelope knows it; no stat needed)
     body_8bit: bool = False
     deferred: Deferred = field(default_factory=Deferred)  # fires with dict[str, Outcome]
     health_counted: bool = False  # a connect failure already counted against the upstream
@@ -224,7 +224,7 @@ class RelayClient(smtp.ESMTPClient):
         self.job = job
         self._results, self._accepted, self._mail_failed = {}, [], None
         self._data_done = False
-        size = os.path.getsize(job.body_path)
+        size = job.size
         if self.max_size and size > self.max_size:
             refused = self._outcome(552, f"5.3.4 message size {size} exceeds the upstream's limit "
                                          f"{self.max_size}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -42,9 +43,22 @@ class QueueError(Exception):
     """An operator's request that cannot be done (unknown ID, wrong state)."""
 
 
+QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,40}")
+
+
 def read_head(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read(HEADER_BYTES)
+
+
+def read_headers(path: str) -> str:
+    """The header section of a stored message, as text (empty when unreadable)."""
+    try:
+        head = read_head(path)
+    except OSError:
+        return ""
+    end = head.find(b"\r\n\r\n")
+    return head[:end if end >= 0 else len(head)].decode("utf-8", "replace")
 
 
 class RelayManager(Service):
@@ -345,6 +359,8 @@ class RelayManager(Service):
 
     def find(self, qid: str) -> tuple[str, Envelope]:
         """Where a message is and its envelope (from memory when queued)."""
+        if not QUEUE_ID.fullmatch(qid):
+            raise QueueError(f"no message {qid!r}")
         if qid in self.queued:
             return "queue", self.queued[qid]
         state = self.spool.find_state(qid)

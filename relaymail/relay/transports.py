@@ -94,7 +94,7 @@ class Failover:
             if i and self.batch_delay:
                 await deferLater(self.reactor, self.batch_delay, lambda: None)
             job = Job(queue_id=envelope.queue_id, sender=envelope.sender, recipients=batch,
-                      body_path=body_path, body_8bit=envelope.body_8bit)
+                      body_path=body_path, size=envelope.size, body_8bit=envelope.body_8bit)
             waits.append(self.pool.submit(target, job))
         merged: dict[str, Outcome] = {}
         for _, result in await DeferredList(waits):

@@ -16,7 +16,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from relaymail.envelope import Envelope
-from relaymail.relay.manager import QueueError, RelayManager, read_head
+from relaymail.relay.manager import QueueError, RelayManager, read_headers
 
 QUEUE_ACTIONS = ("retry", "hold", "release", "bounce")
 STATES = ("queue", "hold", "failed")
@@ -128,12 +128,7 @@ class ControlAPI:
             return self.reply(request, {"error": str(e)}, 404)
         body = envelope_json(envelope, state, self.manager.now(), qid in self.manager.active)
         path = self.manager.spool.path("data", qid + ".eml")
-        try:
-            head = await self.manager.spool.run_in_thread(read_head, path)
-        except OSError:
-            head = b""
-        end = head.find(b"\r\n\r\n")
-        body["headers"] = head[:end if end >= 0 else len(head)].decode("utf-8", "replace")
+        body["headers"] = await self.manager.spool.run_in_thread(read_headers, path)
         return self.reply(request, body)
 
     @app.route("/api/queue/<string:qid>/<string:action>", methods=["POST"])

@@ -1,0 +1,71 @@
+"""The queue API in memory (treq's StubTreq over the Klein resource): authentication,
+shapes, errors.  The same API is used for real by the queue command in test_twistd."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import TestCase
+
+from relaymail.web.api import ControlAPI
+from tests.test_relay_manager import LATER, Harness, ScriptedTransport
+
+TOKEN = "local-control-token"
+
+
+class ControlAPITests(TestCase):
+    def setUp(self) -> None:
+        self.h = Harness({"t": ScriptedTransport("t", default=LATER)}, bounces=False)
+        self.qid = self.h.queue(["b@y.test"], sender="app@x.test")
+        self.h.run()
+        self.treq = StubTreq(ControlAPI(self.h.manager, lambda: TOKEN).app.resource())
+
+    async def call(self, method: str, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
+        headers = {"Authorization": [f"Bearer {token}"]} if token else {}
+        response = await self.treq.request(method, "http://relay.test" + path, headers=headers)
+        body = await response.content()
+        self.h.run()
+        return response.code, json.loads(body)
+
+    def test_every_route_needs_the_token(self) -> None:
+        async def check() -> None:
+            for method, path in (("GET", "/api/queue"), ("GET", f"/api/queue/{self.qid}"),
+                                 ("POST", f"/api/queue/{self.qid}/hold"),
+                                 ("DELETE", f"/api/queue/{self.qid}"),
+                                 ("POST", "/api/queue/flush"), ("POST", "/admin/retry-failed"),
+                                 ("GET", "/api/relay/status")):
+                for token in (None, "wrong"):
+                    code, body = await self.call(method, path, token)
+                    self.assertEqual((code, body), (401, {"error": "authentication required"}))
+            self.assertEqual(self.h.state(self.qid), "queue")
+        return ensureDeferred(check())
+
+    def test_list_show_act_and_errors(self) -> None:
+        async def check() -> None:
+            code, body = await self.call("GET", "/api/queue?sender=app@")
+            self.assertEqual(code, 200)
+            self.assertEqual(body["total"], 1)
+            row = body["messages"][0]
+            self.assertEqual((row["queue_id"], row["sender"]), (self.qid, "app@x.test"))
+            self.assertEqual(row["recipients"][0]["last_reply"], "451 4.7.1 try later")
+            code, body = await self.call("GET", "/api/queue?recipient=nobody")
+            self.assertEqual(body["total"], 0)
+            code, body = await self.call("GET", f"/api/queue/{self.qid}")
+            self.assertTrue(body["headers"].startswith("From: a@x.test"))
+            self.assertEqual(await self.call("POST", f"/api/queue/{self.qid}/hold"),
+                             (200, {"queue_id": self.qid, "action": "hold", "state": "hold"}))
+            code, body = await self.call("POST", f"/api/queue/{self.qid}/hold")
+            self.assertEqual(code, 409)
+            code, _ = await self.call("POST", f"/api/queue/{self.qid}/explode")
+            self.assertEqual(code, 404)
+            for bad in ("NOSUCHMESSAGE", "..", "a%2e%2e"):
+                code, body = await self.call("GET", f"/api/queue/{bad}")
+                self.assertEqual(code, 404, bad)
+            code, body = await self.call("GET", "/api/queue?state=bogus")
+            self.assertEqual(code, 400)
+            code, body = await self.call("GET", "/api/relay/status")
+            self.assertEqual(body["queue"]["hold"], 1)
+        return ensureDeferred(check())
