@@ -277,9 +277,9 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Any) -> None:
         proc = twistd(config)  # restart: recovery runs before the first session
         try:
             wait_for_banner(port, proc)
-            stored = stored_messages(spool, outbox)
         finally:
-            stop(proc)
+            stop(proc)  # a clean stop, so that no delivery runs while we look
+        stored = stored_messages(spool, outbox)
         for marker, body in acked.items():
             copies = stored.get(marker.encode(), [])
             assert copies and all(c == body for c in copies), f"acknowledged {marker} lost"
