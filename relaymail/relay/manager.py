@@ -217,14 +217,13 @@ class RelayManager(Service):
         body_path = self.spool.path("data", envelope.queue_id + ".eml")
         results: dict[str, Outcome] = {}
         groups = self.router.split(addresses)
-        waits, names = [], []
+        waits = []
         for name, rcpts in groups.items():
             if name is None:
                 results.update(dict.fromkeys(rcpts, NO_ROUTE))
                 continue
             waits.append(ensureDeferred(self._deliver_with_fallback(name, rcpts, envelope,
                                                                     body_path)))
-            names.append(name)
         for _, part in await DeferredList(waits):
             results.update(part)
         return results
