@@ -101,7 +101,7 @@ class ControlAPI:
     # ------------------------------------------------------------------ queue
 
     @app.route("/api/queue", methods=["GET"])
-    def list_queue(self, request: IRequest) -> bytes:
+    async def list_queue(self, request: IRequest) -> bytes:
         if (denied := self.denied(request)) is not None:
             return denied
         state = str_arg(request, "state") or "queue"
@@ -110,7 +110,10 @@ class ControlAPI:
         now = self.manager.now()
         rows = []
         for name in STATES if state == "all" else (state,):
-            for envelope in self.manager.list(name):
+            # hold/ and failed/ are read from disk: in the thread pool, not the reactor.
+            envelopes = (self.manager.list(name) if name == "queue" else
+                         await self.manager.spool.run_in_thread(self.manager.list, name))
+            for envelope in envelopes:
                 if matches(envelope, str_arg(request, "sender"), str_arg(request, "recipient")):
                     rows.append(envelope_json(envelope, name, now,
                                               envelope.queue_id in self.manager.active))
