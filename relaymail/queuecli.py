@@ -167,10 +167,6 @@ def open_queue(args: argparse.Namespace) -> OnlineQueue | OfflineQueue:
 # ---------------------------------------------------------------------- output
 
 
-def human_size(size: int) -> str:
-    return f"{size:>8}"
-
-
 def arrival(iso_time: str | None) -> str:
     if not iso_time:
         return "-"
@@ -190,7 +186,7 @@ def print_mailq(rows: list[dict[str, Any]]) -> None:
     total = 0
     for row in rows:
         total += row["size"] or 0
-        print(f"{row['queue_id']}{MARKS.get(row['state'], ' ')} {human_size(row['size'] or 0)} "
+        print(f"{row['queue_id']}{MARKS.get(row['state'], ' ')} {row['size'] or 0:>8} "
               f"{arrival(row['received_at']):<20} {row['sender'] or 'MAILER-DAEMON'}")
         for rcpt in row["recipients"]:
             if rcpt["state"] == "delivered":

@@ -13,7 +13,6 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
@@ -264,7 +263,3 @@ async def wait_until(predicate: Callable[[], bool], seconds: float = 15.0,
             return
         await deferLater(reactor, 0.02, lambda: None)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def never() -> Deferred:
-    return Deferred()

@@ -104,7 +104,6 @@ class RelayClient(smtp.ESMTPClient):
         self.extensions: dict[bytes, bytes | None] = {}
         self.job: Job | None = None
         self.error: SessionError | None = None
-        self.messages_sent = 0
         self.tls: str | None = None
         self._expecting: deque[tuple[str, str | None]] = deque()
         self._queued: deque[tuple[bytes, str, str | None]] = deque()
@@ -350,8 +349,6 @@ class RelayClient(smtp.ESMTPClient):
         fallback = self._mail_failed or self._outcome(451, "4.4.2 no reply for this recipient")
         for address in job.recipients:
             self._results.setdefault(address, fallback)
-        if self._data_done:
-            self.messages_sent += 1
         aborted = not self._data_done
         job.deferred.callback(dict(self._results))
         if aborted and self.error is None:

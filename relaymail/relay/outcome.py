@@ -41,10 +41,6 @@ def temporary(text: str, upstream: str | None = None, code: int = 451) -> Outcom
     return Outcome(code, text, upstream)
 
 
-def permanent(text: str, upstream: str | None = None, code: int = 550) -> Outcome:
-    return Outcome(code, text, upstream)
-
-
 class SessionError(Exception):
     """A session could not be used (connect, banner, EHLO, STARTTLS, AUTH, lost, timeout).
 
