@@ -18,11 +18,27 @@ class FileOps:
     def open_append(self, path: str) -> int:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
 
+    def open_read(self, path: str) -> int:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
     def write_all(self, fd: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
+
+    def copy_all(self, source: int, target: int) -> None:
+        """Append all of ``source`` (from its start) to ``target``, in the kernel if possible."""
+        offset = 0
+        while True:
+            try:
+                copied = os.copy_file_range(source, target, 1 << 24, offset)
+            except OSError:  # a filesystem or kernel without it: copy through user space
+                copied = len(chunk := os.pread(source, 1 << 20, offset))
+                self.write_all(target, chunk)
+            if copied == 0:
+                return
+            offset += copied
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)

@@ -20,6 +20,7 @@ from relaymail import logs, spool_lock
 from relaymail.config import Config, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
 from relaymail.logs import Logger
+from relaymail.policy.dkim import build_signer
 from relaymail.relay.build import build_manager
 from relaymail.smtp.server import RelaySMTPFactory, ServerContext
 from relaymail.smtp.tls import ensure_self_signed, server_tls_options
@@ -97,6 +98,7 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
         checker=CredentialChecker(store, run_in_thread),
         credentials=store,
         tls_options=server_tls_options(config.smtp.tls, config.path),
+        signer=build_signer(config.dkim, config.path, reactor.seconds),
     )
 
 

@@ -84,6 +84,7 @@ class MessageWriter:
         self._spilled = False
         self.spill_error: BaseException | None = None
         self.closed = False
+        self._prefix = b""  # header fields to put before what was already spilled (DKIM)
 
     @property
     def body_path(self) -> str:
@@ -97,6 +98,15 @@ class MessageWriter:
         self._buffered += len(data)
         if self._buffered >= SPILL_THRESHOLD:
             self._spill()
+
+    def prepend(self, data: bytes) -> None:
+        """Put ``data`` before everything written so far (a DKIM-Signature field)."""
+        self.size += len(data)
+        if self._spilled:
+            self._prefix = data + self._prefix
+        else:
+            self._chunks.insert(0, data)
+            self._buffered += len(data)
 
     def _spill(self) -> None:
         chunk = b"".join(self._chunks)
@@ -134,6 +144,8 @@ class MessageWriter:
         fd = self._spill_fd if self._spill_fd is not None else ops.create_exclusive(
             self.body_path)
         self._spill_fd = None
+        if self._prefix:
+            fd = self._rewrite_with_prefix(fd)
         try:
             ops.write_all(fd, b"".join(self._chunks))
         except OSError:
@@ -141,6 +153,29 @@ class MessageWriter:
             raise
         self._chunks = []
         return fd
+
+    def _rewrite_with_prefix(self, spilled: int) -> int:
+        """Thread: a new body file = prefix + the spilled bytes (copied in the kernel), renamed
+        over the spilled one; the rename becomes durable with the commit's ``data/`` fsync."""
+        ops = self.spool.ops
+        fresh_path = self.body_path + ".new"  # not "<id>.eml": startup removes it if left
+        ops.close(spilled)
+        fresh = ops.create_exclusive(fresh_path)
+        try:
+            ops.write_all(fresh, self._prefix)
+            source = ops.open_read(self.body_path)
+            try:
+                ops.copy_all(source, fresh)
+            finally:
+                ops.close(source)
+            ops.rename(fresh_path, self.body_path)
+        except OSError:
+            ops.close(fresh)
+            with contextlib.suppress(OSError):
+                ops.unlink(fresh_path)
+            raise
+        self._prefix = b""
+        return fresh
 
     def discard(self) -> None:
         """Forget the message; once pending spills finish, close and remove the spill file."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from relaymail.policy.dkim import RelaxedBodyHash
 from relaymail.smtp.replies import MESSAGE_TOO_BIG, Reply
 from relaymail.spool import MessageWriter
 
@@ -21,7 +22,8 @@ TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many Received headers: mail loop?")
 class BodyReader:
     """Accumulates one message's lines into a MessageWriter and remembers the first problem."""
 
-    def __init__(self, writer: MessageWriter, max_size: int, reject_bare: bool) -> None:
+    def __init__(self, writer: MessageWriter, max_size: int, reject_bare: bool,
+                 body_hash: RelaxedBodyHash | None = None) -> None:
         self.writer = writer
         self.max_size = max_size
         self.reject_bare = reject_bare
@@ -29,6 +31,8 @@ class BodyReader:
         self.in_headers = True
         self.hops = 0
         self.eight_bit_seen = False
+        self.header_lines: list[bytes] = []  # the client's header block, for DKIM
+        self.body_hash = body_hash
 
     def line(self, line: bytes) -> None:
         """Handle one line of DATA (the terminating "." is handled by the caller)."""
@@ -40,9 +44,18 @@ class BodyReader:
             if self.reject_bare:
                 self._fail(BARE_LINE_ENDING)
                 return
-            line = BARE_CR_OR_LF.sub(b"\r\n", line)
+            for part in BARE_CR_OR_LF.split(line):  # each bare ending becomes a CRLF line
+                self._store(part)
+        else:
+            self._store(line)
+
+    def _store(self, line: bytes) -> None:
+        if self.problem is not None:
+            return
         if self.in_headers:
             self._header_line(line)
+        elif self.body_hash is not None:
+            self.body_hash.line(line)
         if not self.eight_bit_seen and not line.isascii():
             self.eight_bit_seen = True  # relayed with BODY=8BITMIME even if not declared
         if self.writer.size + len(line) + 2 > self.max_size:
@@ -53,10 +66,17 @@ class BodyReader:
     def _header_line(self, line: bytes) -> None:
         if not line:
             self.in_headers = False
-        elif line[:9].lower() == b"received:":
+            return
+        if self.body_hash is not None:
+            self.header_lines.append(line + b"\r\n")
+        if line[:9].lower() == b"received:":
             self.hops += 1
             if self.hops > MAX_HOPS:
                 self._fail(TOO_MANY_HOPS)
+
+    @property
+    def header_block(self) -> bytes:
+        return b"".join(self.header_lines)
 
     def _fail(self, reply: Reply) -> None:
         self.problem = reply

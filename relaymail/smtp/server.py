@@ -24,7 +24,7 @@ from typing import Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import ITLSTransport
 from twisted.mail.smtp import ESMTP, SMTP
 from twisted.python.failure import Failure
@@ -34,6 +34,13 @@ from relaymail.credentials import CredentialStore
 from relaymail.envelope import Envelope, Recipient
 from relaymail.logs import Logger
 from relaymail.netutil import disable_nagle
+from relaymail.policy.dkim import (
+    RelaxedBodyHash,
+    Signer,
+    SigningError,
+    from_domain,
+    parse_headers,
+)
 from relaymail.smtp import replies
 from relaymail.smtp.access import (
     SENDER_NOT_ALLOWED,
@@ -71,6 +78,7 @@ class ServerContext:
     credentials: CredentialStore | None = None
     tls_options: Any = None  # IOpenSSLServerConnectionCreator for STARTTLS
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
+    signer: Signer | None = None  # DKIM, when keys are configured
 
 
 @dataclass
@@ -542,8 +550,10 @@ class RelayESMTP(ESMTP):
         if not self.txn.recipients:
             self.reply(Reply(554, "5.5.1", "Error: no valid recipients"))
             return
+        body_hash = RelaxedBodyHash() if self.context.signer is not None else None
         self.body = BodyReader(self.txn.writer, self.context.smtp.max_message_size,
-                               reject_bare=self.context.smtp.bare_line_endings == "reject")
+                               reject_bare=self.context.smtp.bare_line_endings == "reject",
+                               body_hash=body_hash)
         self.txn.writer.write(self.received_header(self.txn))
         self.mode = DATA
         SMTP.sendCode(self, 354, b"End data with <CR><LF>.<CR><LF>")
@@ -567,8 +577,37 @@ class RelayESMTP(ESMTP):
             return
         envelope = self.envelope_for(txn)
         envelope.body_8bit = envelope.body_8bit or body.eight_bit_seen
-        d = self.context.spool.commit(txn.writer, envelope)
+        d = self.dkim_sign(txn.writer, body)
+        d.addCallback(lambda signed: self.context.spool.commit(txn.writer, envelope)
+                      .addCallback(lambda _: signed))
         self.await_reply(d, lambda outcome: self.committed(envelope, outcome))
+
+    def dkim_sign(self, writer: MessageWriter, body: BodyReader) -> Deferred:
+        """Sign once, here (off the reactor thread); fires with the log note ("" when DKIM is
+        not configured).  Mail that cannot be signed is still accepted, unsigned."""
+        signer = self.context.signer
+        if signer is None or body.body_hash is None:
+            return succeed("")
+        try:
+            fields = parse_headers(body.header_block)
+        except SigningError:
+            return succeed(" dkim=unparsable-header")
+        keys = signer.keys_for(from_domain(fields))
+        if not keys:
+            return succeed(" dkim=none")
+        d = self.context.spool.run_in_thread(signer.sign, fields, body.body_hash.digest_b64(),
+                                             keys)
+
+        def signed(header: bytes) -> str:
+            writer.prepend(header)
+            return " dkim=" + ",".join(k.label for k in keys)
+
+        def failed(failure: Failure) -> str:
+            log.failure("{queue_id}: dkim signing failed", failure=failure,
+                        queue_id=writer.queue_id)
+            return " dkim=failed"
+
+        return d.addCallbacks(signed, failed)
 
     def committed(self, envelope: Envelope, outcome: Any) -> None:
         if isinstance(outcome, Failure):
@@ -578,7 +617,8 @@ class RelayESMTP(ESMTP):
             self.reply(replies.STORAGE_FAILED if storage else replies.LOCAL_ERROR)
             return
         log.info("{queue_id}: queued from=<{sender}> nrcpt={nrcpt} size={size} "
-                 "client={client_ip} listener={listener} credential={credential}",
+                 "client={client_ip} listener={listener} credential={credential}{dkim}",
+                 dkim=outcome,
                  queue_id=envelope.queue_id, sender=envelope.sender,
                  nrcpt=len(envelope.recipients), size=envelope.size, client_ip=self.client_ip,
                  listener=self.listener.name, credential=self.credential)

@@ -14,11 +14,11 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.names import common, dns, server
-from twisted.python import failure
+from twisted.names import dns
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
+from tests.dnszone import start_dns
 from tests.helpers import free_port, send_mail, start_relay, without_trace
 from tests.upstreams import AioUpstream, Script, ScriptedUpstream, ca_file, wait_until
 
@@ -307,28 +307,6 @@ class ScriptedTests(RelayTestCase):
 
 
 # ---------------------------------------------------------------------- MX delivery
-
-
-class Zone(common.ResolverBase):
-    """A tiny authoritative zone for twisted.names' server."""
-
-    def __init__(self, records: dict[tuple[bytes, int], list[Any]]) -> None:
-        super().__init__()
-        self.records = records
-
-    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> Any:
-        name = name.lower()
-        payloads = self.records.get((name, type), [])
-        if not payloads and not any(n == name for n, _ in self.records):
-            return defer.fail(failure.Failure(dns.AuthoritativeDomainError(name)))
-        answers = [dns.RRHeader(name, type, cls, ttl=300, payload=p, auth=True)
-                   for p in payloads]
-        return defer.succeed((answers, [], []))
-
-
-def start_dns(records: dict[tuple[bytes, int], list[Any]]) -> Any:
-    factory = server.DNSServerFactory(authorities=[Zone(records)])
-    return reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
 
 
 class MXTests(RelayTestCase):

@@ -1,0 +1,1 @@
+"""Policy applied at acceptance: DKIM signing, rate limits and quotas, AUTH lockouts."""
