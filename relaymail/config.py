@@ -132,7 +132,7 @@ class Config:
     transports: Mapping[str, TransportConfig]
     delivery: DeliveryConfig
     dkim: tuple[Mapping[str, Any], ...]
-    rate_limits: Mapping[str, Any]
+    rate_limits: Any  # relaymail.policy.settings.RateLimitConfig
     web: WebConfig
     log: LogConfig
 
@@ -354,12 +354,16 @@ def validate(merged: dict[str, Any], source: str) -> Config:
         transports=transports,
         delivery=validate_delivery(c, merged["delivery"]),
         dkim=tuple(validate_dkim(c, merged["dkim"])),
-        rate_limits=c.obj(merged["rate_limits"], "rate_limits",
-                          {"backend", "per_sender", "per_ip", "per_credential", "global",
-                           "on_backend_error", "count"}),
+        rate_limits=validate_rate_limits(c, merged["rate_limits"]),
         web=validate_web(c, merged["web"]),
         log=LogConfig(level=c.choice(merged["log"]["level"], "log.level", LOG_LEVELS)),
     )
+
+
+def validate_rate_limits(c: _Check, value: Any) -> Any:
+    from relaymail.policy.settings import validate_rate_limits as validate_section
+
+    return validate_section(c, value)
 
 
 def validate_hostname(c: _Check, value: Any) -> str:

@@ -45,6 +45,7 @@ class Credential:
     allowed_sender_domains: list[str] = field(default_factory=list)
     hourly_quota: int | None = None
     daily_quota: int | None = None
+    check_header_from: bool = False  # the header From must be in the sender's domain
     created: float = 0.0
     description: str = ""
 

@@ -20,6 +20,7 @@ from relaymail import logs, spool_lock
 from relaymail.config import Config, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
 from relaymail.logs import Logger
+from relaymail.policy.build import PolicyService, build_policy
 from relaymail.policy.dkim import build_signer
 from relaymail.relay.build import build_manager
 from relaymail.smtp.server import RelaySMTPFactory, ServerContext
@@ -90,6 +91,7 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
     check_runtime(config)
     run_in_thread = thread_runner(reactor)
     store = CredentialStore(config.credentials_file)
+    policy = build_policy(config.rate_limits, reactor)
     return ServerContext(
         hostname=config.hostname,
         smtp=config.smtp,
@@ -99,6 +101,9 @@ def build_context(config: Config, reactor: Any) -> ServerContext:
         credentials=store,
         tls_options=server_tls_options(config.smtp.tls, config.path),
         signer=build_signer(config.dkim, config.path, reactor.seconds),
+        limits=policy.limits,
+        lockout=policy.lockout,
+        policy=policy,
     )
 
 
@@ -142,6 +147,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     spool_service = SpoolService(ctx.spool)
     spool_service.setName("spool")
     spool_service.setServiceParent(top)
+    PolicyService(ctx.policy).setServiceParent(top)
     for i, listener in enumerate(config.smtp.listeners):
         key = f"smtp.listeners[{i}].endpoint"
         listener_service(ctx, listener, key, config.path, reactor).setServiceParent(top)

@@ -31,7 +31,7 @@ class BodyReader:
         self.in_headers = True
         self.hops = 0
         self.eight_bit_seen = False
-        self.header_lines: list[bytes] = []  # the client's header block, for DKIM
+        self.header_lines: list[bytes] = []  # the client's header block (DKIM, From check)
         self.body_hash = body_hash
 
     def line(self, line: bytes) -> None:
@@ -67,8 +67,7 @@ class BodyReader:
         if not line:
             self.in_headers = False
             return
-        if self.body_hash is not None:
-            self.header_lines.append(line + b"\r\n")
+        self.header_lines.append(line + b"\r\n")
         if line[:9].lower() == b"received:":
             self.hops += 1
             if self.hops > MAX_HOPS:

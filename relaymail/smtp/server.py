@@ -41,6 +41,8 @@ from relaymail.policy.dkim import (
     from_domain,
     parse_headers,
 )
+from relaymail.policy.limits import RateLimiter, Reservation, Who
+from relaymail.policy.lockout import AuthLockout
 from relaymail.smtp import replies
 from relaymail.smtp.access import (
     SENDER_NOT_ALLOWED,
@@ -79,6 +81,9 @@ class ServerContext:
     tls_options: Any = None  # IOpenSSLServerConnectionCreator for STARTTLS
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     signer: Signer | None = None  # DKIM, when keys are configured
+    limits: RateLimiter | None = None  # rate limits and quotas, when configured
+    lockout: AuthLockout | None = None  # AUTH brute-force protection
+    policy: Any = None  # relaymail.policy.build.Policy: the above and their counters
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Transaction:
     declared_size: int | None
     eight_bit: bool
     recipients: list[str] = field(default_factory=list)
+    reservations: list[Reservation] = field(default_factory=list)  # rate-limit units taken
 
     @property
     def queue_id(self) -> str:
@@ -392,8 +398,27 @@ class RelayESMTP(ESMTP):
         if mechanism not in MECHANISMS:
             self.reply(Reply(504, "5.5.4", "Unsupported authentication mechanism"))
             return
-        self.auth_exchange = Exchange(mechanism)
-        self.auth_step(lambda: self.auth_exchange.start(parts[1] if len(parts) == 2 else None))
+        exchange = Exchange(mechanism)
+        initial = parts[1] if len(parts) == 2 else None
+        if self.context.lockout is None:
+            self.start_auth(exchange, initial, 0.0)
+            return
+        d = self.context.lockout.locked_for("ip", self.client_ip)
+        self.await_reply(d, lambda seconds: self.start_auth(exchange, initial, seconds))
+
+    def start_auth(self, exchange: Exchange, initial: bytes | None, locked: Any) -> None:
+        """Begin the exchange unless the client's address is locked out (then hang up)."""
+        if isinstance(locked, Failure) or locked > 0:
+            wait = 60 if isinstance(locked, Failure) else int(locked) + 1
+            log.info("auth refused client={client_ip} listener={listener}: address locked "
+                     "for {wait} s", client_ip=self.client_ip, listener=self.listener.name,
+                     wait=wait)
+            self.reply(Reply(454, "4.7.0", "Too many failed authentication attempts from your "
+                                           f"address; try again in {wait} seconds"))
+            self.transport.loseConnection()
+            return
+        self.auth_exchange = exchange
+        self.auth_step(lambda: exchange.start(initial))
 
     def auth_refusal(self) -> Reply | None:
         if self.helo is None or not self.esmtp:
@@ -427,29 +452,49 @@ class RelayESMTP(ESMTP):
             return
         self.mode, self.auth_exchange = COMMAND, None
         username, password = result
-        credentials = UsernamePassword(username.encode(), password.encode())
-        d = maybeDeferred(self.context.checker.requestAvatarId, credentials)
+        d = self.check_login(username, password)
         self.await_reply(d, lambda outcome: self.auth_finished(username, outcome))
 
+    def check_login(self, username: str, password: str) -> Deferred:
+        """The credential check, skipped (LoginLockedError) while the login is locked out."""
+        credentials = UsernamePassword(username.encode(), password.encode())
+        lockout = self.context.lockout
+        if lockout is None:
+            return maybeDeferred(self.context.checker.requestAvatarId, credentials)
+
+        def check(seconds: float) -> Any:
+            if seconds > 0:
+                raise LoginLockedError(seconds)
+            return self.context.checker.requestAvatarId(credentials)
+
+        return lockout.locked_for("user", username.lower()).addCallback(check)
+
     def auth_finished(self, username: str, outcome: Any) -> None:
+        result = "ok"
         if isinstance(outcome, Failure):
-            ok = False
-            temporary = not outcome.check(UnauthorizedLogin)
-            if temporary:
+            result = "locked" if outcome.check(LoginLockedError) else "failed"
+            if not outcome.check(UnauthorizedLogin, LoginLockedError):
                 log.failure("smtp: credential check failed", failure=outcome)
-        else:
-            ok, temporary = True, False
         log.info("auth {result} client={client_ip} listener={listener} credential={credential}",
-                 result="ok" if ok else "failed", client_ip=self.client_ip,
-                 listener=self.listener.name, credential=username)
-        if ok:
+                 result=result, client_ip=self.client_ip, listener=self.listener.name,
+                 credential=username)
+        lockout = self.context.lockout
+        if result == "ok":
             self.credential = str(outcome)
             self.authenticated = True
+            if lockout is not None:
+                lockout.succeeded(username)
             self.reply(Reply(235, "2.7.0", "Authentication successful"))
-        elif temporary:
-            self.reply(Reply(454, "4.7.0", "Temporary authentication failure"))
-        else:
+        elif result == "locked":
+            wait = int(outcome.value.seconds) + 1
+            self.reply(Reply(454, "4.7.0", "Too many failed authentication attempts for this "
+                                           f"login; try again in {wait} seconds"))
+        elif outcome.check(UnauthorizedLogin):
+            if lockout is not None:
+                lockout.failed(self.client_ip, username)
             self.reply(Reply(535, "5.7.8", "Authentication credentials invalid"))
+        else:
+            self.reply(Reply(454, "4.7.0", "Temporary authentication failure"))
 
     # ------------------------------------------------------------------ MAIL and RCPT
 
@@ -468,7 +513,24 @@ class RelayESMTP(ESMTP):
             self.log_refused_sender(sender.address, SENDER_NOT_ALLOWED)
             self.reply(SENDER_NOT_ALLOWED)
             return
-        self.txn = Transaction(sender, self.context.spool.new_message(), declared, eight_bit)
+        limits = self.context.limits
+        if limits is None or limits.config.count != "messages":
+            self.open_transaction(sender, declared, eight_bit, Reservation())
+            return
+        d = limits.reserve(Who(self.client_ip, self.login(), sender.address))
+        self.await_reply(d, lambda r: self.open_transaction(sender, declared, eight_bit, r))
+
+    def open_transaction(self, sender: PathArgument, declared: int | None, eight_bit: bool,
+                         reserved: Any) -> None:
+        """MAIL's reply, once the rate limits have had their say."""
+        if not isinstance(reserved, Reservation):
+            self.refuse_over_limit(sender.address, reserved)
+            return
+        if self.gone:
+            self.release(reserved)
+            return
+        self.txn = Transaction(sender, self.context.spool.new_message(), declared, eight_bit,
+                               reservations=[reserved])
         log.debug("{queue_id}: from=<{sender}> size={size} client={client_ip} "
                  "listener={listener} credential={credential}", queue_id=self.txn.queue_id,
                  sender=sender.address, size=declared, client_ip=self.client_ip,
@@ -493,6 +555,23 @@ class RelayESMTP(ESMTP):
         if self.credential is None or self.context.credentials is None:
             return None
         return self.context.credentials.get(self.credential)
+
+    def refuse_over_limit(self, sender: str, reply: Any) -> None:
+        if isinstance(reply, Failure):
+            log.failure("smtp: rate limit check failed", failure=reply)
+            reply = replies.LOCAL_ERROR
+        self.log_refused_sender(sender, reply)
+        self.reply(reply)
+
+    def release(self, reservation: Reservation) -> None:
+        if self.context.limits is not None:
+            self.context.limits.release(reservation)
+
+    def release_all(self, txn: Transaction) -> None:
+        """The transaction queued nothing: what it counted against the limits is given back."""
+        for reservation in txn.reservations:
+            self.release(reservation)
+        txn.reservations = []
 
     def log_refused_sender(self, sender: str, reply: Reply) -> None:
         log.info("refused from=<{sender}> client={client_ip} credential={credential} "
@@ -520,7 +599,22 @@ class RelayESMTP(ESMTP):
         if refusal is not None:
             self.reply(refusal)
             return
-        self.txn.recipients.append(rcpt.address)
+        limits, txn = self.context.limits, self.txn
+        if limits is None or limits.config.count != "recipients":
+            self.add_recipient(txn, rcpt.address, Reservation())
+            return
+        d = limits.reserve(Who(self.client_ip, self.login(), txn.sender.address))
+        self.await_reply(d, lambda r: self.add_recipient(txn, rcpt.address, r))
+
+    def add_recipient(self, txn: Transaction, address: str, reserved: Any) -> None:
+        if not isinstance(reserved, Reservation):
+            self.refuse_over_limit(txn.sender.address, reserved)
+            return
+        if txn is not self.txn:  # the session ended or was reset meanwhile
+            self.release(reserved)
+            return
+        txn.reservations.append(reserved)
+        txn.recipients.append(address)
         self.reply(Reply(250, "2.1.5", "Ok"))
 
     def rcpt_refusal(self) -> Reply | None:
@@ -569,18 +663,33 @@ class RelayESMTP(ESMTP):
         txn, body = self.txn, self.body
         assert txn is not None and body is not None
         self.mode, self.txn, self.body = COMMAND, None, None
-        if body.problem is not None:
+        problem = body.problem or self.header_from_problem(txn, body)
+        if problem is not None:
             log.info("{queue_id}: refused at end of data reply={reply}", queue_id=txn.queue_id,
-                     reply=str(body.problem))
+                     reply=str(problem))
             txn.writer.discard()
-            self.reply(body.problem)
+            self.release_all(txn)
+            self.reply(problem)
             return
         envelope = self.envelope_for(txn)
         envelope.body_8bit = envelope.body_8bit or body.eight_bit_seen
         d = self.dkim_sign(txn.writer, body)
         d.addCallback(lambda signed: self.context.spool.commit(txn.writer, envelope)
                       .addCallback(lambda _: signed))
-        self.await_reply(d, lambda outcome: self.committed(envelope, outcome))
+        self.await_reply(d, lambda outcome: self.committed(txn, envelope, outcome))
+
+    def header_from_problem(self, txn: Transaction, body: BodyReader) -> Reply | None:
+        """A login may be required to send only with a header From in its sender's domain."""
+        credential = self.login()
+        if credential is None or not credential.check_header_from:
+            return None
+        try:
+            domain = from_domain(parse_headers(body.header_block))
+        except SigningError:
+            domain = None
+        if domain is not None and domain == txn.sender.address.rpartition("@")[2].lower():
+            return None
+        return HEADER_FROM_MISMATCH
 
     def dkim_sign(self, writer: MessageWriter, body: BodyReader) -> Deferred:
         """Sign once, here (off the reactor thread); fires with the log note ("" when DKIM is
@@ -609,8 +718,9 @@ class RelayESMTP(ESMTP):
 
         return d.addCallbacks(signed, failed)
 
-    def committed(self, envelope: Envelope, outcome: Any) -> None:
+    def committed(self, txn: Transaction, envelope: Envelope, outcome: Any) -> None:
         if isinstance(outcome, Failure):
+            self.release_all(txn)
             storage = outcome.check(SpoolError) is not None
             log.error("{queue_id}: not queued: {error}", queue_id=envelope.queue_id,
                       error=outcome.getErrorMessage())
@@ -638,6 +748,7 @@ class RelayESMTP(ESMTP):
         """Forget the open transaction (RSET, new EHLO, disconnect); nothing was committed."""
         if self.txn is not None:
             self.txn.writer.discard()
+            self.release_all(self.txn)
         self.txn, self.body = None, None
         if self.mode == DATA:
             self.mode = COMMAND
@@ -672,6 +783,18 @@ class RelayESMTP(ESMTP):
             lines[-1] += ";"
             lines.append(f"\t{date}")
         return "\r\n".join(lines).encode("ascii", "replace") + b"\r\n"
+
+
+class LoginLockedError(Exception):
+    """The login is locked out after repeated failures; no password is checked."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"locked for {seconds:.0f} s")
+        self.seconds = seconds
+
+
+HEADER_FROM_MISMATCH = Reply(550, "5.7.1", "Header From must be in the envelope sender's "
+                                           "domain for this login")
 
 
 def sanitize(text: str) -> str:

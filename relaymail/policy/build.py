@@ -1,0 +1,51 @@
+"""Builds the policy objects from the ``rate_limits`` section, and a service that closes the
+counter backend at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+
+from relaymail.policy.counters import Counters, MemoryCounters
+from relaymail.policy.limits import RateLimiter
+from relaymail.policy.lockout import AuthLockout
+from relaymail.policy.settings import RateLimitConfig
+
+
+@dataclass
+class Policy:
+    counters: Counters
+    limits: RateLimiter | None
+    lockout: AuthLockout | None
+
+
+def build_counters(config: RateLimitConfig, reactor: Any) -> Counters:
+    if config.backend == "memory":
+        return MemoryCounters(reactor.seconds)
+    from relaymail.policy.redis_counters import RedisCounters  # redis only when used
+
+    return RedisCounters(config.backend, reactor, config.backend_timeout)
+
+
+def build_policy(config: RateLimitConfig, reactor: Any) -> Policy:
+    counters = build_counters(config, reactor)
+    limits = RateLimiter(config, counters, reactor.seconds, reactor) if config.enabled else None
+    lockout = None
+    if config.auth_failures.max_failures > 0:
+        lockout = AuthLockout(config.auth_failures, counters, reactor, config.backend_timeout,
+                              fail_open=config.on_backend_error == "allow")
+    return Policy(counters, limits, lockout)
+
+
+class PolicyService(Service):
+    """Closes the counter backend (the Redis connection and its threads) at shutdown."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return self.policy.counters.close()

@@ -1,0 +1,164 @@
+"""Rate limits and quotas checked at MAIL/RCPT: per sender, per credential, per client IP and
+relay-wide, in fixed UTC hour and day windows.
+
+A transaction reserves its units when MAIL (or each RCPT, when counting recipients) is
+accepted, all limits at once and atomically, so concurrent sessions, even on several
+instances sharing Redis, never pass a limit.  A transaction that ends without a queued
+message gives its reservation back: only accepted mail counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from relaymail.credentials import Credential
+from relaymail.logs import Logger
+from relaymail.policy.counters import Bucket, Counters
+from relaymail.policy.settings import WINDOWS, Quota, RateLimitConfig
+from relaymail.smtp.access import in_networks
+from relaymail.smtp.replies import Reply
+
+log = Logger(namespace="relaymail.policy")
+
+BACKEND_UNAVAILABLE = Reply(451, "4.3.0", "Rate limit service unavailable; try again later")
+EXPIRY_SLACK = 60.0  # keep a window's counter a minute past its end (clock skew between hosts)
+
+
+@dataclass
+class Reservation:
+    """Units taken from some counters; given back if the message is not accepted."""
+
+    keys: list[str] = field(default_factory=list)
+    amount: int = 0
+
+
+@dataclass(frozen=True)
+class Who:
+    """Whom a transaction is counted against."""
+
+    ip: str
+    credential: Credential | None
+    sender: str
+
+
+@dataclass(frozen=True)
+class Check:
+    bucket: Bucket
+    scope: str
+    window: str
+    subject: str
+
+
+def window_start(now: float, window: str) -> int:
+    length = WINDOWS[window]
+    return int(now // length * length)
+
+
+def reset_text(start: int, window: str) -> str:
+    end = start + WINDOWS[window]
+    fmt = "%H:%M UTC" if window == "hour" else "%Y-%m-%d %H:%M UTC"
+    return time.strftime(fmt, time.gmtime(end))
+
+
+class RateLimiter:
+    """Decides whether one more message (or recipient) may be accepted."""
+
+    def __init__(self, config: RateLimitConfig, counters: Counters, clock: Callable[[], float],
+                 reactor: Any) -> None:
+        self.config = config
+        self.counters = counters
+        self.clock = clock
+        self.reactor = reactor
+        self.stats: Counter[str] = Counter()
+
+    def exempt(self, ip: str) -> bool:
+        return in_networks(ip, self.config.exempt_networks)
+
+    def quota_for(self, scope: str, who: Who) -> tuple[Quota | None, str]:
+        """The quota of one scope for this transaction and the identity it is counted on."""
+        quotas = self.config.quotas
+        if scope == "per_credential":
+            c = who.credential
+            if c is None:
+                return None, ""
+            own = Quota(c.hourly_quota, c.daily_quota)
+            return (own if own.items() else quotas.get(scope)), c.name
+        if scope == "per_sender":
+            return (quotas.get(scope), who.sender.lower()) if who.sender else (None, "")
+        if scope == "per_ip":
+            return quotas.get(scope), who.ip
+        return quotas.get(scope), "*"
+
+    def checks(self, who: Who) -> list[Check]:
+        now = self.clock()
+        out = []
+        for scope in ("per_credential", "per_sender", "per_ip", "global"):
+            quota, subject = self.quota_for(scope, who)
+            for window, limit in quota.items() if quota else ():
+                start = window_start(now, window)
+                ttl = start + WINDOWS[window] - now + EXPIRY_SLACK
+                key = f"rl:{scope}:{subject}:{window}:{start}"
+                out.append(Check(Bucket(key, limit, ttl), scope, window, subject))
+        return out
+
+    def reserve(self, who: Who, amount: int = 1) -> Deferred:
+        """Fires with a Reservation, or with the Reply refusing the message or recipient."""
+        checks = [] if self.exempt(who.ip) else self.checks(who)
+        if not checks:
+            return succeed(Reservation())
+        d = self.counters.reserve([c.bucket for c in checks], amount)
+        d.addTimeout(self.config.backend_timeout, self.reactor)
+        d.addCallbacks(lambda index: self._answer(checks, index, amount),
+                       self._backend_failed)
+        return d
+
+    def _answer(self, checks: list[Check], index: int, amount: int) -> Reservation | Reply:
+        if index < 0:
+            return Reservation([c.bucket.key for c in checks], amount)
+        check = checks[index]
+        self.stats[f"refused.{check.scope}"] += 1
+        reply = refusal(check, self.config.count)
+        log.info("rate limit: {scope} {window} limit {limit} reached for {subject}",
+                 scope=check.scope, window=check.window, limit=check.bucket.limit,
+                 subject=check.subject)
+        return reply
+
+    def _backend_failed(self, failure: Failure) -> Reservation | Reply:
+        self.stats["backend_errors"] += 1
+        allow = self.config.on_backend_error == "allow"
+        log.warn("rate limit backend failed ({error}); {action}",
+                 error=failure.getErrorMessage() or failure.type.__name__,
+                 action="accepting without limits" if allow else "deferring mail")
+        return Reservation() if allow else BACKEND_UNAVAILABLE
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back what a transaction that queued nothing had reserved."""
+        if not reservation.keys:
+            return
+        d = self.counters.release(reservation.keys, reservation.amount)
+        d.addErrback(lambda f: log.warn("rate limit: releasing a reservation failed: {error}",
+                                        error=f.getErrorMessage()))
+
+
+def refusal(check: Check, unit: str) -> Reply:
+    """``451 4.7.1`` naming the limit that was reached and when its window resets."""
+    limit = check.bucket.limit
+    start = int(check.bucket.key.rsplit(":", 1)[1])
+    when = reset_text(start, check.window)
+    period = "Hourly" if check.window == "hour" else "Daily"
+    if check.scope == "per_credential":
+        what = f"{period} quota of {limit} {unit} for login {check.subject} reached"
+    elif check.scope == "per_sender":
+        what = f"{period} limit of {limit} {unit} for sender <{check.subject}> reached"
+    elif check.scope == "per_ip":
+        what = f"{period} limit of {limit} {unit} for client {check.subject} reached"
+    else:
+        what = f"{period} relay-wide limit of {limit} {unit} reached"
+    return Reply(451, "4.7.1", f"{what}; try again after {when}")
