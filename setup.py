@@ -20,9 +20,11 @@ setup(
         "treq",
         "bcrypt",
         "idna",
+        "redis>=5",
     ],
     extras_require={
-        "test": ["pytest", "aiosmtpd", "trustme", "hypothesis", "ruff", "mypy"],
+        "test": ["pytest", "aiosmtpd", "trustme", "hypothesis", "ruff", "mypy",
+                 "pynacl"],  # pynacl: dkimpy verifies Ed25519 signatures with it
     },
     entry_points={"console_scripts": ["relaymail = relaymail.cli:main"]},
 )
