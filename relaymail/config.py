@@ -74,6 +74,8 @@ class UpstreamConfig:
     password: str | None = None
     helo: str | None = None
     preset: str | None = None
+    max_connections: int | None = None  # provider throttle: sessions at once
+    max_rate: tuple[int, float] | None = None  # provider throttle: messages per seconds
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,18 @@ DEFAULTS: dict[str, Any] = {
         "command_timeout": 300,
     },
     "dkim": [],
-    "rate_limits": {"backend": "memory"},
+    "rate_limits": {
+        "backend": "memory",
+        "per_sender": None,
+        "per_ip": None,
+        "per_credential": None,
+        "global": None,
+        "count": "messages",
+        "exempt_networks": [],
+        "on_backend_error": "allow",
+        "backend_timeout": 1.0,
+        "auth_failures": {"max_failures": 5, "window": 900, "lockout": 60, "max_lockout": 3600},
+    },
     "web": {
         "enabled": True,
         "endpoint": "tcp:8025:interface=127.0.0.1",
@@ -182,7 +195,9 @@ DEFAULTS: dict[str, Any] = {
 
 LISTENER_KEYS = {"name", "endpoint", "tls", "auth", "proxy_protocol"}
 UPSTREAM_KEYS = {"preset", "host", "port", "tls", "verify", "ca_file", "username", "password",
-                 "helo"}
+                 "helo", "max_connections", "max_rate"}
+RATE_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400,
+              "day": 86400}
 TRANSPORT_KEYS = {"type", "upstreams", "path", "fallback", "require_tls", "port", "nameservers"}
 TLS_MODES = ("none", "starttls", "implicit")
 UPSTREAM_TLS_MODES = ("starttls", "implicit", "opportunistic", "none")
@@ -230,7 +245,7 @@ def merge_defaults(defaults: dict[str, Any], data: dict[str, Any], source: str,
         if key not in defaults:
             raise ConfigError(source, where, "unknown key; see docs/configuration.md")
         default = defaults[key]
-        if isinstance(default, dict) and key not in ("transports", "rate_limits"):
+        if isinstance(default, dict) and key != "transports":
             if not isinstance(value, dict):
                 raise ConfigError(source, where, "expected an object", value)
             merged[key] = merge_defaults(default, value, source, where + ".")
@@ -537,7 +552,21 @@ def validate_upstream(c: _Check, item: Any, key: str) -> UpstreamConfig:
         password=c.string(d.get("password"), f"{key}.password", allow_none=True),
         helo=c.string(d.get("helo"), f"{key}.helo", allow_none=True),
         preset=preset_name,
+        max_connections=None if d.get("max_connections") is None else c.integer(
+            d["max_connections"], f"{key}.max_connections", 1),
+        max_rate=parse_rate(c, d.get("max_rate"), f"{key}.max_rate"),
     )
+
+
+def parse_rate(c: _Check, value: Any, key: str) -> tuple[int, float] | None:
+    """``"10/s"``, ``"100/min"``, ``"500/h"``, ``"2000/d"`` -> (count, seconds)."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*([a-z]+)\s*", value) if isinstance(value, str) else None
+    if m is None or int(m.group(1)) < 1 or m.group(2) not in RATE_UNITS:
+        raise c.fail(key, "expected a rate like \"10/s\", \"100/min\", \"500/h\" or "
+                     "\"2000/d\"", value)
+    return int(m.group(1)), float(RATE_UNITS[m.group(2)])
 
 
 def validate_delivery(c: _Check, d: dict[str, Any]) -> DeliveryConfig:

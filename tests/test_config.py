@@ -102,8 +102,36 @@ BAD_CONFIGS: list[tuple[Any, str, str]] = [
     ({"delivery": {"retry_schedule": [60, -1]}}, "delivery.retry_schedule[1]", "-1"),
     ({"log": {"level": "loud"}}, "log.level", "loud"),
     ({"dkim": [{"domain": "example.com"}]}, "dkim[0].selector", "non-empty string"),
+    ({"transports": {"x": {"type": "smarthost", "upstreams": [
+        {"host": "h", "max_rate": "10 per hour"}]}}}, "transports.x.upstreams[0].max_rate",
+     '"10/s"'),
+    ({"transports": {"x": {"type": "smarthost", "upstreams": [
+        {"host": "h", "max_rate": "0/h"}]}}}, "transports.x.upstreams[0].max_rate", "0/h"),
+    ({"transports": {"x": {"type": "smarthost", "upstreams": [
+        {"host": "h", "max_connections": 0}]}}}, "transports.x.upstreams[0].max_connections",
+     "integer >= 1"),
+    ({"rate_limits": {"per_sender": {"week": 5}}}, "rate_limits.per_sender.week", "unknown"),
+    ({"rate_limits": {"global": {"hour": -1}}}, "rate_limits.global.hour", "-1"),
+    ({"rate_limits": {"count": "bytes"}}, "rate_limits.count", "bytes"),
+    ({"rate_limits": {"backend": "mysql://x"}}, "rate_limits.backend", "redis://"),
+    ({"rate_limits": {"on_backend_error": "panic"}}, "rate_limits.on_backend_error", "panic"),
+    ({"rate_limits": {"auth_failures": {"max_failures": "5"}}},
+     "rate_limits.auth_failures.max_failures", '"5"'),
     ([1, 2], "", "JSON object"),
 ]
+
+
+def test_rates_and_limits_parse(tmp_path: Any) -> None:
+    data = {"transports": {"up": {"type": "smarthost", "upstreams": [
+        {"preset": "qq", "username": "u", "password": "p", "max_rate": "20/min",
+         "max_connections": 2}]}}, "routes": [{"domains": ["*"], "transport": "up"}],
+        "rate_limits": {"per_ip": {"hour": 100, "day": 1000}}}
+    config = load_config(write(str(tmp_path), data),
+                         environ={"RELAYMAIL_RATE_LIMITS_BACKEND": "redis://10.0.0.5:6379/1"})
+    upstream = config.transports["up"].upstreams[0]
+    assert (upstream.max_rate, upstream.max_connections) == ((20, 60.0), 2)
+    assert config.rate_limits.quotas["per_ip"].items() == [("hour", 100), ("day", 1000)]
+    assert config.rate_limits.backend == "redis://10.0.0.5:6379/1"
 
 
 @pytest.mark.parametrize(("data", "key", "words"), BAD_CONFIGS)

@@ -29,6 +29,7 @@ class Received:
     mail_options: list[str] = field(default_factory=list)
     tls: bool = False
     auth_user: str | None = None
+    at: float = 0.0  # when the final "." arrived (reactor time)
 
 
 class RecordingHandler:
@@ -131,12 +132,17 @@ class ScriptedSession(LineReceiver):
 
     def connectionMade(self) -> None:
         self.server.sessions.append(self)
+        self.server.open += 1
+        self.server.most_open = max(self.server.most_open, self.server.open)
         if self.script.stall_on != "banner":
             self.reply(self.script.banner)
         else:
             return
         if self.script.banner[0] != "2":
             self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.server.open -= 1
 
     def reply(self, line: str) -> None:
         self.sendLine(line.encode())
@@ -218,7 +224,8 @@ class ScriptedSession(LineReceiver):
             if self.script.stall_on == "END":
                 return
             if self.script.end.startswith("2"):
-                self.server.messages.append(Received(self.mail_from or "", self.rcpts, content))
+                self.server.messages.append(Received(self.mail_from or "", self.rcpts, content,
+                                                     at=reactor.seconds()))
             self.reply(self.script.end)
             return
         self.lines.append(line[1:] if line.startswith(b".") else line)
@@ -235,6 +242,7 @@ class ScriptedUpstream:
         self.messages: list[Received] = []
         self.seen: set[str] = set()
         self.listening: Any = None
+        self.open = self.most_open = 0  # sessions open now, and at most at once
 
     async def start(self) -> ScriptedUpstream:
         factory = Factory.forProtocol(

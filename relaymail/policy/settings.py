@@ -7,18 +7,6 @@ from typing import Any
 
 from relaymail.config import IPNetwork, _Check
 
-DEFAULTS: dict[str, Any] = {
-    "backend": "memory",
-    "per_sender": None,
-    "per_ip": None,
-    "per_credential": None,
-    "global": None,
-    "count": "messages",
-    "exempt_networks": [],
-    "on_backend_error": "allow",
-    "backend_timeout": 1.0,
-    "auth_failures": {"max_failures": 5, "window": 900, "lockout": 60, "max_lockout": 3600},
-}
 SCOPES = ("per_sender", "per_credential", "per_ip", "global")
 WINDOWS = {"hour": 3600, "day": 86400}
 
@@ -74,11 +62,9 @@ def validate_backend(c: _Check, value: Any) -> str:
     return text
 
 
-def validate_rate_limits(c: _Check, value: Any) -> RateLimitConfig:
-    d = {**DEFAULTS, **c.obj(value, "rate_limits", set(DEFAULTS))}
-    auth = c.obj({**DEFAULTS["auth_failures"], **c.obj(d["auth_failures"],
-                  "rate_limits.auth_failures", set(DEFAULTS["auth_failures"]))},
-                 "rate_limits.auth_failures", set(DEFAULTS["auth_failures"]))
+def validate_rate_limits(c: _Check, d: dict[str, Any]) -> RateLimitConfig:
+    """``d`` is the section merged over its defaults (config.DEFAULTS["rate_limits"])."""
+    auth = d["auth_failures"]
     quotas = {scope: q for scope in SCOPES
               if (q := validate_quota(c, d[scope], f"rate_limits.{scope}")) is not None}
     return RateLimitConfig(

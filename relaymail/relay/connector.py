@@ -45,6 +45,8 @@ class Target:
     password: str | None = None
     helo: str | None = None
     address: str | None = None
+    max_connections: int | None = None  # provider throttle, with max_rate (count, seconds)
+    max_rate: tuple[int, float] | None = None
 
     @property
     def label(self) -> str:

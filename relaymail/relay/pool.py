@@ -21,11 +21,13 @@ from relaymail.logs import Logger
 from relaymail.relay.client import Job, RelayClient
 from relaymail.relay.connector import Target, open_session
 from relaymail.relay.health import HealthBoard
-from relaymail.relay.outcome import TEMPORARY, Outcome, SessionError
+from relaymail.relay.outcome import TEMPORARY, Outcome, SessionError, temporary
+from relaymail.relay.pacer import Pacer
 
 log = Logger(namespace="relaymail.relay.pool")
 
 Opener = Callable[..., Deferred]
+PACE_HOLD = 30.0  # jobs wait this long at most for a provider's rate; then they move on
 
 
 @dataclass
@@ -63,6 +65,8 @@ class SessionPool:
         self.total = 0
         self.connections_opened = 0
         self.stopping = False
+        self.pacers: dict[tuple[Any, ...], Pacer] = {}  # outlive their Destination
+        self.wakeups: dict[tuple[Any, ...], Any] = {}
 
     def submit(self, target: Target, job: Job) -> Deferred:
         """Queue ``job`` for ``target``; fires with {recipient: Outcome}, never fails."""
@@ -90,12 +94,12 @@ class SessionPool:
         if self.stopping:
             return
         for dest in list(self.destinations.values()):
-            while dest.jobs and dest.idle:
+            while dest.jobs and dest.idle and self._may_send(dest):
                 client, expiry = dest.idle.popitem()
                 expiry.cancel()
                 self._run(dest, client)
-            while (dest.jobs and len(dest.sessions) + dest.connecting < self.per_destination
-                   and dest.connecting < len(dest.jobs)):
+            while (dest.jobs and len(dest.sessions) + dest.connecting < self._cap(dest)
+                   and dest.connecting < len(dest.jobs) and self._may_send(dest)):
                 if self.total >= self.concurrency and not self._evict_idle(dest):
                     break
                 self._connect(dest)
@@ -104,7 +108,53 @@ class SessionPool:
 
     def _run(self, dest: Destination, client: RelayClient) -> None:
         job = dest.jobs.popleft()
+        pacer = self.pacers.get(dest.target.key)
+        if pacer is not None:
+            pacer.take()
         client.send(job)
+
+    def _cap(self, dest: Destination) -> int:
+        """Sessions allowed to this destination: the provider's cap when it is lower."""
+        return min(self.per_destination, dest.target.max_connections or self.per_destination)
+
+    def _may_send(self, dest: Destination) -> bool:
+        """The provider's rate allows a message now; else wake the pool when it will."""
+        rate = dest.target.max_rate
+        if rate is None:
+            return True
+        key = dest.target.key
+        pacer = self.pacers.get(key)
+        if pacer is None:
+            pacer = self.pacers[key] = Pacer(rate[0], rate[1], self.reactor.seconds)
+        wait = pacer.wait()
+        if wait <= 0:
+            return True
+        if wait > PACE_HOLD:
+            self._shed(dest, rate, wait)
+        elif key not in self.wakeups:
+            log.debug("relay: pacing {upstream}: next message in {wait:.1f} s",
+                      upstream=dest.target.label, wait=wait)
+            self.wakeups[key] = self.reactor.callLater(wait, self._wake, key)
+        return False
+
+    def _shed(self, dest: Destination, rate: tuple[int, float], wait: float) -> None:
+        """The provider's window is full for a while: waiting jobs go back as temporary
+        failures, so they fail over to the next upstream or are retried later."""
+        jobs, dest.jobs = list(dest.jobs), deque()
+        if jobs:
+            log.info("relay: {upstream} throttle {count}/{seconds:.0f}s reached; {n} "
+                     "message(s) move on (next slot in {wait:.0f} s)", upstream=dest.target.label,
+                     count=rate[0], seconds=rate[1], n=len(jobs), wait=wait)
+        text = (f"4.7.0 throttled: at most {rate[0]} messages per {rate[1]:.0f} s to this "
+                f"upstream; next slot in {wait:.0f} s")
+        for job in jobs:
+            job.health_counted = True  # pacing is not a failure of the upstream
+            job.deferred.callback(dict.fromkeys(job.recipients,
+                                                temporary(text, dest.target.label)))
+
+    def _wake(self, key: tuple[Any, ...]) -> None:
+        self.wakeups.pop(key, None)
+        self._pump()
 
     def _evict_idle(self, wanting: Destination) -> bool:
         for dest in self.destinations.values():
@@ -156,7 +206,7 @@ class SessionPool:
     def _idle(self, dest: Destination, client: RelayClient) -> None:
         if client not in dest.sessions:
             return
-        if dest.jobs and not self.stopping:
+        if dest.jobs and not self.stopping and self._may_send(dest):
             self._run(dest, client)
             return
         starving = any(d.jobs for d in self.destinations.values() if d is not dest)
@@ -190,6 +240,9 @@ class SessionPool:
     def close(self) -> Deferred:
         """Close every session (QUIT when idle, abort when busy); fires when all are gone."""
         self.stopping = True
+        for wakeup in self.wakeups.values():
+            wakeup.cancel()
+        self.wakeups.clear()
         waits = []
         for dest in list(self.destinations.values()):
             for opening in list(dest.opening):

@@ -35,7 +35,8 @@ class Transport(Protocol):
 def target_from_upstream(upstream: UpstreamConfig) -> Target:
     return Target(host=upstream.host, port=upstream.port, tls=upstream.tls,
                   verify=upstream.verify, ca_file=upstream.ca_file,
-                  username=upstream.username, password=upstream.password, helo=upstream.helo)
+                  username=upstream.username, password=upstream.password, helo=upstream.helo,
+                  max_connections=upstream.max_connections, max_rate=upstream.max_rate)
 
 
 def tls_failed(outcomes: dict[str, Outcome], recipients: list[str]) -> bool:
