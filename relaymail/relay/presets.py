@@ -14,6 +14,7 @@ class Preset:
     host: str
     port: int
     tls: str
+    spf: str | None = None  # the SPF include for your domain; None: no own-domain sending
 
     def as_upstream(self) -> dict[str, object]:
         return {"host": self.host, "port": self.port, "tls": self.tls}
@@ -28,33 +29,36 @@ AMAZON_SES_REGIONS = (
 
 _BASE = (
     Preset("tencent-ses", "Tencent Cloud SES / 腾讯云邮件推送 (Hong Kong)",
-           "smtp.qcloudmail.com", 465, "implicit"),
+           "smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com"),
     Preset("tencent-ses-gz", "Tencent Cloud SES / 腾讯云邮件推送 (广州 Guangzhou)",
-           "gz-smtp.qcloudmail.com", 465, "implicit"),
+           "gz-smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com"),
     Preset("tencent-ses-sg", "Tencent Cloud SES (Singapore / 新加坡)",
-           "sg-smtp.qcloudmail.com", 465, "implicit"),
+           "sg-smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com"),
     Preset("qq", "QQ Mail / QQ 邮箱", "smtp.qq.com", 465, "implicit"),
-    Preset("exmail-qq", "Tencent Exmail / 腾讯企业邮", "smtp.exmail.qq.com", 465, "implicit"),
+    Preset("exmail-qq", "Tencent Exmail / 腾讯企业邮", "smtp.exmail.qq.com", 465, "implicit",
+           "spf.mail.qq.com"),
     Preset("163", "NetEase 163 / 网易 163 邮箱", "smtp.163.com", 465, "implicit"),
     Preset("126", "NetEase 126 / 网易 126 邮箱", "smtp.126.com", 465, "implicit"),
     Preset("aliyun", "Aliyun DirectMail / 阿里云邮件推送 (杭州 Hangzhou)", "smtpdm.aliyun.com", 465,
-           "implicit"),
+           "implicit", "spf1.dm.aliyun.com"),
     Preset("aliyun-ap-southeast-1", "Aliyun DirectMail (Singapore / 新加坡)",
-           "smtpdm-ap-southeast-1.aliyuncs.com", 465, "implicit"),
+           "smtpdm-ap-southeast-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com"),
     Preset("aliyun-us-east-1", "Aliyun DirectMail (US Virginia / 美国弗吉尼亚)",
-           "smtpdm-us-east-1.aliyuncs.com", 465, "implicit"),
+           "smtpdm-us-east-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com"),
     Preset("aliyun-eu-central-1", "Aliyun DirectMail (Frankfurt / 法兰克福)",
-           "smtpdm-eu-central-1.aliyuncs.com", 465, "implicit"),
-    Preset("gmail", "Gmail / Google Workspace", "smtp.gmail.com", 587, "starttls"),
-    Preset("outlook", "Outlook / Microsoft 365", "smtp.office365.com", 587, "starttls"),
-    Preset("sendgrid", "SendGrid", "smtp.sendgrid.net", 587, "starttls"),
-    Preset("mailgun", "Mailgun", "smtp.mailgun.org", 587, "starttls"),
+           "smtpdm-eu-central-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com"),
+    Preset("gmail", "Gmail / Google Workspace", "smtp.gmail.com", 587, "starttls",
+           "_spf.google.com"),
+    Preset("outlook", "Outlook / Microsoft 365", "smtp.office365.com", 587, "starttls",
+           "spf.protection.outlook.com"),
+    Preset("sendgrid", "SendGrid", "smtp.sendgrid.net", 587, "starttls", "sendgrid.net"),
+    Preset("mailgun", "Mailgun", "smtp.mailgun.org", 587, "starttls", "mailgun.org"),
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _BASE} | {
     f"amazon-ses-{region}": Preset(
         f"amazon-ses-{region}", f"Amazon SES ({region})",
-        f"email-smtp.{region}.amazonaws.com", 587, "starttls",
+        f"email-smtp.{region}.amazonaws.com", 587, "starttls", "amazonses.com",
     )
     for region in AMAZON_SES_REGIONS
 }
