@@ -127,10 +127,10 @@ def listener_service(ctx: ServerContext, listener: ListenerConfig, key: str, con
     return service
 
 
-def web_service(config: Config, reactor: Any, manager: Any,
-                spool_service: SpoolService) -> ListenerService:
+def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
+                policy: Any = dict) -> ListenerService:
     """The HTTP API on ``web.endpoint``, in the same reactor."""
-    api = ControlAPI(manager, lambda: spool_service.control_token)
+    api = ControlAPI(manager, lambda: spool_service.control_token, policy)
     site = Site(api.app.resource())
     site.displayTracebacks = False
     service = ListenerService(serverFromString(reactor, config.web.endpoint), site, config.path,
@@ -155,7 +155,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     manager.setName("relay")
     manager.setServiceParent(top)
     if config.web.enabled:
-        web_service(config, reactor, manager, spool_service).setServiceParent(top)
+        web_service(config, reactor, manager, spool_service, ctx.policy.snapshot)\
+            .setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     top.relay = manager  # type: ignore[attr-defined]
     return top

@@ -179,3 +179,21 @@ class LockoutTests(TestCase):
         self.fail(1, user="other")
         self.assertEqual(self.locked("ip", "192.0.2.1"), 60)
         self.assertEqual(self.locked("user", "app1"), 0)
+
+
+def test_policy_snapshot_shows_counters_and_never_the_backend_url() -> None:
+    from relaymail.policy.build import build_policy
+
+    clock = Clock()
+    config = settings(backend="redis://:hunter2@127.0.0.1:1/0", per_ip={"hour": 1})
+    policy = build_policy(config, clock)
+    try:
+        snapshot = policy.snapshot()
+        assert snapshot == {"backend": "redis", "rate_limits": {}, "auth_lockouts": {}}
+        assert "hunter2" not in repr(snapshot)
+    finally:
+        policy.counters.close()
+    memory = build_policy(settings(per_ip={"hour": 1}), clock)
+    for _ in range(2):
+        result(memory.limits.reserve(Who("192.0.2.1", None, "a@x.test")))
+    assert memory.snapshot()["rate_limits"] == {"refused.per_ip": 1}

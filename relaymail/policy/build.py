@@ -20,6 +20,16 @@ class Policy:
     counters: Counters
     limits: RateLimiter | None
     lockout: AuthLockout | None
+    backend: str = "memory"
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for status and metrics; the backend by kind only (its URL may hold a
+        password)."""
+        return {
+            "backend": "memory" if self.backend == "memory" else "redis",
+            "rate_limits": dict(self.limits.stats) if self.limits else {},
+            "auth_lockouts": dict(self.lockout.stats) if self.lockout else {},
+        }
 
 
 def build_counters(config: RateLimitConfig, reactor: Any) -> Counters:
@@ -37,7 +47,7 @@ def build_policy(config: RateLimitConfig, reactor: Any) -> Policy:
     if config.auth_failures.max_failures > 0:
         lockout = AuthLockout(config.auth_failures, counters, reactor, config.backend_timeout,
                               fail_open=config.on_backend_error == "allow")
-    return Policy(counters, limits, lockout)
+    return Policy(counters, limits, lockout, config.backend)
 
 
 class PolicyService(Service):

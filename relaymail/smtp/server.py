@@ -231,12 +231,14 @@ class RelayESMTP(ESMTP):
 
         def finish(result: Any) -> None:
             state["fired"] = True
+            if not state["sync"]:
+                self._blocked = False  # this wait is over; the handler may start another
             try:
                 handler(result)
             except Exception:
                 log.failure("smtp: reply handler failed")
                 self.reply(replies.LOCAL_ERROR)
-            if not state["sync"]:
+            if not state["sync"] and not self._blocked:
                 self.unblock()
 
         d.addBoth(finish)
@@ -490,9 +492,13 @@ class RelayESMTP(ESMTP):
             self.reply(Reply(454, "4.7.0", "Too many failed authentication attempts for this "
                                            f"login; try again in {wait} seconds"))
         elif outcome.check(UnauthorizedLogin):
-            if lockout is not None:
-                lockout.failed(self.client_ip, username)
-            self.reply(Reply(535, "5.7.8", "Authentication credentials invalid"))
+            refused = Reply(535, "5.7.8", "Authentication credentials invalid")
+            if lockout is None:
+                self.reply(refused)
+                return
+            # Answer once the failure is counted, so the next attempt already sees it.
+            d = lockout.failed(self.client_ip, username)
+            self.await_reply(d, lambda _: self.reply(refused))
         else:
             self.reply(Reply(454, "4.7.0", "Temporary authentication failure"))
 

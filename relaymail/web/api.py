@@ -72,9 +72,11 @@ class ControlAPI:
 
     app = Klein()
 
-    def __init__(self, manager: RelayManager, token: Callable[[], str]) -> None:
+    def __init__(self, manager: RelayManager, token: Callable[[], str],
+                 policy: Callable[[], dict[str, Any]] = dict) -> None:
         self.manager = manager
         self.token = token
+        self.policy = policy  # rate-limit and lockout counters, for status and metrics
 
     # ------------------------------------------------------------------ plumbing
 
@@ -184,4 +186,5 @@ class ControlAPI:
                       "failed": manager.spool.count("failed")},
             "counters": dict(manager.counters),
             "connections_opened": pool.connections_opened if pool is not None else 0,
+            "policy": self.policy(),
         })
