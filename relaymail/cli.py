@@ -46,7 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--hourly-quota", type=int)
     add.add_argument("--daily-quota", type=int)
     add.add_argument("--description", default="")
+    add.add_argument("--check-header-from", action="store_true",
+                     help="require the header From to be in the envelope sender's domain")
     add.set_defaults(run=cmd_credentials_add)
+    change = csub.add_parser("set", help="change a credential's limits (0 removes a quota)")
+    change.add_argument("name")
+    change.add_argument("--sender-domain", action="append", dest="domains",
+                        help="replace the allowed sender domains/addresses (repeatable)")
+    change.add_argument("--hourly-quota", type=int)
+    change.add_argument("--daily-quota", type=int)
+    change.add_argument("--check-header-from", action=argparse.BooleanOptionalAction)
+    change.add_argument("--enabled", action=argparse.BooleanOptionalAction)
+    change.set_defaults(run=cmd_credentials_set)
     listing = csub.add_parser("list", help="list credentials (never their passwords)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=cmd_credentials_list)
@@ -83,7 +94,8 @@ def store_for(args: argparse.Namespace) -> CredentialStore:
 def cmd_credentials_add(args: argparse.Namespace) -> int:
     password = store_for(args).add(
         args.name, allowed_sender_domains=args.domains, hourly_quota=args.hourly_quota,
-        daily_quota=args.daily_quota, description=args.description)
+        daily_quota=args.daily_quota, description=args.description,
+        check_header_from=args.check_header_from)
     print(f"created {args.name}; password (shown once): {password}")
     return 0
 
@@ -98,6 +110,25 @@ def cmd_credentials_list(args: argparse.Namespace) -> int:
         print(f"{c['name']:<24} {'yes' if c['enabled'] else 'no':<8} "
               f"{c['hourly_quota'] or '-':>7} {c['daily_quota'] or '-':>7}  "
               f"{', '.join(c['allowed_sender_domains']) or '(any)'}")
+    return 0
+
+
+def cmd_credentials_set(args: argparse.Namespace) -> int:
+    changes: dict[str, object] = {}
+    if args.domains is not None:
+        changes["allowed_sender_domains"] = args.domains
+    for key in ("hourly_quota", "daily_quota"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key) or None  # 0: no quota of its own
+    for key in ("check_header_from", "enabled"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    if not changes:
+        print("relaymail: nothing to change", file=sys.stderr)
+        return 2
+    credential = store_for(args).update(args.name, **changes)
+    print(f"updated {args.name}: " + ", ".join(f"{k}={getattr(credential, k)}"
+                                                for k in changes))
     return 0
 
 

@@ -137,6 +137,18 @@ class CredentialStore:
         self._write(dict(self._items))
         return password
 
+    def update(self, name: str, **changes: Any) -> Credential:
+        """Change limits or flags (never the password: that is ``reset``)."""
+        credential = self._require(name)
+        allowed = {f.name for f in fields(Credential)} - {"name", "password_hash", "created"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise CredentialsError(f"cannot change {', '.join(sorted(unknown))}")
+        for key, value in changes.items():
+            setattr(credential, key, value)
+        self._write(dict(self._items))
+        return credential
+
     def remove(self, name: str) -> None:
         self._require(name)
         items = dict(self._items)

@@ -40,3 +40,26 @@ class CheckerTests(TestCase):
         self.successResultOf(self.check(b"app1", old))
         self.store.reset("app1")
         self.failureResultOf(self.check(b"app1", old), UnauthorizedLogin)
+
+
+def test_cli_set_changes_limits_and_flags(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from relaymail.cli import main
+
+    config = tmp_path / "relay.json"
+    config.write_text(json.dumps({"credentials_file": "creds.json"}))
+    base = ["--config", str(config), "credentials"]
+    assert main([*base, "add", "shop", "--hourly-quota", "5", "--check-header-from"]) == 0
+    store = CredentialStore(str(tmp_path / "creds.json"))
+    shop = store.get("shop")
+    assert shop is not None and shop.check_header_from and shop.hourly_quota == 5
+    assert main([*base, "set", "shop", "--hourly-quota", "0", "--daily-quota", "100",
+                 "--no-check-header-from", "--sender-domain", "shop.example"]) == 0
+    shop = CredentialStore(str(tmp_path / "creds.json")).get("shop")
+    assert shop is not None
+    assert (shop.hourly_quota, shop.daily_quota, shop.check_header_from,
+            shop.allowed_sender_domains) == (None, 100, False, ["shop.example"])
+    assert main([*base, "set", "shop"]) == 2
+    assert main([*base, "set", "nobody", "--enabled"]) == 2
+    assert "no credential named 'nobody'" in capsys.readouterr().err
