@@ -25,6 +25,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	WITH_POSTFIX=1 scripts/system-deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/policy.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info twisted/plugins/dropin.cache
