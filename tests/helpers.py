@@ -160,3 +160,16 @@ def without_trace(body: bytes) -> bytes:
     while lines[i][:1] in (b"\t", b" "):
         i += 1
     return b"\r\n".join(lines[i:])
+
+
+def proxied_session(port: int, source: str, commands: bytes) -> bytes:
+    """A raw session behind a PROXY v1 header claiming ``source`` as the client; sends all
+    ``commands`` at once (pipelined) and answers everything the server said until it closed.
+    Blocking: run it in a thread."""
+    header = f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(header + commands)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data

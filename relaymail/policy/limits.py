@@ -54,6 +54,7 @@ class Check:
     scope: str
     window: str
     subject: str
+    start: int  # the window's start (UTC seconds)
 
 
 def window_start(now: float, window: str) -> int:
@@ -105,7 +106,7 @@ class RateLimiter:
                 start = window_start(now, window)
                 ttl = start + WINDOWS[window] - now + EXPIRY_SLACK
                 key = f"rl:{scope}:{subject}:{window}:{start}"
-                out.append(Check(Bucket(key, limit, ttl), scope, window, subject))
+                out.append(Check(Bucket(key, limit, ttl), scope, window, subject, start))
         return out
 
     def reserve(self, who: Who, amount: int = 1) -> Deferred:
@@ -150,8 +151,7 @@ class RateLimiter:
 def refusal(check: Check, unit: str) -> Reply:
     """``451 4.7.1`` naming the limit that was reached and when its window resets."""
     limit = check.bucket.limit
-    start = int(check.bucket.key.rsplit(":", 1)[1])
-    when = reset_text(start, check.window)
+    when = reset_text(check.start, check.window)
     period = "Hourly" if check.window == "hour" else "Daily"
     if check.scope == "per_credential":
         what = f"{period} quota of {limit} {unit} for login {check.subject} reached"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import smtplib
-import socket
 import tempfile
 from typing import Any
 
@@ -13,7 +12,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from relaymail.credentials import CredentialStore
-from tests.helpers import base_config, start_server
+from tests.helpers import base_config, proxied_session, start_server
 from tests.integration.test_smtp_clients import client_tls
 
 MESSAGE = b"From: a@shop.example\r\nTo: b@dest.example\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -53,15 +52,9 @@ class PolicyTestCase(TestCase):
                 return e
 
     def proxied(self, source: str, commands: bytes) -> bytes:
-        """A raw session that appears to come from ``source`` (a loopback address here, so
-        plaintext AUTH is allowed); answers everything the server said."""
-        header = f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode()
-        with socket.create_connection(("127.0.0.1", self.server.port("proxied")), 10) as s:
-            s.sendall(header + commands)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-            return data
+        """A raw session from ``source`` (a loopback address here: plaintext AUTH is
+        allowed)."""
+        return proxied_session(self.server.port("proxied"), source, commands)
 
 
 def plain_auth(user: str, password: str) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.helpers import base_config, free_port, start_server
+from tests.helpers import base_config, free_port, proxied_session, start_server
 from tests.integration.test_policy_smtp import plain_auth
 from tests.redisserver import RedisServer
 
@@ -26,16 +26,6 @@ def send(port: int, sender: str = "a@client.example") -> Any:
             return s.sendmail(sender, ["x@dest.example"], MESSAGE)
         except smtplib.SMTPSenderRefused as e:
             return e
-
-
-def raw(port: int, source: str, commands: bytes) -> bytes:
-    header = f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode()
-    with socket.create_connection(("127.0.0.1", port), 10) as s:
-        s.sendall(header + commands)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-        return data
 
 
 class RedisTestCase(TestCase):
@@ -84,9 +74,9 @@ class SharedTests(RedisTestCase):
         a = await self.instance(self.redis.url, **lockout)
         b = await self.instance(self.redis.url, **lockout)
         for _ in range(2):
-            await deferToThread(raw, a.port("proxied"), "127.0.0.5",
+            await deferToThread(proxied_session, a.port("proxied"), "127.0.0.5",
                                 b"EHLO c\r\n" + plain_auth("nobody", "x") + b"QUIT\r\n")
-        data = await deferToThread(raw, b.port("proxied"), "127.0.0.5",
+        data = await deferToThread(proxied_session, b.port("proxied"), "127.0.0.5",
                                    b"EHLO c\r\n" + plain_auth("nobody", "x") + b"QUIT\r\n")
         self.assertIn(b"454 4.7.0 Too many failed authentication attempts from your address",
                       data)

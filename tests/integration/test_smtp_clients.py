@@ -25,7 +25,13 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from relaymail.credentials import CredentialStore
 from relaymail.safeio import FileOps
-from tests.helpers import RunningServer, base_config, shared_ca, start_server
+from tests.helpers import (
+    RunningServer,
+    base_config,
+    proxied_session,
+    shared_ca,
+    start_server,
+)
 
 BODY = b"From: a@client.example\r\nTo: b@dest.example\r\nSubject: hello\r\n\r\nline one\r\n" \
        b".starts with a dot\r\n8-bit: caf\xc3\xa9\r\n"
@@ -332,14 +338,7 @@ class ProxyProtocol(ClientTests):
     listeners = [{"name": "smtp", "endpoint": "tcp:0", "tls": "none", "proxy_protocol": True}]
 
     def session(self, source: str, commands: bytes) -> bytes:
-        port = self.server.port()
-        header = f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode()
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(header + commands)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-            return data
+        return proxied_session(self.server.port(), source, commands)
 
     async def test_real_client_address_decides_relaying(self) -> None:
         """Behind HAProxy the proxy is on loopback (trusted); the client is not."""
