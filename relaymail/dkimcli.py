@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -55,8 +56,14 @@ def zone_text(name: str, record: str) -> str:
     return f'{name}. IN TXT ( ' + " ".join(f'"{p}"' for p in parts) + " )"
 
 
+LABELS = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     domain = args.domain.lower().rstrip(".")
+    for what, value in (("--domain", domain), ("--selector", args.selector.lower())):
+        if not LABELS.fullmatch(value):
+            raise CommandError(f"{what} must be DNS labels like example.com (got {value!r})")
     algorithm = "ed25519-sha256" if args.algorithm == "ed25519" else "rsa-sha256"
     key = DkimKey(domain, args.selector, algorithm, generate(args.algorithm, args.bits))
     path = args.output or os.path.join("dkim", f"{domain}.{args.selector}.key")

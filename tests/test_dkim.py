@@ -164,3 +164,13 @@ def test_keygen_writes_0600_key_and_the_record_matches(
     assert "".join(record.split('"')[1::2]) == key.dns_record()
     assert main(["dkim", "keygen", "--domain", "example.com", "--selector", "s1",
                  "--output", path]) == 2  # never overwrites without --force
+
+
+def test_keygen_refuses_names_that_are_not_dns_labels(capsys: pytest.CaptureFixture[str]) -> None:
+    out = os.path.join(tempfile.mkdtemp(), "k.key")
+    assert main(["dkim", "keygen", "--domain", "exa mple.com", "--selector", "s",
+                 "--output", out]) == 2
+    assert main(["dkim", "keygen", "--domain", "example.com", "--selector", "../x",
+                 "--output", out]) == 2
+    assert "--selector must be DNS labels" in capsys.readouterr().err
+    assert not os.path.exists(out)
