@@ -21,6 +21,7 @@ setup(
         "bcrypt",
         "idna",
         "redis>=5",
+        "prometheus_client",
     ],
     extras_require={
         "test": ["pytest", "aiosmtpd", "trustme", "hypothesis", "ruff", "mypy",

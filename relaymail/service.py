@@ -27,6 +27,7 @@ from relaymail.smtp.server import RelaySMTPFactory, ServerContext
 from relaymail.smtp.tls import ensure_self_signed, server_tls_options
 from relaymail.spool import Spool
 from relaymail.web.api import ControlAPI
+from relaymail.web.monitor import Monitor
 
 log = Logger(namespace="relaymail.service")
 
@@ -128,9 +129,12 @@ def listener_service(ctx: ServerContext, listener: ListenerConfig, key: str, con
 
 
 def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
-                policy: Any = dict) -> ListenerService:
+                ctx: ServerContext) -> ListenerService:
     """The HTTP API on ``web.endpoint``, in the same reactor."""
-    api = ControlAPI(manager, lambda: spool_service.control_token, policy)
+    monitor = Monitor(ctx.stats, manager, ctx.connections, ctx.policy.snapshot,
+                      thread_runner(reactor), reactor.seconds)
+    api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
+                     monitor, config.web.open_metrics_to_loopback)
     site = Site(api.app.resource())
     site.displayTracebacks = False
     service = ListenerService(serverFromString(reactor, config.web.endpoint), site, config.path,
@@ -152,11 +156,12 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         key = f"smtp.listeners[{i}].endpoint"
         listener_service(ctx, listener, key, config.path, reactor).setServiceParent(top)
     manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered)
+    ctx.spool.commit_listeners.append(ctx.stats.accepted)
+    manager.observers.append(ctx.stats.delivery_event)
     manager.setName("relay")
     manager.setServiceParent(top)
     if config.web.enabled:
-        web_service(config, reactor, manager, spool_service, ctx.policy.snapshot)\
-            .setServiceParent(top)
+        web_service(config, reactor, manager, spool_service, ctx).setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     top.relay = manager  # type: ignore[attr-defined]
     return top

@@ -69,3 +69,33 @@ class ControlAPITests(TestCase):
             code, body = await self.call("GET", "/api/relay/status")
             self.assertEqual(body["queue"]["hold"], 1)
         return ensureDeferred(check())
+
+
+class MonitorAccessTests(TestCase):
+    """Without ``open_metrics_to_loopback``, /health and /metrics need the token too."""
+
+    def setUp(self) -> None:
+        from relaymail.smtp.access import ConnectionTracker
+        from relaymail.spool import run_synchronously
+        from relaymail.stats import RelayStats
+        from relaymail.web.monitor import Monitor
+
+        self.h = Harness({"t": ScriptedTransport("t", default=LATER)}, bounces=False)
+        monitor = Monitor(RelayStats(), self.h.manager, ConnectionTracker(), dict,
+                          run_synchronously, self.h.clock.seconds)
+        api = ControlAPI(self.h.manager, lambda: TOKEN, dict, monitor, open_to_loopback=False)
+        self.treq = StubTreq(api.app.resource())
+
+    async def status(self, path: str, token: str | None) -> int:
+        headers = {"Authorization": [f"Bearer {token}"]} if token else {}
+        response = await self.treq.get("http://relay.test" + path, headers=headers)
+        await response.content()
+        return response.code
+
+    def test_token_required_when_not_open(self) -> None:
+        async def check() -> None:
+            for path in ("/health", "/metrics", "/metrics?format=json"):
+                self.assertEqual(await self.status(path, None), 401)
+                self.assertEqual(await self.status(path, "wrong"), 401)
+                self.assertEqual(await self.status(path, TOKEN), 200)
+        return ensureDeferred(check())

@@ -16,6 +16,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -237,7 +238,7 @@ class RelayManager(Service):
         while addresses and current is not None and current not in seen:
             seen.add(current)
             part = await self.transports[current].deliver(envelope, addresses, body_path)
-            results.update(part)
+            results.update({a: replace(o, transport=current) for a, o in part.items()})
             addresses = [a for a in addresses if part[a].kind == TEMPORARY]
             current = self.fallbacks.get(current)
         return results
@@ -278,6 +279,7 @@ class RelayManager(Service):
             self._notify({"event": status, "queue_id": envelope.queue_id,
                           "sender": envelope.sender, "recipients": rcpts,
                           "relay": outcome.upstream, "tls": outcome.tls, "code": outcome.code,
+                          "transport": outcome.transport,
                           "reply": outcome.reply, "delay": delay, "time": now,
                           "attempt": envelope.attempts})
 

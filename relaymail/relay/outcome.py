@@ -19,6 +19,7 @@ class Outcome:
     text: str
     upstream: str | None = None
     tls: str | None = None
+    transport: str | None = None  # the configured transport's name, set by the manager
 
     @property
     def kind(self) -> str:

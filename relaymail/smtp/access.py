@@ -42,6 +42,7 @@ class ConnectionTracker:
     def __init__(self) -> None:
         self.total = 0
         self.per_ip: Counter[str] = Counter()
+        self.per_listener: Counter[str] = Counter()  # kept by the sessions, for metrics
 
     def admit(self, ip: str, config: SMTPConfig) -> Reply | None:
         """Register a session, or say why it must be refused."""

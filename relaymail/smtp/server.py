@@ -62,6 +62,7 @@ from relaymail.smtp.body import BodyReader
 from relaymail.smtp.replies import Reply
 from relaymail.smtp.sasl import MECHANISMS, Exchange, SASLError, challenge_line
 from relaymail.spool import MessageWriter, Spool, SpoolError
+from relaymail.stats import RelayStats
 
 log = Logger(namespace="relaymail.smtp")
 
@@ -80,6 +81,7 @@ class ServerContext:
     credentials: CredentialStore | None = None
     tls_options: Any = None  # IOpenSSLServerConnectionCreator for STARTTLS
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
+    stats: RelayStats = field(default_factory=RelayStats)
     signer: Signer | None = None  # DKIM, when keys are configured
     limits: RateLimiter | None = None  # rate limits and quotas, when configured
     lockout: AuthLockout | None = None  # AUTH brute-force protection
@@ -161,6 +163,7 @@ class RelayESMTP(ESMTP):
             self.transport.loseConnection()
             return False
         self.admitted = True
+        self.context.connections.per_listener[self.listener.name] += 1
         return True
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -170,6 +173,7 @@ class RelayESMTP(ESMTP):
         if self.admitted:
             self.admitted = False
             self.context.connections.release(self.client_ip)
+            self.context.connections.per_listener[self.listener.name] -= 1
             log.info("disconnect client={client_ip} listener={listener} credential={credential}",
                      client_ip=self.client_ip, listener=self.listener.name,
                      credential=self.credential)
@@ -278,7 +282,11 @@ class RelayESMTP(ESMTP):
     def sendCode(self, code: int, message: bytes = b"") -> None:
         if self.gone or self.transport is None or self.transport.disconnecting:
             return
-        SMTP.sendCode(self, code, replies.with_enhanced(code, message))
+        text = replies.with_enhanced(code, message)
+        SMTP.sendCode(self, code, text)
+        if code >= 400:
+            enhanced = text.split(b" ", 1)[0] if replies.ENHANCED_RE.match(text) else b""
+            self.context.stats.refused(code, enhanced.decode())
         if code >= 500:
             self.errors += 1
             if self.errors >= self.context.smtp.max_errors:

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.iweb import IRequest
 
 from relaymail.envelope import Envelope
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
+from relaymail.smtp.access import is_loopback
 
 QUEUE_ACTIONS = ("retry", "hold", "release", "bounce")
 STATES = ("queue", "hold", "failed")
@@ -73,10 +75,13 @@ class ControlAPI:
     app = Klein()
 
     def __init__(self, manager: RelayManager, token: Callable[[], str],
-                 policy: Callable[[], dict[str, Any]] = dict) -> None:
+                 policy: Callable[[], dict[str, Any]] = dict, monitor: Any = None,
+                 open_to_loopback: bool = True) -> None:
         self.manager = manager
         self.token = token
         self.policy = policy  # rate-limit and lockout counters, for status and metrics
+        self.monitor = monitor  # relaymail.web.monitor.Monitor: /health and /metrics
+        self.open_to_loopback = open_to_loopback
 
     # ------------------------------------------------------------------ plumbing
 
@@ -99,6 +104,32 @@ class ControlAPI:
             return None
         request.setHeader(b"www-authenticate", b'Bearer realm="relaymail"')
         return self.reply(request, {"error": "authentication required"}, 401)
+
+    def monitor_denied(self, request: IRequest) -> bytes | None:
+        """/health and /metrics: open to loopback clients when configured, else the token."""
+        peer = getattr(request.getClientAddress(), "host", "")
+        if self.open_to_loopback and is_loopback(peer):
+            return None
+        return self.denied(request)
+
+    # ------------------------------------------------------------------ monitoring
+
+    @app.route("/health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        if (denied := self.monitor_denied(request)) is not None:
+            return denied
+        code, body = await self.monitor.health()
+        return self.reply(request, body, code)
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics(self, request: IRequest) -> bytes:
+        if (denied := self.monitor_denied(request)) is not None:
+            return denied
+        if str_arg(request, "format") == "json":
+            return self.reply(request, self.monitor.metrics_json())
+        text = await self.monitor.metrics_text()
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return text
 
     # ------------------------------------------------------------------ queue
 
