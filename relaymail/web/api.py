@@ -18,7 +18,9 @@ from twisted.web.iweb import IRequest
 
 from relaymail.envelope import Envelope
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
+from relaymail.relay.probe import Probe
 from relaymail.smtp.access import is_loopback
+from relaymail.web.relaytest import probe_target, requested_upstream
 
 QUEUE_ACTIONS = ("retry", "hold", "release", "bounce")
 STATES = ("queue", "hold", "failed")
@@ -76,7 +78,10 @@ class ControlAPI:
 
     def __init__(self, manager: RelayManager, token: Callable[[], str],
                  policy: Callable[[], dict[str, Any]] = dict, monitor: Any = None,
-                 open_to_loopback: bool = True) -> None:
+                 open_to_loopback: bool = True, config: Any = None, reactor: Any = None
+                 ) -> None:
+        self.config = config  # relaymail.config.Config, for /api/relay/test
+        self.reactor = reactor
         self.manager = manager
         self.token = token
         self.policy = policy  # rate-limit and lockout counters, for status and metrics
@@ -130,6 +135,28 @@ class ControlAPI:
         text = await self.monitor.metrics_text()
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return text
+
+    # ------------------------------------------------------------------ relay test
+
+    @app.route("/api/relay/test", methods=["POST"])
+    async def relay_test(self, request: IRequest) -> bytes:
+        """Connect to the given (or saved) upstream step by step; 200 with the steps whether
+        or not it worked, 400 for an unusable request."""
+        if (denied := self.denied(request)) is not None:
+            return denied
+        try:
+            body = json.loads(request.content.read() or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            upstream = requested_upstream(body, self.config)
+        except ValueError as e:
+            return self.reply(request, {"error": str(e)}, 400)
+        target = probe_target(upstream)
+        result = await Probe(self.reactor, target, self.config.hostname,
+                             float(self.config.delivery.connect_timeout)).run()
+        result["upstream"] = {"host": upstream.host, "port": upstream.port,
+                              "tls": upstream.tls, "username": upstream.username}
+        return self.reply(request, result)
 
     # ------------------------------------------------------------------ queue
 

@@ -1,0 +1,89 @@
+"""POST /api/relay/test over a real socket against real upstreams on loopback: an aiosmtpd
+provider with STARTTLS and AUTH (trustme certificates), the same with a wrong password, a
+certificate for another name, implicit TLS, and a closed port."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.web.client import HTTPConnectionPool
+
+from tests.helpers import free_port
+from tests.integration.test_relay import RelayTestCase, smarthost
+from tests.upstreams import ca_file
+
+
+class RelayProbeTests(RelayTestCase):
+    async def api(self, upstream: dict[str, Any]) -> tuple[Any, str, str]:
+        port = free_port()
+        relay = await self.relay(web={"enabled": True,
+                                      "endpoint": f"tcp:{port}:interface=127.0.0.1"},
+                                 **smarthost(upstream))
+        token = relay.service.getServiceNamed("spool").control_token
+        return relay, f"http://127.0.0.1:{port}", token
+
+    async def post(self, base: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        response = await treq.post(base + "/api/relay/test", json=body, pool=pool,
+                                   headers={"Authorization": [f"Bearer {token}"]})
+        return response.code, json.loads(await response.content())
+
+    def provider(self, **kw: Any) -> dict[str, Any]:
+        upstream = self.aio(**kw)
+        return {"host": "localhost", "port": upstream.port, "tls": "starttls",
+                "ca_file": ca_file(), "username": "relay", "password": "s3cret-pass"}
+
+    async def test_saved_upstream_passes_every_step(self) -> None:
+        _, base, token = await self.api(self.provider())
+        code, result = await self.post(base, token, {})
+        self.assertEqual(code, 200)
+        self.assertTrue(result["ok"], result)
+        steps = [s["step"] for s in result["steps"]]
+        self.assertEqual(steps, ["TCP", "banner", "EHLO", "STARTTLS", "EHLO (TLS)", "AUTH",
+                                 "QUIT"])
+        self.assertTrue(all(s["ok"] and s["ms"] >= 0 for s in result["steps"]))
+        self.assertIn("235", result["steps"][5]["reply"])
+        self.assertNotIn("s3cret-pass", json.dumps(result))
+
+    async def test_wrong_password_and_unchanged_password_reuse(self) -> None:
+        saved = self.provider()
+        _, base, token = await self.api(saved)
+        code, result = await self.post(base, token, {**saved, "password": "wrong"})
+        self.assertEqual((code, result["ok"]), (200, False))
+        self.assertEqual(result["steps"][-1]["step"], "AUTH")
+        self.assertIn("authentication failed: the server rejected the username or password",
+                      result["error"])
+        # the console sends the form without the password it never showed: the saved one
+        without = {k: v for k, v in saved.items() if k != "password"}
+        code, result = await self.post(base, token, without)
+        self.assertEqual(code, 200)
+        self.assertTrue(result["ok"], result)
+
+    async def test_certificate_for_another_name(self) -> None:
+        _, base, token = await self.api(self.provider(cert_names=("other.test",)))
+        code, result = await self.post(base, token, {})
+        self.assertEqual((code, result["ok"]), (200, False))
+        self.assertEqual(result["steps"][-1]["step"], "EHLO (TLS)")
+        self.assertIn("TLS certificate", result["error"])
+        self.assertIn("not valid for localhost", result["error"])
+
+    async def test_implicit_tls_and_closed_port_and_bad_request(self) -> None:
+        implicit = self.aio(implicit=True)
+        _, base, token = await self.api(self.provider())
+        code, result = await self.post(base, token, {
+            "host": "localhost", "port": implicit.port, "tls": "implicit",
+            "ca_file": ca_file(), "username": "relay", "password": "s3cret-pass"})
+        self.assertTrue(result["ok"], result)
+        self.assertEqual(result["steps"][0]["step"], "TCP + TLS")
+        closed = free_port()
+        code, result = await self.post(base, token, {"host": "127.0.0.1", "port": closed,
+                                                     "use_tls": False})
+        self.assertEqual((code, result["ok"]), (200, False))
+        self.assertIn("connection refused", result["error"])
+        self.assertEqual(result["upstream"]["tls"], "none")
+        code, result = await self.post(base, token, {"host": "h", "tls": "ssl3"})
+        self.assertEqual(code, 400)
+        self.assertIn("upstream.tls", result["error"])
