@@ -27,6 +27,7 @@ from relaymail.smtp.server import RelaySMTPFactory, ServerContext
 from relaymail.smtp.tls import ensure_self_signed, server_tls_options
 from relaymail.spool import Spool
 from relaymail.web.api import ControlAPI
+from relaymail.web.credentials_api import CredentialsAPI
 from relaymail.web.monitor import Monitor
 
 log = Logger(namespace="relaymail.service")
@@ -134,7 +135,8 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
     monitor = Monitor(ctx.stats, manager, ctx.connections, ctx.policy.snapshot,
                       thread_runner(reactor), reactor.seconds)
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
-                     monitor, config.web.open_metrics_to_loopback, config, reactor)
+                     monitor, config.web.open_metrics_to_loopback, config, reactor,
+                     CredentialsAPI(ctx.credentials, thread_runner(reactor)))
     site = Site(api.app.resource())
     site.displayTracebacks = False
     service = ListenerService(serverFromString(reactor, config.web.endpoint), site, config.path,

@@ -42,7 +42,8 @@ def build_counters(config: RateLimitConfig, reactor: Any) -> Counters:
 
 def build_policy(config: RateLimitConfig, reactor: Any) -> Policy:
     counters = build_counters(config, reactor)
-    limits = RateLimiter(config, counters, reactor.seconds, reactor) if config.enabled else None
+    # Always built: a login's own quota applies even with no limit in the config file.
+    limits = RateLimiter(config, counters, reactor.seconds, reactor)
     lockout = None
     if config.auth_failures.max_failures > 0:
         lockout = AuthLockout(config.auth_failures, counters, reactor, config.backend_timeout,

@@ -40,10 +40,6 @@ class RateLimitConfig:
     backend_timeout: float
     auth_failures: AuthLockoutConfig
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.quotas)
-
 
 def validate_quota(c: _Check, value: Any, key: str) -> Quota | None:
     if value is None:

@@ -78,8 +78,9 @@ class ControlAPI:
 
     def __init__(self, manager: RelayManager, token: Callable[[], str],
                  policy: Callable[[], dict[str, Any]] = dict, monitor: Any = None,
-                 open_to_loopback: bool = True, config: Any = None, reactor: Any = None
-                 ) -> None:
+                 open_to_loopback: bool = True, config: Any = None, reactor: Any = None,
+                 credentials: Any = None) -> None:
+        self.credentials = credentials  # relaymail.web.credentials_api.CredentialsAPI
         self.config = config  # relaymail.config.Config, for /api/relay/test
         self.reactor = reactor
         self.manager = manager
@@ -135,6 +136,35 @@ class ControlAPI:
         text = await self.monitor.metrics_text()
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return text
+
+    # ------------------------------------------------------------------ credentials
+
+    def credentials_call(self, request: IRequest, handler: str, *args: str) -> Any:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        if self.credentials is None:
+            return self.reply(request, {"error": "credentials are not managed here"}, 404)
+        return getattr(self.credentials, handler)(request, *args)
+
+    @app.route("/api/smtp-credentials", methods=["GET"])
+    def credentials_list(self, request: IRequest) -> Any:
+        return self.credentials_call(request, "listing")
+
+    @app.route("/api/smtp-credentials", methods=["POST"])
+    def credentials_create(self, request: IRequest) -> Any:
+        return self.credentials_call(request, "create")
+
+    @app.route("/api/smtp-credentials/<string:name>/reset-password", methods=["POST"])
+    def credentials_reset(self, request: IRequest, name: str) -> Any:
+        return self.credentials_call(request, "reset", name)
+
+    @app.route("/api/smtp-credentials/<string:name>", methods=["PATCH"])
+    def credentials_update(self, request: IRequest, name: str) -> Any:
+        return self.credentials_call(request, "update", name)
+
+    @app.route("/api/smtp-credentials/<string:name>", methods=["DELETE"])
+    def credentials_delete(self, request: IRequest, name: str) -> Any:
+        return self.credentials_call(request, "delete", name)
 
     # ------------------------------------------------------------------ relay test
 

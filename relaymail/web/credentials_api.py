@@ -1,0 +1,118 @@
+"""``/api/smtp-credentials``: list, create (the password is in the answer once), reset the
+password, change limits, delete.  bcrypt and the file writes run in the thread pool."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
+
+from relaymail.credentials import CredentialsError, CredentialStore
+
+EDITABLE = {"allowed_sender_domains", "hourly_quota", "daily_quota", "enabled",
+            "check_header_from", "description"}
+
+
+def reply(request: IRequest, body: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def checked_fields(body: Any) -> dict[str, Any]:
+    """The editable fields of a request, type-checked; ValueError names the bad one."""
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "name":
+            continue
+        if key not in EDITABLE:
+            raise ValueError(f"{key}: unknown field")
+        if key in ("hourly_quota", "daily_quota"):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"{key}: expected an integer >= 1 or null")
+        elif key in ("enabled", "check_header_from"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key}: expected true or false")
+        elif key == "allowed_sender_domains":
+            if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+                raise ValueError(f"{key}: expected a list of domains or addresses")
+        elif not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string")
+        out[key] = value
+    return out
+
+
+def status_of(error: CredentialsError) -> int:
+    text = str(error)
+    return 404 if text.startswith("no credential") else 409 if "already exists" in text else 400
+
+
+class CredentialsAPI:
+    """The handlers behind /api/smtp-credentials; ControlAPI routes to them after the token
+    check."""
+
+    def __init__(self, store: CredentialStore, run_in_thread: Callable[..., Deferred]) -> None:
+        self.store = store
+        self.run_in_thread = run_in_thread
+
+    async def _change(self, request: IRequest, f: Callable[[], Any], code: int = 200) -> bytes:
+        try:
+            return reply(request, await self.run_in_thread(f), code)
+        except CredentialsError as e:
+            return reply(request, {"error": str(e)}, status_of(e))
+
+    @staticmethod
+    def _body(request: IRequest) -> Any:
+        try:
+            return json.loads(request.content.read() or b"{}")
+        except ValueError:
+            raise ValueError("the body is not JSON") from None
+
+    def listing(self, request: IRequest) -> bytes:
+        return reply(request, {"credentials": [c.public() for c in self.store.all()]})
+
+    async def create(self, request: IRequest) -> bytes:
+        try:
+            body = self._body(request)
+            fields = checked_fields(body)
+            name = body.get("name")
+            if not isinstance(name, str):
+                raise ValueError("name: expected a string")
+        except ValueError as e:
+            return reply(request, {"error": str(e)}, 400)
+
+        def create() -> dict[str, Any]:
+            password = self.store.add(name, **fields)
+            credential = self.store.get(name)
+            assert credential is not None
+            return {"credential": credential.public(), "password": password,
+                    "note": "the password is shown only now"}
+
+        return await self._change(request, create, 201)
+
+    async def reset(self, request: IRequest, name: str) -> bytes:
+        return await self._change(request, lambda: {
+            "name": name, "password": self.store.reset(name),
+            "note": "the password is shown only now"})
+
+    async def update(self, request: IRequest, name: str) -> bytes:
+        try:
+            fields = checked_fields(self._body(request))
+        except ValueError as e:
+            return reply(request, {"error": str(e)}, 400)
+        if not fields:
+            return reply(request, {"error": "nothing to change"}, 400)
+        return await self._change(request,
+                                  lambda: {"credential": self.store.update(name, **fields)
+                                           .public()})
+
+    async def delete(self, request: IRequest, name: str) -> bytes:
+        return await self._change(request, lambda: (self.store.remove(name),
+                                                    {"deleted": name})[1])
