@@ -136,7 +136,7 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
                       thread_runner(reactor), reactor.seconds)
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
-                     CredentialsAPI(ctx.credentials, thread_runner(reactor)))
+                     CredentialsAPI(ctx.credentials, thread_runner(reactor)), ctx.signer)
     site = Site(api.app.resource())
     site.displayTracebacks = False
     service = ListenerService(serverFromString(reactor, config.web.endpoint), site, config.path,

@@ -20,6 +20,7 @@ from relaymail.envelope import Envelope
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
 from relaymail.relay.probe import Probe
 from relaymail.smtp.access import is_loopback
+from relaymail.web.compose import compose, sign_whole
 from relaymail.web.relaytest import probe_target, requested_upstream
 
 QUEUE_ACTIONS = ("retry", "hold", "release", "bounce")
@@ -79,7 +80,8 @@ class ControlAPI:
     def __init__(self, manager: RelayManager, token: Callable[[], str],
                  policy: Callable[[], dict[str, Any]] = dict, monitor: Any = None,
                  open_to_loopback: bool = True, config: Any = None, reactor: Any = None,
-                 credentials: Any = None) -> None:
+                 credentials: Any = None, signer: Any = None) -> None:
+        self.signer = signer  # DKIM for /api/send, like mail received over SMTP
         self.credentials = credentials  # relaymail.web.credentials_api.CredentialsAPI
         self.config = config  # relaymail.config.Config, for /api/relay/test
         self.reactor = reactor
@@ -165,6 +167,27 @@ class ControlAPI:
     @app.route("/api/smtp-credentials/<string:name>", methods=["DELETE"])
     def credentials_delete(self, request: IRequest, name: str) -> Any:
         return self.credentials_call(request, "delete", name)
+
+    # ------------------------------------------------------------------ send
+
+    @app.route("/api/send", methods=["POST"])
+    async def send(self, request: IRequest) -> bytes:
+        """Compose and queue a message (the console's send form); 202 with the queue ID."""
+        if (denied := self.denied(request)) is not None:
+            return denied
+        try:
+            form = json.loads(request.content.read() or b"{}")
+            sender, rcpts, data = compose(form, self.config.hostname, self.manager.now(),
+                                          self.config.smtp.max_recipients)
+        except ValueError as e:  # ComposeError, or a body that is not JSON
+            return self.reply(request, {"error": str(e)}, 400)
+        data = await self.manager.spool.run_in_thread(sign_whole, self.signer, data)
+        try:
+            qid = await self.manager.inject(sender, rcpts, data, {"source": "api"})
+        except Exception as e:
+            return self.reply(request, {"error": f"not queued: {e}"}, 503)
+        return self.reply(request, {"queue_id": qid, "sender": sender, "recipients": rcpts,
+                                    "size": len(data)}, 202)
 
     # ------------------------------------------------------------------ relay test
 

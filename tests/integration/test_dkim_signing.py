@@ -24,7 +24,10 @@ HEADERS = (b"From: \"Caf\xc3\xa9\" <app@example.com>\r\nTo: user@dest.test\r\n"
 EDGY_BODY = b"caf\xc3\xa9 \t \r\n.\r\nbare\nlf\r\n..dots\r\n\r\n\r\n"
 
 
-class DkimSigningTests(RelayTestCase):
+class DkimHelpers(RelayTestCase):
+    """Keys made by ``relaymail dkim keygen``, published by a loopback DNS server, and
+    dkimpy's verdict on a message."""
+
     def keygen(self, selector: str, algorithm: str, domain: str = "example.com") -> dict:
         path = os.path.join(self.dir, f"{selector}.key")
         assert main(["dkim", "keygen", "--domain", domain, "--selector", selector,
@@ -66,6 +69,9 @@ class DkimSigningTests(RelayTestCase):
 
         return await deferToThreadPool(reactor, self.clients, check)
 
+
+
+class DkimSigningTests(DkimHelpers):
     async def test_rsa_signature_verifies_at_the_upstream(self) -> None:
         entries = [self.keygen("rsa1", "rsa")]
         message, dnsfunc = await self.relay_signed(entries, EDGY_BODY)
