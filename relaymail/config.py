@@ -116,6 +116,8 @@ class WebConfig:
     admin_user: str
     admin_password_hash: str | None
     open_metrics_to_loopback: bool
+    history_file: str | None = None  # SQLite delivery history; None: <spool_dir>/history.db
+    history_retention_days: float = 30
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ DEFAULTS: dict[str, Any] = {
         "admin_user": "admin",
         "admin_password_hash": None,
         "open_metrics_to_loopback": True,
+        "history_file": None,
+        "history_retention_days": 30,
     },
     "log": {"level": "info"},
 }
@@ -610,6 +614,9 @@ def validate_web(c: _Check, d: dict[str, Any]) -> WebConfig:
                                      allow_none=True),
         open_metrics_to_loopback=c.boolean(d["open_metrics_to_loopback"],
                                            "web.open_metrics_to_loopback"),
+        history_file=c.path(d["history_file"], "web.history_file", allow_none=True),
+        history_retention_days=c.number(d["history_retention_days"],
+                                        "web.history_retention_days", 1),
     )
 
 

@@ -19,6 +19,7 @@ from twisted.web.server import Site
 from relaymail import logs, spool_lock
 from relaymail.config import Config, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
+from relaymail.history import History
 from relaymail.logs import Logger
 from relaymail.policy.build import PolicyService, build_policy
 from relaymail.policy.dkim import build_signer
@@ -130,19 +131,27 @@ def listener_service(ctx: ServerContext, listener: ListenerConfig, key: str, con
 
 
 def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
-                ctx: ServerContext) -> ListenerService:
+                ctx: ServerContext, history: History | None = None) -> ListenerService:
     """The HTTP API on ``web.endpoint``, in the same reactor."""
     monitor = Monitor(ctx.stats, manager, ctx.connections, ctx.policy.snapshot,
                       thread_runner(reactor), reactor.seconds)
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
-                     CredentialsAPI(ctx.credentials, thread_runner(reactor)), ctx.signer)
+                     CredentialsAPI(ctx.credentials, thread_runner(reactor)), ctx.signer,
+                     history)
     site = Site(api.app.resource())
     site.displayTracebacks = False
     service = ListenerService(serverFromString(reactor, config.web.endpoint), site, config.path,
                               "web.endpoint", config.web.endpoint)
     service.setName("web")
     return service
+
+
+def build_history(config: Config, reactor: Any) -> History:
+    path = config.web.history_file or os.path.join(config.spool_dir, "history.db")
+    history = History(path, reactor, config.web.history_retention_days, reactor.seconds)
+    history.setName("history")
+    return history
 
 
 def build_service(config: Config, reactor: Any) -> MultiService:
@@ -160,10 +169,16 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered)
     ctx.spool.commit_listeners.append(ctx.stats.accepted)
     manager.observers.append(ctx.stats.delivery_event)
+    history = build_history(config, reactor)
+    history.setServiceParent(top)  # before the manager: it stops after it, keeping its events
+    ctx.spool.commit_listeners.append(history.accepted)
+    manager.observers.append(history.delivery_event)
+    top.history = history  # type: ignore[attr-defined]
     manager.setName("relay")
     manager.setServiceParent(top)
     if config.web.enabled:
-        web_service(config, reactor, manager, spool_service, ctx).setServiceParent(top)
+        web_service(config, reactor, manager, spool_service, ctx, history)\
+            .setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     top.relay = manager  # type: ignore[attr-defined]
     return top

@@ -67,6 +67,24 @@ def int_arg(request: IRequest, name: str, default: int) -> int:
         return default
 
 
+def time_arg(request: IRequest, name: str) -> float | None:
+    """ISO 8601 (``2026-11-22T09:00:00Z``) or Unix seconds; None when absent."""
+    text = str_arg(request, name)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{name}: expected ISO 8601 or Unix seconds (got {text!r})") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
 def str_arg(request: IRequest, name: str) -> str | None:
     raw = request.args.get(name.encode(), [b""])[0]
     return raw.decode("utf-8", "replace") or None
@@ -80,7 +98,8 @@ class ControlAPI:
     def __init__(self, manager: RelayManager, token: Callable[[], str],
                  policy: Callable[[], dict[str, Any]] = dict, monitor: Any = None,
                  open_to_loopback: bool = True, config: Any = None, reactor: Any = None,
-                 credentials: Any = None, signer: Any = None) -> None:
+                 credentials: Any = None, signer: Any = None, history: Any = None) -> None:
+        self.history = history  # relaymail.history.History, for /api/mail-logs
         self.signer = signer  # DKIM for /api/send, like mail received over SMTP
         self.credentials = credentials  # relaymail.web.credentials_api.CredentialsAPI
         self.config = config  # relaymail.config.Config, for /api/relay/test
@@ -167,6 +186,49 @@ class ControlAPI:
     @app.route("/api/smtp-credentials/<string:name>", methods=["DELETE"])
     def credentials_delete(self, request: IRequest, name: str) -> Any:
         return self.credentials_call(request, "delete", name)
+
+    # ------------------------------------------------------------------ delivery history
+
+    @app.route("/api/mail-logs", methods=["GET"])
+    async def mail_logs(self, request: IRequest) -> bytes:
+        """Search: sender, recipient (substrings), queue_id, status, since/until (ISO 8601
+        or Unix seconds), limit (max 1000), offset; newest first."""
+        if (denied := self.denied(request)) is not None:
+            return denied
+        try:
+            filters = {name: str_arg(request, name)
+                       for name in ("sender", "recipient", "queue_id", "status")}
+            filters["since"] = time_arg(request, "since")
+            filters["until"] = time_arg(request, "until")
+        except ValueError as e:
+            return self.reply(request, {"error": str(e)}, 400)
+        total, rows = await self.history.search(filters, int_arg(request, "limit", 100),
+                                                int_arg(request, "offset", 0))
+        for row in rows:
+            row["time"] = iso(row["time"])
+        return self.reply(request, {"total": total, "items": rows})
+
+    @app.route("/api/mail-logs/stats", methods=["GET"])
+    async def mail_log_stats(self, request: IRequest) -> bytes:
+        """Counts by status for the last ``hours`` (default 24) and per hour, for the
+        dashboard's chart."""
+        if (denied := self.denied(request)) is not None:
+            return denied
+        hours = max(1, min(int_arg(request, "hours", 24), 24 * 31))
+        now = self.manager.now()
+        start = (int(now) // 3600 - hours + 1) * 3600
+        raw = await self.history.stats(start)
+        per_hour = [{"hour": iso(h), **{s: raw["buckets"].get(h, {}).get(s, 0)
+                                        for s in ("received", "sent", "deferred", "bounced")}}
+                    for h in range(start, int(now) + 1, 3600)]
+        totals = {s: raw["totals"].get(s, 0) for s in ("received", "sent", "deferred",
+                                                        "bounced")}
+        final = totals["sent"] + totals["bounced"]
+        return self.reply(request, {
+            "hours": hours, "totals": totals,
+            "success_rate": round(100 * totals["sent"] / final, 2) if final else 100.0,
+            "per_hour": per_hour,
+            "top_senders": [{"sender": s, "messages": n} for s, n in raw["top_senders"]]})
 
     # ------------------------------------------------------------------ send
 

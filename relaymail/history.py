@@ -1,0 +1,206 @@
+"""Delivery history in SQLite: every accepted message and every delivery outcome, one row
+per recipient, for the mail log search, its statistics and the dashboard.
+
+SQLite runs in a one-thread pool of its own (one connection, never shared across threads).
+Events are buffered and written in one transaction every half second, so a busy relay pays
+one commit per batch, not per message.  Rows older than the retention are deleted hourly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from relaymail.envelope import Envelope
+from relaymail.logs import Logger
+
+log = Logger(namespace="relaymail.history")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    queue_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    status TEXT NOT NULL,          -- received, sent, deferred, bounced
+    transport TEXT,
+    relay TEXT,
+    code INTEGER,
+    reply TEXT,
+    delay REAL,
+    attempt INTEGER
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+CREATE INDEX IF NOT EXISTS events_queue_id ON events (queue_id);
+CREATE INDEX IF NOT EXISTS events_sender ON events (sender);
+CREATE INDEX IF NOT EXISTS events_recipient ON events (recipient);
+"""
+COLUMNS = ("time", "queue_id", "sender", "recipient", "status", "transport", "relay", "code",
+           "reply", "delay", "attempt")
+FLUSH_INTERVAL = 0.5
+MAX_PAGE = 1000
+
+
+class History(Service):
+    """Records events from the spool and the relay manager; answers searches."""
+
+    def __init__(self, path: str, reactor: Any, retention_days: float,
+                 clock: Callable[[], float]) -> None:
+        self.path = path
+        self.reactor = reactor
+        self.retention = retention_days * 86400
+        self.clock = clock
+        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="history")
+        self.db: sqlite3.Connection | None = None
+        self.pending: list[tuple[Any, ...]] = []
+        self.flusher = LoopingCall(self.flush)
+        self.flusher.clock = reactor
+        self.pruner = LoopingCall(self.prune)
+        self.pruner.clock = reactor
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+        self._run(self._open)
+        self.flusher.start(FLUSH_INTERVAL, now=False)
+        self.pruner.start(3600, now=True)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if not self.pool.started:  # stopped already (a second stopService)
+            return
+        for loop in (self.flusher, self.pruner):
+            if loop.running:
+                loop.stop()
+        try:
+            await self.flush()
+            await self._run(self._close)
+        finally:
+            self.pool.stop()
+
+    def _run(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(self.reactor, self.pool, f, *args)
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # history, not mail: no fsync per batch
+        self.db.executescript(SCHEMA)
+
+    def _close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    # ------------------------------------------------------------------ recording
+
+    def accepted(self, envelope: Envelope) -> None:
+        """Spool commit listener."""
+        for r in envelope.recipients:
+            self.pending.append((envelope.received_at, envelope.queue_id, envelope.sender,
+                                 r.address, "received", None, None, 250, None, 0.0, 0))
+
+    def delivery_event(self, event: dict[str, Any]) -> None:
+        """Relay manager observer: one row per recipient of the outcome group."""
+        for rcpt in event["recipients"]:
+            self.pending.append((event["time"], event["queue_id"], event["sender"], rcpt,
+                                 event["event"], event.get("transport"), event.get("relay"),
+                                 event.get("code"), event.get("reply"), event.get("delay"),
+                                 event.get("attempt")))
+
+    def flush(self) -> Deferred:
+        if not self.pending:
+            return succeed(None)
+        rows, self.pending = self.pending, []
+        d = self._run(self._insert, rows)
+        d.addErrback(lambda f: log.warn("history: {n} event(s) not recorded: {error}",
+                                        n=len(rows), error=f.getErrorMessage()))
+        return d
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        assert self.db is not None
+        with self.db:
+            self.db.executemany(f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES "
+                                f"({', '.join('?' * len(COLUMNS))})", rows)
+
+    def prune(self) -> Deferred:
+        cutoff = self.clock() - self.retention
+        return self._run(self._prune, cutoff).addErrback(
+            lambda f: log.warn("history: pruning failed: {error}", error=f.getErrorMessage()))
+
+    def _prune(self, cutoff: float) -> None:
+        assert self.db is not None
+        with self.db:
+            self.db.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+
+    # ------------------------------------------------------------------ queries
+
+    def search(self, filters: dict[str, Any], limit: int, offset: int) -> Deferred:
+        """Fires with (total, rows as dicts), newest first."""
+        return self._run(self._search, filters, max(1, min(limit, MAX_PAGE)), max(0, offset))
+
+    def _search(self, filters: dict[str, Any], limit: int, offset: int
+                ) -> tuple[int, list[dict[str, Any]]]:
+        assert self.db is not None
+        where, args = conditions(filters)
+        total = self.db.execute(f"SELECT count(*) FROM events{where}", args).fetchone()[0]
+        cursor = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM events{where} "
+                                 "ORDER BY time DESC, id DESC LIMIT ? OFFSET ?",
+                                 [*args, limit, offset])
+        return total, [dict(zip(COLUMNS, row, strict=True)) for row in cursor]
+
+    def stats(self, since: float, bucket: float = 3600) -> Deferred:
+        return self._run(self._stats, since, bucket)
+
+    def _stats(self, since: float, bucket: float) -> dict[str, Any]:
+        assert self.db is not None
+        totals = dict(self.db.execute("SELECT status, count(*) FROM events WHERE time >= ? "
+                                      "GROUP BY status", (since,)).fetchall())
+        per_bucket: dict[int, dict[str, int]] = {}
+        for start, status, n in self.db.execute(
+                "SELECT CAST(time / ? AS INTEGER) * ?, status, count(*) FROM events "
+                "WHERE time >= ? GROUP BY 1, 2", (bucket, bucket, since)):
+            per_bucket.setdefault(int(start), {})[status] = n
+        senders = self.db.execute("SELECT sender, count(*) FROM events WHERE time >= ? AND "
+                                  "status = 'received' GROUP BY sender ORDER BY 2 DESC LIMIT 10",
+                                  (since,)).fetchall()
+        return {"totals": totals, "buckets": per_bucket, "top_senders": senders}
+
+
+def conditions(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """WHERE clause for the search filters (substring match on addresses, exact on the
+    rest); values are always bound parameters."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for name in ("sender", "recipient"):
+        if filters.get(name):
+            parts.append(f"{name} LIKE ? ESCAPE '\\'")
+            args.append("%" + like_escape(str(filters[name]).lower()) + "%")
+    for name in ("queue_id", "status"):
+        if filters.get(name):
+            parts.append(f"{name} = ?")
+            args.append(filters[name])
+    if filters.get("since") is not None:
+        parts.append("time >= ?")
+        args.append(float(filters["since"]))
+    if filters.get("until") is not None:
+        parts.append("time < ?")
+        args.append(float(filters["until"]))
+    return (" WHERE " + " AND ".join(parts) if parts else ""), args
+
+
+def like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
