@@ -216,8 +216,14 @@ DOMAIN_PATTERN = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?)$
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     """Read, merge and validate the config file at ``path``; raise ConfigError on any problem."""
+    return config_from_document(read_json_file(path), path, environ)
+
+
+def config_from_document(data: dict[str, Any], path: str,
+                         environ: Mapping[str, str] | None = None) -> Config:
+    """The same checks as loading ``path``, on a document in memory (the API's changes are
+    validated this way before they are saved)."""
     environ = os.environ if environ is None else environ
-    data = read_json_file(path)
     merged = merge_defaults(DEFAULTS, data, path)
     apply_env_overrides(merged, environ, path)
     return validate(merged, path)

@@ -48,3 +48,17 @@ def build_manager(config: Config, reactor: Any, spool: Spool,
         {name: t.fallback for name, t in config.transports.items()},
         delivery, config.hostname, reactor, recovered=recovered, pool=pool, health=health)
     return manager
+
+
+def apply_routing(manager: RelayManager, config: Config, reactor: Any) -> None:
+    """Use ``config``'s routes and transports from the next delivery on (a live change from
+    the API).  Deliveries already running finish with what they started with; sessions,
+    health and the queue are kept."""
+    assert manager.pool is not None
+    delivery = config.delivery
+    failover = Failover(manager.pool, reactor, delivery.batch_size, delivery.batch_delay)
+    manager.transports = {name: build_transport(t, failover, reactor,
+                                                manager.spool.run_in_thread)
+                          for name, t in config.transports.items()}
+    manager.router = Router(config.routes)
+    manager.fallbacks = {name: t.fallback for name, t in config.transports.items()}

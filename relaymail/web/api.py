@@ -17,10 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.iweb import IRequest
 
 from relaymail.envelope import Envelope
+from relaymail.relay.build import apply_routing
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
 from relaymail.relay.probe import Probe
 from relaymail.smtp.access import is_loopback
 from relaymail.web.compose import compose, sign_whole
+from relaymail.web.relayconfig import relay_view
+from relaymail.web.relayconfig import update as update_relay_config
 from relaymail.web.relaytest import probe_target, requested_upstream
 
 QUEUE_ACTIONS = ("retry", "hold", "release", "bounce")
@@ -250,6 +253,30 @@ class ControlAPI:
             return self.reply(request, {"error": f"not queued: {e}"}, 503)
         return self.reply(request, {"queue_id": qid, "sender": sender, "recipients": rcpts,
                                     "size": len(data)}, 202)
+
+    # ------------------------------------------------------------------ relay config
+
+    @app.route("/api/relay/config", methods=["GET"])
+    def relay_config(self, request: IRequest) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        return self.reply(request, relay_view(self.config))
+
+    @app.route("/api/relay/config", methods=["POST"])
+    async def relay_config_update(self, request: IRequest) -> bytes:
+        """Validate like startup, save atomically (previous file kept as .bak), apply to
+        the next delivery; no restart."""
+        if (denied := self.denied(request)) is not None:
+            return denied
+        try:
+            body = json.loads(request.content.read() or b"{}")
+            new_config, view = await self.manager.spool.run_in_thread(
+                update_relay_config, self.config.path, body, self.config)
+        except ValueError as e:
+            return self.reply(request, {"error": str(e)}, 400)
+        apply_routing(self.manager, new_config, self.reactor)
+        self.config = new_config
+        return self.reply(request, {**view, "applied": True, "restart_required": []})
 
     # ------------------------------------------------------------------ relay test
 

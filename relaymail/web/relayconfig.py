@@ -1,0 +1,153 @@
+"""``GET|POST /api/relay/config``: the upstream the catch-all route relays through, in the
+simple shape ``{enabled, host, port, username, password, use_tls}`` plus preset, TLS mode and
+the full upstream list.  Passwords are write-only: GET masks them, and a POST without one
+keeps the saved password of the same host and username.
+
+A change is applied to the config *document* (the JSON file as written, not the merged
+defaults), validated by the same code as startup, saved atomically with the previous
+version kept as ``<file>.bak``, and then applied to the running relay."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from typing import Any
+
+from relaymail.config import (
+    DEFAULTS,
+    UPSTREAM_KEYS,
+    Config,
+    ConfigError,
+    config_from_document,
+    read_json_file,
+)
+from relaymail.credentials import write_json_atomically
+
+MASK = "********"
+PROVIDER = "provider"  # the transport the console creates when there is none
+
+
+def catch_all(routes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((r for r in routes if "*" in r.get("domains", [])), None)
+
+
+def relay_transport_name(config: Config) -> str | None:
+    """The smarthost transport mail goes through by default, or the first smarthost one."""
+    route = next((r for r in config.routes if "*" in r.domains), None)
+    if route is not None and config.transports[route.transport].type == "smarthost":
+        return route.transport
+    return next((n for n, t in config.transports.items() if t.type == "smarthost"), None)
+
+
+def masked(upstream: Any) -> dict[str, Any]:
+    return {"host": upstream.host, "port": upstream.port, "tls": upstream.tls,
+            "verify": upstream.verify, "username": upstream.username,
+            "password": MASK if upstream.password else None, "preset": upstream.preset,
+            "max_rate": None if upstream.max_rate is None else
+            f"{upstream.max_rate[0]}/{int(upstream.max_rate[1])}s",
+            "max_connections": upstream.max_connections}
+
+
+def relay_view(config: Config) -> dict[str, Any]:
+    name = relay_transport_name(config)
+    route = next((r for r in config.routes if "*" in r.domains), None)
+    if name is None:
+        return {"enabled": False, "transport": None, "host": None, "port": None,
+                "username": None, "password": None, "use_tls": None, "preset": None,
+                "tls": None, "upstreams": []}
+    upstreams = [masked(u) for u in config.transports[name].upstreams]
+    primary = upstreams[0]
+    return {"enabled": route is not None and route.transport == name, "transport": name,
+            **{k: primary[k] for k in ("host", "port", "username", "password", "preset",
+                                       "tls")},
+            "use_tls": primary["tls"] != "none", "upstreams": upstreams}
+
+
+def upstream_from_simple(body: dict[str, Any]) -> dict[str, Any]:
+    item = {k: v for k, v in body.items() if k in UPSTREAM_KEYS and v not in (None, "")}
+    if "tls" not in item and "use_tls" in body:
+        port = int(body.get("port") or 0)
+        item["tls"] = ("implicit" if port == 465 else "starttls") if body["use_tls"] else "none"
+    return item
+
+
+def keep_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None:
+    """A password left out (or sent back masked) stays what it was for that host+user."""
+    for item in new:
+        if item.get("password") in (None, "", MASK):
+            item.pop("password", None)
+            same = next((o for o in old if o.get("host") == item.get("host")
+                         and o.get("username") == item.get("username")
+                         and o.get("password")), None)
+            if same is not None:
+                item["password"] = same["password"]
+
+
+def changed_document(document: dict[str, Any], body: dict[str, Any],
+                     config: Config) -> dict[str, Any]:
+    """The config document with the request applied (not yet validated)."""
+    doc = copy.deepcopy(document)
+    routes = doc.setdefault("routes", copy.deepcopy(DEFAULTS["routes"]))
+    transports = doc.setdefault("transports", copy.deepcopy(DEFAULTS["transports"]))
+    name = body.get("transport") or relay_transport_name(config) or PROVIDER
+    current = transports.setdefault(name, {"type": "smarthost", "upstreams": []})
+    if current.get("type") != "smarthost":
+        raise ValueError(f"transport {name!r} is not a smarthost transport")
+    old = current.get("upstreams", [])
+    if "upstreams" in body:
+        if not isinstance(body["upstreams"], list) or not body["upstreams"]:
+            raise ValueError("upstreams: expected a non-empty list")
+        new = [upstream_from_simple(u) if isinstance(u, dict) else u
+               for u in body["upstreams"]]
+    elif "host" in body or "preset" in body:
+        new = [upstream_from_simple(body), *old[1:]]  # the primary changes, backups stay
+    else:
+        new = old
+    keep_passwords(new, old)
+    current["upstreams"] = new
+    if "enabled" in body:
+        set_enabled(routes, transports, name, bool(body["enabled"]))
+    return doc
+
+
+def set_enabled(routes: list[dict[str, Any]], transports: dict[str, Any], name: str,
+                enabled: bool) -> None:
+    """Enabled: the catch-all route relays through ``name``; disabled: through the first
+    local or direct transport (the outbox in the sample config)."""
+    route = catch_all(routes)
+    if route is None:
+        route = {"domains": ["*"], "transport": name}
+        routes.append(route)
+    if enabled:
+        route["transport"] = name
+        return
+    other = next((n for n, t in transports.items() if t.get("type") in ("maildir", "mx")),
+                 None)
+    if other is None:
+        raise ValueError("enabled: false needs a maildir or mx transport to route to instead")
+    route["transport"] = other
+
+
+def save_document(path: str, document: dict[str, Any]) -> None:
+    """Thread: keep the previous file as ``.bak``, then replace it atomically (0600: it
+    holds upstream passwords)."""
+    if os.path.exists(path):
+        shutil.copy2(path, path + ".bak")
+        os.chmod(path + ".bak", 0o600)
+    write_json_atomically(path, document)
+
+
+def update(path: str, body: Any, config: Config) -> tuple[Config, dict[str, Any]]:
+    """Thread: read the file, apply, validate like startup, save; the new Config and view.
+    ValueError carries the message for a 400."""
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    document = read_json_file(path)
+    new_document = changed_document(document, body, config)
+    try:
+        new_config = config_from_document(new_document, path)
+    except ConfigError as e:  # the value is left out: it may be a password
+        raise ValueError(f"{e.key}: {e.problem}") from None
+    save_document(path, new_document)
+    return new_config, relay_view(new_config)
