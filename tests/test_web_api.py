@@ -4,6 +4,7 @@ shapes, errors.  The same API is used for real by the queue command in test_twis
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from treq.testing import StubTreq
@@ -98,4 +99,45 @@ class MonitorAccessTests(TestCase):
                 self.assertEqual(await self.status(path, None), 401)
                 self.assertEqual(await self.status(path, "wrong"), 401)
                 self.assertEqual(await self.status(path, TOKEN), 200)
+        return ensureDeferred(check())
+
+
+def klein_routes() -> set[tuple[str, str]]:
+    """(method, path) of every route the API serves, with <x> path variables as {x}."""
+    out = set()
+    for rule in ControlAPI.app.url_map.iter_rules():
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        for method in rule.methods or ():
+            if method not in ("HEAD", "OPTIONS"):
+                out.add((method.lower(), path))
+    return out
+
+
+def test_openapi_describes_exactly_the_served_routes() -> None:
+    from relaymail.web.openapi import document
+
+    spec = document("test")
+    described = {(m, path) for path, ops in spec["paths"].items() for m in ops}
+    assert described == klein_routes()
+    assert spec["openapi"] == "3.1.0"
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            names = {x["name"] for x in op["parameters"] if x["in"] == "path"}
+            assert names == set(re.findall(r"{(\w+)}", path)), path
+
+
+class DocsTests(TestCase):
+    def test_docs_open_without_token_and_list_every_route(self) -> None:
+        h = Harness({"t": ScriptedTransport("t", default=LATER)}, bounces=False)
+        treq = StubTreq(ControlAPI(h.manager, lambda: TOKEN).app.resource())
+
+        async def check() -> None:
+            response = await treq.get("http://relay.test/api/openapi.json")
+            spec = json.loads(await response.content())
+            self.assertEqual(response.code, 200)
+            response = await treq.get("http://relay.test/api/docs")
+            page = (await response.content()).decode()
+            self.assertEqual(response.code, 200)
+            for path in spec["paths"]:
+                self.assertIn(path, page)
         return ensureDeferred(check())

@@ -16,12 +16,15 @@ from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.iweb import IRequest
 
+import relaymail
 from relaymail.envelope import Envelope
 from relaymail.relay.build import apply_routing
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
 from relaymail.relay.probe import Probe
 from relaymail.smtp.access import is_loopback
 from relaymail.web.compose import compose, sign_whole
+from relaymail.web.openapi import docs_page
+from relaymail.web.openapi import document as openapi_document
 from relaymail.web.relayconfig import relay_view
 from relaymail.web.relayconfig import update as update_relay_config
 from relaymail.web.relaytest import probe_target, requested_upstream
@@ -141,6 +144,19 @@ class ControlAPI:
         if self.open_to_loopback and is_loopback(peer):
             return None
         return self.denied(request)
+
+    # ------------------------------------------------------------------ description
+
+    @app.route("/api/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        return self.reply(request, openapi_document(relaymail.__version__))
+
+    @app.route("/api/docs", methods=["GET"])
+    def api_docs(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", b"default-src 'none'; style-src "
+                                                       b"'unsafe-inline'")
+        return docs_page(openapi_document(relaymail.__version__))
 
     # ------------------------------------------------------------------ monitoring
 
