@@ -30,6 +30,7 @@ from relaymail.spool import Spool
 from relaymail.web.api import ControlAPI
 from relaymail.web.credentials_api import CredentialsAPI
 from relaymail.web.monitor import Monitor
+from relaymail.web.session import Sessions, WebAuth
 
 log = Logger(namespace="relaymail.service")
 
@@ -130,6 +131,12 @@ def listener_service(ctx: ServerContext, listener: ListenerConfig, key: str, con
     return service
 
 
+def web_auth(config: Config, reactor: Any, ctx: ServerContext) -> WebAuth:
+    return WebAuth(Sessions(reactor.seconds), config.web.admin_user,
+                   config.web.admin_password_hash, ctx.policy.web_lockout,
+                   thread_runner(reactor))
+
+
 def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
                 ctx: ServerContext, history: History | None = None) -> ListenerService:
     """The HTTP API on ``web.endpoint``, in the same reactor."""
@@ -138,7 +145,7 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
                      CredentialsAPI(ctx.credentials, thread_runner(reactor)), ctx.signer,
-                     history)
+                     history, web_auth(config, reactor, ctx))
     site = Site(api.app.resource())
     site.displayTracebacks = False
     service = ListenerService(serverFromString(reactor, config.web.endpoint), site, config.path,

@@ -21,6 +21,7 @@ class Policy:
     limits: RateLimiter | None
     lockout: AuthLockout | None
     backend: str = "memory"
+    web_lockout: AuthLockout | None = None  # console logins, counted apart from SMTP AUTH
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for status and metrics; the backend by kind only (its URL may hold a
@@ -44,11 +45,14 @@ def build_policy(config: RateLimitConfig, reactor: Any) -> Policy:
     counters = build_counters(config, reactor)
     # Always built: a login's own quota applies even with no limit in the config file.
     limits = RateLimiter(config, counters, reactor.seconds, reactor)
-    lockout = None
+    lockout = web_lockout = None
     if config.auth_failures.max_failures > 0:
+        fail_open = config.on_backend_error == "allow"
         lockout = AuthLockout(config.auth_failures, counters, reactor, config.backend_timeout,
-                              fail_open=config.on_backend_error == "allow")
-    return Policy(counters, limits, lockout, config.backend)
+                              fail_open)
+        web_lockout = AuthLockout(config.auth_failures, counters, reactor,
+                                  config.backend_timeout, fail_open, scope="web")
+    return Policy(counters, limits, lockout, config.backend, web_lockout)
 
 
 class PolicyService(Service):

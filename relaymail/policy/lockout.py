@@ -27,7 +27,8 @@ class AuthLockout:
     """Counts AUTH failures per client address and per username; answers lockouts."""
 
     def __init__(self, config: AuthLockoutConfig, counters: Counters, reactor: Any,
-                 timeout: float, fail_open: bool) -> None:
+                 timeout: float, fail_open: bool, scope: str = "auth") -> None:
+        self.scope = scope  # key prefix: "auth" for SMTP AUTH, "web" for the console login
         self.config = config
         self.counters = counters
         self.reactor = reactor
@@ -43,7 +44,7 @@ class AuthLockout:
         """Seconds the address ("ip") or login ("user") stays locked; 0 when it is not."""
         if not self.enabled:
             return succeed(0.0)
-        d = self.counters.ttl(f"auth:lock:{kind}:{subject}")
+        d = self.counters.ttl(f"{self.scope}:lock:{kind}:{subject}")
         d.addTimeout(self.timeout, self.reactor)
         return d.addErrback(self._backend_failed)
 
@@ -64,13 +65,13 @@ class AuthLockout:
         return d.addErrback(self._backend_failed)
 
     def _count(self, kind: str, subject: str) -> Deferred:
-        d = self.counters.incr(f"auth:fail:{kind}:{subject}", self.config.window)
+        d = self.counters.incr(f"{self.scope}:fail:{kind}:{subject}", self.config.window)
         d.addCallback(lambda n: self._lock(kind, subject) if n >= self.config.max_failures
                       else None)
         return d
 
     def _lock(self, kind: str, subject: str) -> Deferred:
-        d = self.counters.incr(f"auth:level:{kind}:{subject}", LEVEL_MEMORY)
+        d = self.counters.incr(f"{self.scope}:level:{kind}:{subject}", LEVEL_MEMORY)
 
         def lock(level: int) -> Deferred:
             seconds = min(self.config.lockout * 2 ** (level - 1), self.config.max_lockout)
@@ -79,8 +80,8 @@ class AuthLockout:
                      "{failures} failures (lockout #{count})", kind=kind, subject=subject,
                      seconds=seconds, failures=self.config.max_failures, count=level)
             return gatherResults([
-                self.counters.put(f"auth:lock:{kind}:{subject}", 1, seconds),
-                self.counters.delete(f"auth:fail:{kind}:{subject}"),
+                self.counters.put(f"{self.scope}:lock:{kind}:{subject}", 1, seconds),
+                self.counters.delete(f"{self.scope}:fail:{kind}:{subject}"),
             ], consumeErrors=True)
 
         return d.addCallback(lock)
@@ -89,4 +90,5 @@ class AuthLockout:
         """A good login clears that login's failure count.  The address's count stays: one
         valid login must not let the same client keep guessing others' passwords."""
         if self.enabled:
-            self.counters.delete(f"auth:fail:user:{username.lower()}").addErrback(lambda f: None)
+            key = f"{self.scope}:fail:user:{username.lower()}"
+            self.counters.delete(key).addErrback(lambda f: None)

@@ -28,6 +28,7 @@ from relaymail.web.openapi import document as openapi_document
 from relaymail.web.relayconfig import relay_view
 from relaymail.web.relayconfig import update as update_relay_config
 from relaymail.web.relaytest import probe_target, requested_upstream
+from relaymail.web.session import COOKIE, expired_cookie, session_cookie
 
 QUEUE_ACTIONS = ("retry", "hold", "release", "bounce")
 STATES = ("queue", "hold", "failed")
@@ -73,6 +74,22 @@ def int_arg(request: IRequest, name: str, default: int) -> int:
         return default
 
 
+def login_form(request: IRequest) -> tuple[str, str] | None:
+    """(username, password) from a JSON body or a urlencoded form."""
+    if (request.getHeader(b"content-type") or b"").startswith(b"application/json"):
+        try:
+            body = json.loads(request.content.read() or b"{}")
+        except ValueError:
+            return None
+        user, password = (body.get("username"), body.get("password")) \
+            if isinstance(body, dict) else (None, None)
+    else:
+        user, password = str_arg(request, "username"), str_arg(request, "password")
+    if not isinstance(user, str) or not isinstance(password, str) or not user:
+        return None
+    return user, password
+
+
 def time_arg(request: IRequest, name: str) -> float | None:
     """ISO 8601 (``2026-11-22T09:00:00Z``) or Unix seconds; None when absent."""
     text = str_arg(request, name)
@@ -104,7 +121,9 @@ class ControlAPI:
     def __init__(self, manager: RelayManager, token: Callable[[], str],
                  policy: Callable[[], dict[str, Any]] = dict, monitor: Any = None,
                  open_to_loopback: bool = True, config: Any = None, reactor: Any = None,
-                 credentials: Any = None, signer: Any = None, history: Any = None) -> None:
+                 credentials: Any = None, signer: Any = None, history: Any = None,
+                 auth: Any = None) -> None:
+        self.auth = auth  # relaymail.web.session.WebAuth: console logins
         self.history = history  # relaymail.history.History, for /api/mail-logs
         self.signer = signer  # DKIM for /api/send, like mail received over SMTP
         self.credentials = credentials  # relaymail.web.credentials_api.CredentialsAPI
@@ -133,10 +152,57 @@ class ControlAPI:
         return json.dumps(body, ensure_ascii=False).encode()
 
     def denied(self, request: IRequest) -> bytes | None:
+        """None when the bearer token or a console session (with its CSRF token for
+        changes) allows the request; else the 401 or 403 answer."""
         if self.authorized(request):
             return None
+        session = self.auth.session_of(request) if self.auth is not None else None
+        if session is not None:
+            if self.auth.csrf_ok(request, session):
+                return None
+            return self.reply(request, {"error": "CSRF token missing or wrong"}, 403)
         request.setHeader(b"www-authenticate", b'Bearer realm="relaymail"')
         return self.reply(request, {"error": "authentication required"}, 401)
+
+    # ------------------------------------------------------------------ console login
+
+    @app.route("/login", methods=["POST"])
+    async def login(self, request: IRequest) -> bytes:
+        """JSON ``{username, password}`` or a form; sets the session cookie and answers the
+        CSRF token.  Failures are counted per address and user, and lock out like AUTH."""
+        if self.auth is None:
+            return self.reply(request, {"error": "console login is not configured"}, 404)
+        form = login_form(request)
+        if form is None:
+            return self.reply(request, {"error": "expected username and password"}, 400)
+        peer = getattr(request.getClientAddress(), "host", "?")
+        result, value = await self.auth.login(peer, *form)
+        if result == "locked":
+            return self.reply(request, {"error": "too many failed logins; try again in "
+                                                 f"{int(value) + 1} seconds"}, 429)
+        if result != "ok":
+            return self.reply(request, {"error": "wrong username or password"}, 401)
+        token, session = value
+        request.setHeader(b"set-cookie", session_cookie(token, request.isSecure()))
+        return self.reply(request, {"user": session.user, "csrf": session.csrf})
+
+    @app.route("/logout", methods=["POST"])
+    def logout(self, request: IRequest) -> bytes:
+        if (denied := self.denied(request)) is not None:
+            return denied
+        cookie = request.getCookie(COOKIE)
+        if self.auth is not None and cookie:
+            self.auth.sessions.drop(cookie.decode("ascii", "replace"))
+        request.setHeader(b"set-cookie", expired_cookie())
+        return self.reply(request, {"ok": True})
+
+    @app.route("/api/session", methods=["GET"])
+    def session(self, request: IRequest) -> bytes:
+        """The page's CSRF token (the cookie itself is HttpOnly)."""
+        session = self.auth.session_of(request) if self.auth is not None else None
+        if session is None:
+            return self.reply(request, {"error": "not logged in"}, 401)
+        return self.reply(request, {"user": session.user, "csrf": session.csrf})
 
     def monitor_denied(self, request: IRequest) -> bytes | None:
         """/health and /metrics: open to loopback clients when configured, else the token."""

@@ -84,6 +84,11 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, b
      [q("hours", "window, default 24", "integer")], None, False),
     ("post", "/api/send", "Compose, DKIM-sign and queue a message; 202 with the queue ID",
      [], SEND, False),
+    ("post", "/login", "Console login ({username, password} as JSON or a form): sets the "
+     "HttpOnly session cookie, answers the CSRF token; 429 when locked out", [], OBJ, True),
+    ("post", "/logout", "End the console session", [], None, False),
+    ("get", "/api/session", "The console session's user and CSRF token (send it as "
+     "X-CSRF-Token on changes)", [], None, True),
     ("get", "/api/openapi.json", "This document", [], None, True),
     ("get", "/api/docs", "This document as a page", [], None, True),
 ]

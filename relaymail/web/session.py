@@ -1,0 +1,119 @@
+"""Console logins: the admin password (a bcrypt hash in the config), sessions in a cookie
+(HttpOnly, SameSite=Strict), a CSRF token per session for every state-changing request,
+and login attempts counted and locked out like SMTP AUTH."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bcrypt
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
+
+COOKIE = b"relaymail_session"
+LIFETIME = 12 * 3600.0
+MAX_SESSIONS = 1000
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+_DUMMY = bcrypt.hashpw(b"relaymail-dummy", bcrypt.gensalt(4))
+
+
+@dataclass
+class Session:
+    user: str
+    csrf: str
+    expires: float
+
+
+class Sessions:
+    """In memory, bounded: the oldest session goes when the table is full."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.items: OrderedDict[str, Session] = OrderedDict()
+
+    def create(self, user: str) -> tuple[str, Session]:
+        token = secrets.token_urlsafe(32)
+        session = Session(user, secrets.token_urlsafe(32), self.clock() + LIFETIME)
+        self.items[token] = session
+        while len(self.items) > MAX_SESSIONS:
+            self.items.popitem(last=False)
+        return token, session
+
+    def get(self, token: str | None) -> Session | None:
+        session = self.items.get(token or "")
+        if session is None:
+            return None
+        if session.expires <= self.clock():
+            del self.items[token or ""]
+            return None
+        return session
+
+    def drop(self, token: str | None) -> None:
+        self.items.pop(token or "", None)
+
+
+def password_matches(password: str, stored_hash: str | None) -> bool:
+    """Thread: bcrypt; a missing hash still costs one comparison (no timing oracle)."""
+    if not stored_hash:
+        bcrypt.checkpw(password.encode(), _DUMMY)
+        return False
+    try:
+        return bcrypt.checkpw(password.encode(), stored_hash.encode())
+    except ValueError:
+        return False
+
+
+class WebAuth:
+    """Who is asking: a script with the bearer token, or a logged-in console session."""
+
+    def __init__(self, sessions: Sessions, admin_user: str, admin_hash: str | None,
+                 lockout: Any, run_in_thread: Callable[..., Deferred]) -> None:
+        self.sessions = sessions
+        self.admin_user = admin_user
+        self.admin_hash = admin_hash
+        self.lockout = lockout  # AuthLockout(scope="web") or None
+        self.run_in_thread = run_in_thread
+
+    def session_of(self, request: IRequest) -> Session | None:
+        token = request.getCookie(COOKIE)
+        return self.sessions.get(token.decode("ascii", "replace") if token else None)
+
+    def csrf_ok(self, request: IRequest, session: Session) -> bool:
+        """State-changing requests from a page carry the session's CSRF token (header for
+        fetch, form field for plain forms)."""
+        if request.method in SAFE_METHODS:
+            return True
+        given = request.getHeader(b"x-csrf-token")
+        if given is None:
+            given = (request.args.get(b"csrf") or [b""])[0]
+        return hmac.compare_digest(given, session.csrf.encode())
+
+    async def login(self, ip: str, username: str, password: str) -> tuple[str, Any]:
+        """("ok", (token, session)), ("locked", seconds) or ("bad", None)."""
+        if self.lockout is not None:
+            locked = await self.lockout.locked_for("ip", ip)
+            if locked > 0:
+                return "locked", locked
+        good_user = hmac.compare_digest(username.encode(), self.admin_user.encode())
+        matches = await self.run_in_thread(password_matches, password, self.admin_hash)
+        if good_user and matches:
+            if self.lockout is not None:
+                self.lockout.succeeded(username)
+            return "ok", self.sessions.create(username)
+        if self.lockout is not None:
+            await self.lockout.failed(ip, username)
+        return "bad", None
+
+
+def session_cookie(token: str, secure: bool) -> bytes:
+    flags = "; HttpOnly; SameSite=Strict; Path=/" + ("; Secure" if secure else "")
+    return COOKIE + b"=" + token.encode() + flags.encode()
+
+
+def expired_cookie() -> bytes:
+    return COOKIE + b"=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/"
