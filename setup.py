@@ -8,7 +8,7 @@ setup(
     description="Store-and-forward SMTP relay (smart host) on Twisted",
     python_requires=">=3.11",
     packages=[*find_packages(include=["relaymail", "relaymail.*"]), "twisted.plugins"],
-    package_data={"relaymail": ["py.typed"]},
+    package_data={"relaymail": ["py.typed"], "relaymail.web": ["static/*"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "pyopenssl",
@@ -25,7 +25,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "aiosmtpd", "trustme", "hypothesis", "ruff", "mypy",
-                 "pynacl"],  # pynacl: dkimpy verifies Ed25519 signatures with it
+                 "pynacl",  # dkimpy verifies Ed25519 signatures with it
+                 "playwright"],  # drives Debian's chromium in the console test
     },
     entry_points={"console_scripts": ["relaymail = relaymail.cli:main"]},
 )

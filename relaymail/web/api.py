@@ -20,9 +20,12 @@ import relaymail
 from relaymail.envelope import Envelope
 from relaymail.relay.build import apply_routing
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
+from relaymail.relay.presets import PRESETS
 from relaymail.relay.probe import Probe
 from relaymail.smtp.access import is_loopback
 from relaymail.web.compose import compose, sign_whole
+from relaymail.web.console import CSP, PAGES, shell, static_file
+from relaymail.web.i18n import choose_language
 from relaymail.web.openapi import docs_page
 from relaymail.web.openapi import document as openapi_document
 from relaymail.web.relayconfig import relay_view
@@ -163,6 +166,52 @@ class ControlAPI:
             return self.reply(request, {"error": "CSRF token missing or wrong"}, 403)
         request.setHeader(b"www-authenticate", b'Bearer realm="relaymail"')
         return self.reply(request, {"error": "authentication required"}, 401)
+
+    # ------------------------------------------------------------------ console pages
+
+    def page_headers(self, request: IRequest, content_type: bytes) -> None:
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"content-security-policy", CSP)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        request.setHeader(b"x-frame-options", b"DENY")
+
+    @app.route("/static/<string:name>", methods=["GET"])
+    def static(self, request: IRequest, name: str) -> bytes:
+        kinds = {"console.js": b"text/javascript; charset=utf-8",
+                 "console.css": b"text/css; charset=utf-8"}
+        if name not in kinds:
+            request.setResponseCode(404)
+            return b"not found"
+        self.page_headers(request, kinds[name])
+        request.setHeader(b"cache-control", b"no-cache")
+        return static_file(name)
+
+    @app.route("/login", methods=["GET"])
+    def login_page(self, request: IRequest) -> bytes:
+        self.page_headers(request, b"text/html; charset=utf-8")
+        return shell("login", choose_language(request), None, [])
+
+    @app.route("/", methods=["GET"])
+    def dashboard_page(self, request: IRequest) -> bytes:
+        return self.page(request, "dashboard")
+
+    @app.route("/<string:name>", methods=["GET"])
+    def console_page(self, request: IRequest, name: str) -> bytes:
+        return self.page(request, name)
+
+    def page(self, request: IRequest, name: str) -> bytes:
+        if name not in PAGES:
+            request.setResponseCode(404)
+            return b"not found"
+        session = self.auth.session_of(request) if self.auth is not None else None
+        if session is None:
+            request.redirect(b"/login")
+            return b""
+        self.page_headers(request, b"text/html; charset=utf-8")
+        presets = [{"name": p.name, "label": p.label, "host": p.host, "port": p.port,
+                    "tls": p.tls} for p in PRESETS.values()]
+        return shell(name, choose_language(request), session.user, presets)
 
     # ------------------------------------------------------------------ console login
 

@@ -89,6 +89,13 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, b
     ("post", "/logout", "End the console session", [], None, False),
     ("get", "/api/session", "The console session's user and CSRF token (send it as "
      "X-CSRF-Token on changes)", [], None, True),
+    ("get", "/", "Console: dashboard (HTML; redirects to /login without a session)", [],
+     None, True),
+    ("get", "/{name}", "Console pages: relay, queue, failed, credentials, logs, send",
+     [p("name")], None, True),
+    ("get", "/login", "Console login page", [], None, True),
+    ("get", "/static/{name}", "The console's script and style sheet", [p("name")], None,
+     True),
     ("get", "/api/openapi.json", "This document", [], None, True),
     ("get", "/api/docs", "This document as a page", [], None, True),
 ]
