@@ -141,3 +141,42 @@ class DocsTests(TestCase):
             for path in spec["paths"]:
                 self.assertIn(path, page)
         return ensureDeferred(check())
+
+
+class ConsolePageTests(TestCase):
+    """Pages without a browser: language choice, login redirect, security headers."""
+
+    def setUp(self) -> None:
+        from relaymail.web.session import Sessions, WebAuth
+
+        h = Harness({"t": ScriptedTransport("t", default=LATER)}, bounces=False)
+        self.auth = WebAuth(Sessions(h.clock.seconds), "admin", None, None, None)
+        self.treq = StubTreq(ControlAPI(h.manager, lambda: TOKEN, auth=self.auth)
+                             .app.resource())
+
+    async def get(self, path: str, **headers: str) -> tuple[int, str, Any]:
+        response = await self.treq.get("http://relay.test" + path, allow_redirects=False,
+                                       headers={k: [v] for k, v in headers.items()})
+        return response.code, (await response.content()).decode(), response.headers
+
+    def test_language_redirect_and_headers(self) -> None:
+        async def check() -> None:
+            code, page, headers = await self.get("/login", **{"Accept-Language": "zh-CN,zh"})
+            self.assertEqual(code, 200)
+            self.assertIn("<title>登录 · relaymail</title>", page)
+            self.assertIn("script-src 'self'",
+                          headers.getRawHeaders("content-security-policy")[0])
+            code, page, _ = await self.get("/login?lang=en", **{"Accept-Language": "zh-CN"})
+            self.assertIn("<title>Log in · relaymail</title>", page)
+            code, page, _ = await self.get("/login", Cookie="lang=zh")
+            self.assertIn('lang="zh-CN"', page)
+            code, _, headers = await self.get("/queue")
+            self.assertEqual((code, headers.getRawHeaders("location")), (302, ["/login"]))
+            token, _ = self.auth.sessions.create("admin")
+            code, page, _ = await self.get("/queue", Cookie=f"relaymail_session={token}")
+            self.assertEqual(code, 200)
+            self.assertIn('href="/credentials"', page)
+            self.assertEqual((await self.get("/nothing-here",
+                                             Cookie=f"relaymail_session={token}"))[0], 404)
+            self.assertEqual((await self.get("/static/../../etc/passwd"))[0], 404)
+        return ensureDeferred(check())
