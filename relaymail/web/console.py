@@ -7,6 +7,7 @@ or server reply cannot become code."""
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 from importlib import resources
@@ -19,7 +20,9 @@ CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 's
 PATHS = {"dashboard": "/", **{p: f"/{p}" for p in PAGES if p != "dashboard"}}
 
 
+@functools.cache
 def static_file(name: str) -> bytes:
+    """Read once per process (the files ship with the package)."""
     return resources.files("relaymail.web").joinpath("static", name).read_bytes()
 
 
