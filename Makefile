@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test interop lint bench clean
 
 $(STAMP): setup.py pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	scripts/system-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/interop
+
+interop: $(STAMP)
+	WITH_INTEROP=1 scripts/system-deps
+	$(BIN)/python -m pytest -q tests/interop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

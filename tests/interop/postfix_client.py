@@ -1,0 +1,95 @@
+"""A private Postfix instance (``postfix -c DIR``) that relays everything to relaymail, as
+a customer's MTA would: plain, STARTTLS, or SASL AUTH over TLS (``relayhost``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tests.helpers import free_port
+
+MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {dir}/queue
+data_directory = {dir}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = client.interop.test
+myorigin = interop.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{relay_port}
+smtpd_relay_restrictions = permit_mynetworks, reject
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtpd_tls_security_level = none
+smtp_tls_security_level = {tls}
+smtp_tls_CAfile = {ca}
+smtp_tls_verify_cert_match = nexthop
+smtp_sasl_auth_enable = {sasl}
+smtp_sasl_password_maps = static:{user}:{password}
+smtp_sasl_security_options = noanonymous
+smtp_sasl_tls_security_options = noanonymous
+maillog_file_prefixes = {dir}
+maillog_file = {dir}/maillog
+"""
+
+
+def available() -> bool:
+    return bool(shutil.which("postfix")) and os.geteuid() == 0
+
+
+def wait_for_port(port: int, seconds: float = 30) -> None:
+    import socket
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(100).startswith(b"220"):
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextmanager
+def postfix_client(relay_port: int, tls: str = "none", ca: str = "",
+                   user: str = "", password: str = "") -> Iterator[tuple[int, str]]:
+    """Start Postfix (blocking: call from a thread); yields (its smtpd port, its log)."""
+    directory = tempfile.mkdtemp(prefix="postfix-client-")
+    os.chmod(directory, 0o755)
+    for sub in ("queue", "data"):
+        os.makedirs(os.path.join(directory, sub), exist_ok=True)
+    shutil.chown(os.path.join(directory, "data"), "postfix")
+    with open(os.path.join(directory, "main.cf"), "w") as f:
+        f.write(MAIN_CF.format(dir=directory, relay_port=relay_port, tls=tls, ca=ca or "",
+                               sasl="yes" if user else "no", user=user or "x",
+                               password=password or "x"))
+    port = free_port()
+    with open("/etc/postfix/master.cf") as f:
+        lines = [line for line in f.read().splitlines() if not line.startswith("smtp      inet")]
+    lines.append(f"127.0.0.1:{port} inet n - n - - smtpd")
+    with open(os.path.join(directory, "master.cf"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    subprocess.run(["postfix", "-c", directory, "check"], check=True, capture_output=True)
+    master = subprocess.Popen(["postfix", "-c", directory, "start-fg"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield port, os.path.join(directory, "maillog")
+    finally:
+        subprocess.run(["postfix", "-c", directory, "stop"], capture_output=True)
+        try:
+            master.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            master.kill()
+        shutil.rmtree(directory, ignore_errors=True)
