@@ -30,6 +30,7 @@ bench: $(STAMP)
 	WITH_POSTFIX=1 scripts/system-deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info twisted/plugins/dropin.cache

@@ -1,0 +1,137 @@
+"""Scale benchmarks that need no Postfix: memory per idle connection with 10,000 idle
+sessions, one 100 MB message (RSS growth and MB/s), and restart time with 100,000 queued
+messages.  Printed as a table with the issue's targets; run by ``make bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import BIN, free_port, idle_connection_cost, relaymail, rss_kib
+
+from relaymail.envelope import Envelope, Recipient
+from relaymail.spool import new_queue_id
+
+
+def peak_rss_during(pid: int, action: object) -> tuple[int, float]:
+    """(peak RSS KiB while ``action()`` runs, seconds it took)."""
+    peak, done = [rss_kib(pid)], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        action()  # type: ignore[operator]
+    finally:
+        elapsed = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    return peak[0], elapsed
+
+
+def big_message(port: int, megabytes: int) -> None:
+    line = b"x" * 76 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (megabytes * 1024 * 1024 // len(line))
+    with smtplib.SMTP("127.0.0.1", port, timeout=600) as s:
+        s.sendmail("a@client.example", ["b@dest.example"], body)
+
+
+def fill_spool(spool: str, count: int) -> None:
+    """``count`` deferred messages written straight into a spool (as a crash would leave)."""
+    for sub in ("incoming", "data", "queue", "hold", "failed"):
+        os.makedirs(os.path.join(spool, sub), exist_ok=True)
+    now = time.time()
+    body = b"Subject: queued\r\n\r\n" + b"a line of a queued message\r\n" * 100
+    for i in range(count):
+        qid = new_queue_id(now + i * 1e-6)
+        envelope = Envelope(queue_id=qid, sender="a@client.example",
+                            recipients=[Recipient(f"r{i}@dest.example")], received_at=now,
+                            next_attempt=now + 3600, size=len(body))
+        with open(os.path.join(spool, "data", qid + ".eml"), "wb") as f:
+            f.write(body)
+        with open(os.path.join(spool, "queue", qid + ".json"), "wb") as f:
+            f.write(envelope.to_json())
+
+
+def restart_time(workdir: str, count: int) -> float:
+    """Seconds from process start to the first SMTP banner with ``count`` queued."""
+    port = free_port()
+    os.makedirs(workdir, exist_ok=True)
+    fill_spool(os.path.join(workdir, "spool"), count)
+    config = os.path.join(workdir, "relay.json")
+    with open(config, "w") as f:
+        json.dump({"hostname": "bench.localdomain", "spool_dir": "spool",
+                   "web": {"enabled": False}, "log": {"level": "warn"},
+                   "smtp": {"listeners": [{"name": "smtp", "tls": "none",
+                                           "endpoint": f"tcp:{port}:interface=127.0.0.1"}]},
+                   "routes": [{"domains": ["*"], "transport": "nowhere"}],
+                   "transports": {"nowhere": {"type": "smtp", "upstreams": [
+                       {"host": "127.0.0.1", "port": free_port(), "tls": "none"}]}}}, f)
+    started = time.perf_counter()
+    proc = subprocess.Popen([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "--logfile=-",
+                             "relaymail", "--config", config], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+                    if s.recv(100).startswith(b"220"):
+                        return time.perf_counter() - started
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("relaymail exited") from None
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--queued", type=int, default=100_000)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.idle * 2 + 200)), hard))
+    work = tempfile.mkdtemp(prefix="relaymail-scale-")
+    try:
+        with relaymail(os.path.join(work, "idle"), args.idle + 100) as r:
+            idle = idle_connection_cost(r.port, r.pid, args.idle)
+        with relaymail(os.path.join(work, "big"), 100) as r:
+            before = rss_kib(r.pid)
+            peak, seconds = peak_rss_during(r.pid, lambda: big_message(r.port, args.megabytes))
+        restart = restart_time(os.path.join(work, "restart"), args.queued)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = [
+        (f"RSS per idle connection ({args.idle} idle), KiB", f"{idle:.2f}", "<= 5"),
+        (f"RSS growth accepting one {args.megabytes} MB message, MB",
+         f"{(peak - before) / 1024:.1f}", "< 10"),
+        (f"{args.megabytes} MB message accepted, MB/s", f"{args.megabytes / seconds:.1f}", ""),
+        (f"restart to first banner with {args.queued} queued, s", f"{restart:.2f}", "<= 10"),
+    ]
+    print(f"\n{'measure':<58}{'relaymail':>12}{'target':>10}")
+    for name, value, target in rows:
+        print(f"{name:<58}{value:>12}{target:>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
