@@ -79,8 +79,8 @@ class Relaymail:
 
 
 @contextmanager
-def relaymail(workdir: str, max_connections: int, sink_port: int | None = None
-              ) -> Iterator[Relaymail]:
+def relaymail(workdir: str, max_connections: int, sink_port: int | None = None,
+              **smtp: object) -> Iterator[Relaymail]:
     """relaymail under twistd; with ``sink_port`` it relays there (else the maildir outbox)."""
     port, web_port = free_port(), free_port()
     os.makedirs(workdir, exist_ok=True)
@@ -91,7 +91,7 @@ def relaymail(workdir: str, max_connections: int, sink_port: int | None = None
         "smtp": {"listeners": [{"name": "smtp", "tls": "none",
                                 "endpoint": f"tcp:{port}:interface=127.0.0.1"}],
                  "max_connections": max_connections,
-                 "max_connections_per_ip": max_connections},
+                 "max_connections_per_ip": max_connections, **smtp},
         "log": {"level": "info" if sink_port else "warn"},
     }
     if sink_port:

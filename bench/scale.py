@@ -25,7 +25,7 @@ from relaymail.spool import new_queue_id
 
 
 def peak_rss_during(pid: int, action: object) -> tuple[int, float]:
-    """(peak RSS KiB while ``action()`` runs, seconds it took)."""
+    """(peak RSS KiB while ``action()`` runs, what it returned)."""
     peak, done = [rss_kib(pid)], threading.Event()
 
     def sample() -> None:
@@ -35,21 +35,26 @@ def peak_rss_during(pid: int, action: object) -> tuple[int, float]:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    started = time.perf_counter()
     try:
-        action()  # type: ignore[operator]
+        result = action()  # type: ignore[operator]
     finally:
-        elapsed = time.perf_counter() - started
         done.set()
         sampler.join()
-    return peak[0], elapsed
+    return peak[0], result
 
 
-def big_message(port: int, megabytes: int) -> None:
+def big_message(port: int, megabytes: int, outbox: str) -> float:
+    """Send it, and wait until it is delivered to the outbox (memory is sampled over both);
+    returns the seconds until the 250."""
     line = b"x" * 76 + b"\r\n"
     body = b"Subject: big\r\n\r\n" + line * (megabytes * 1024 * 1024 // len(line))
+    started = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", port, timeout=600) as s:
         s.sendmail("a@client.example", ["b@dest.example"], body)
+    accepted = time.perf_counter() - started
+    while not (os.path.isdir(outbox) and os.listdir(outbox)):
+        time.sleep(0.05)
+    return accepted
 
 
 def fill_spool(spool: str, count: int) -> None:
@@ -114,15 +119,18 @@ def main() -> int:
     try:
         with relaymail(os.path.join(work, "idle"), args.idle + 100) as r:
             idle = idle_connection_cost(r.port, r.pid, args.idle)
-        with relaymail(os.path.join(work, "big"), 100) as r:
+        with relaymail(os.path.join(work, "big"), 100,
+                       max_message_size=(args.megabytes + 10) * 1024 * 1024) as r:
             before = rss_kib(r.pid)
-            peak, seconds = peak_rss_during(r.pid, lambda: big_message(r.port, args.megabytes))
+            outbox = os.path.join(r.workdir, "var", "outbox", "new")
+            peak, seconds = peak_rss_during(
+                r.pid, lambda: big_message(r.port, args.megabytes, outbox))
         restart = restart_time(os.path.join(work, "restart"), args.queued)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [
         (f"RSS per idle connection ({args.idle} idle), KiB", f"{idle:.2f}", "<= 5"),
-        (f"RSS growth accepting one {args.megabytes} MB message, MB",
+        (f"RSS growth, one {args.megabytes} MB message accepted and delivered, MB",
          f"{(peak - before) / 1024:.1f}", "< 10"),
         (f"{args.megabytes} MB message accepted, MB/s", f"{args.megabytes / seconds:.1f}", ""),
         (f"restart to first banner with {args.queued} queued, s", f"{restart:.2f}", "<= 10"),

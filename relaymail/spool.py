@@ -39,6 +39,7 @@ log = Logger(namespace="relaymail.spool")
 STATES = ("queue", "hold", "failed")
 DIRS = ("incoming", "data", *STATES)
 SPILL_THRESHOLD = 256 * 1024
+MAX_WAITING_SPILLS = 4  # at most about 1 MB of a message in memory, however fast it comes
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # base 31, no vowels: IDs never spell words
 
 RunInThread = Callable[..., Deferred]
@@ -85,6 +86,10 @@ class MessageWriter:
         self.spill_error: BaseException | None = None
         self.closed = False
         self._prefix = b""  # header fields to put before what was already spilled (DKIM)
+        self._waiting_spills = 0
+        # Called with True when MAX_WAITING_SPILLS chunks wait for the disk, False when
+        # they drain: the session stops reading meanwhile, so memory stays bounded.
+        self.on_pressure: Callable[[bool], None] | None = None
 
     @property
     def body_path(self) -> str:
@@ -112,8 +117,17 @@ class MessageWriter:
         chunk = b"".join(self._chunks)
         self._chunks, self._buffered = [], 0
         self._spilled = True
+        self._waiting_spills += 1
+        if self._waiting_spills == MAX_WAITING_SPILLS and self.on_pressure is not None:
+            self.on_pressure(True)  # the client sends faster than the disk takes it
         self._tail.addCallback(lambda _: self.spool.run_in_thread(self._append, chunk))
         self._tail.addErrback(self._spill_failed)
+        self._tail.addCallback(self._spill_done)
+
+    def _spill_done(self, _: Any) -> None:
+        self._waiting_spills -= 1
+        if self._waiting_spills == MAX_WAITING_SPILLS - 1 and self.on_pressure is not None:
+            self.on_pressure(False)
 
     def _append(self, chunk: bytes) -> None:
         """Thread: append a chunk to the incoming file (page cache; fsync comes at commit)."""

@@ -112,6 +112,27 @@ def test_maildir_delivery(tmp_path: Any) -> None:
                             b"X-Original-To: <z@w.example>\r\nSubject: t\r\n\r\nbody\r\n")
 
 
+def test_maildir_delivery_from_a_file_in_chunks(tmp_path: Any) -> None:
+    """Large bodies are copied from the spool file a chunk at a time, never read whole."""
+    import io
+
+    from relaymail.relay import maildir
+
+    body = b"Subject: big\r\n\r\n" + b"x" * (3 * maildir.COPY_CHUNK + 17)
+    reads: list[int] = []
+
+    class Counting(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            reads.append(size if size is not None else -1)
+            return super().read(size)
+
+    path = str(tmp_path / "outbox")
+    name = deliver_to_maildir(path, "a@b.example", ["x@y.example"], Counting(body))
+    with open(os.path.join(path, "new", name), "rb") as f:
+        assert f.read().endswith(b"\r\n\r\n" + b"x" * (3 * maildir.COPY_CHUNK + 17))
+    assert reads and all(0 < size <= maildir.COPY_CHUNK for size in reads)
+
+
 def stuff_in_chunks(body: bytes, size: int) -> bytes:
     stuffer = DotStuffer()
     out = b"".join(stuffer.stuff(body[i:i + size]) for i in range(0, len(body), size))

@@ -68,6 +68,30 @@ class SpoolTests(TestCase):
         self.assertEqual(len({self.successResultOf(d) for d in results}), 5)
         self.assertEqual(spool.count("queue"), 5)
 
+    def test_spill_backlog_asks_the_session_to_pause_then_resume(self) -> None:
+        from relaymail.spool import MAX_WAITING_SPILLS, SPILL_THRESHOLD
+
+        runner = ManualRunner()
+        spool = self.make(runner)
+        writer = spool.new_message()
+        signals: list[bool] = []
+        writer.on_pressure = signals.append
+        chunk = b"y" * SPILL_THRESHOLD
+        for _ in range(MAX_WAITING_SPILLS - 1):
+            writer.write(chunk)
+        self.assertEqual(signals, [])  # the disk keeps up so far
+        writer.write(chunk)
+        self.assertEqual(signals, [True])  # 1 MB waiting: stop reading
+        while runner.calls:
+            runner.release()
+        self.assertEqual(signals, [True, False])  # drained: read again
+        committed = spool.commit(writer, envelope(writer.queue_id))
+        while runner.calls:
+            runner.release()
+        qid = self.successResultOf(committed)
+        with open(spool.path("data", qid + ".eml"), "rb") as f:
+            self.assertEqual(f.read(), chunk * MAX_WAITING_SPILLS)
+
     def test_large_body_spills_and_survives(self) -> None:
         spool = self.make()
         body = (b"x" * 998 + b"\r\n") * 1000

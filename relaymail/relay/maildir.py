@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from typing import BinaryIO
 
 _counter = 0
 _lock = threading.Lock()
@@ -27,14 +28,24 @@ def unique_name(now: float) -> str:
     return f"{int(now)}.M{int(now * 1e6) % 1_000_000}Q{seq}P{os.getpid()}.{host}"
 
 
+COPY_CHUNK = 1 << 20
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def ensure_maildir(path: str) -> None:
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
 
 
-def deliver_to_maildir(path: str, sender: str, recipients: Sequence[str], body: bytes,
-                       now: float | None = None) -> str:
-    """Store one message; returns the file name in ``new/``."""
+def deliver_to_maildir(path: str, sender: str, recipients: Sequence[str],
+                       body: bytes | BinaryIO, now: float | None = None) -> str:
+    """Store one message (bytes, or an open file copied in chunks so a large body is never
+    in memory); returns the file name in ``new/``."""
     ensure_maildir(path)
     name = unique_name(time.time() if now is None else now)
     trace = f"Return-Path: <{sender}>\r\n" + "".join(
@@ -42,9 +53,12 @@ def deliver_to_maildir(path: str, sender: str, recipients: Sequence[str], body: 
     tmp = os.path.join(path, "tmp", name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(trace.encode("utf-8", "replace") + body)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, trace.encode("utf-8", "replace"))
+        if isinstance(body, bytes):
+            write_all(fd, body)
+        else:
+            while chunk := body.read(COPY_CHUNK):
+                write_all(fd, chunk)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -172,7 +172,6 @@ class MaildirTransport:
         return d
 
     def _store(self, sender: str, recipients: list[str], body_path: str) -> str:
-        with open(body_path, "rb") as f:
-            body = f.read()
         os.makedirs(self.path, exist_ok=True)
-        return deliver_to_maildir(self.path, sender, recipients, body)
+        with open(body_path, "rb") as body:
+            return deliver_to_maildir(self.path, sender, recipients, body)

@@ -663,8 +663,18 @@ class RelayESMTP(ESMTP):
                                reject_bare=self.context.smtp.bare_line_endings == "reject",
                                body_hash=body_hash)
         self.txn.writer.write(self.received_header(self.txn))
+        self.txn.writer.on_pressure = self.spill_pressure
         self.mode = DATA
         SMTP.sendCode(self, 354, b"End data with <CR><LF>.<CR><LF>")
+
+    def spill_pressure(self, waiting: bool) -> None:
+        """Stop reading while the spool catches up with a fast sender (bounded memory)."""
+        if self.gone or self.transport.disconnecting:
+            return
+        if waiting:
+            self.transport.pauseProducing()
+        elif not self._blocked:
+            self.transport.resumeProducing()
 
     def data_line(self, line: bytes) -> None:
         assert self.body is not None
