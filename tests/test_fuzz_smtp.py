@@ -57,6 +57,7 @@ class FuzzTests(SessionTestCase):
         """Feed ``chunks`` (each its own dataReceived, as TCP may split), then prove the
         server still takes a clean message."""
         self.inputs += 1
+        self.clock.advance(0.001)  # time moves on, as queue IDs expect (they start with it)
         proto, transport = self.connect()
         for chunk in chunks:
             proto.dataReceived(chunk)
