@@ -27,6 +27,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the repository: its test helpers run Postfix
+from tests.interop.postfix_client import private_postfix  # noqa: E402
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -153,32 +156,14 @@ maillog_file = {dir}/maillog
 
 @contextmanager
 def postfix(workdir: str, sink_port: int, accept_only: bool) -> Iterator[int]:
-    """A private Postfix instance in ``workdir`` (postfix -c DIR), smtpd on a free port."""
-    port = free_port()
+    """A private Postfix instance in ``workdir`` relaying to the sink."""
     conf = os.path.join(workdir, "postfix")
-    for sub in ("queue", "data"):
-        os.makedirs(os.path.join(conf, sub), exist_ok=True)
-    shutil.chown(os.path.join(conf, "data"), "postfix")
-    with open(os.path.join(conf, "main.cf"), "w") as f:
-        # Accept-only: no queue manager, and so no in_flow_delay stalls waiting for one.
-        f.write(MAIN_CF.format(dir=conf, sink=sink_port,
-                               disable="qmgr.unix" if accept_only else "",
-                               flow_delay="0s" if accept_only else "1s"))
-    with open("/etc/postfix/master.cf") as f:
-        master = [line for line in f.read().splitlines()
-                  if not line.startswith("smtp      inet")]
-    master.append(f"127.0.0.1:{port} inet n - n - - smtpd")
-    with open(os.path.join(conf, "master.cf"), "w") as f:
-        f.write("\n".join(master) + "\n")
-    subprocess.run(["postfix", "-c", conf, "check"], check=True, capture_output=True)
-    master = subprocess.Popen(["postfix", "-c", conf, "start-fg"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        wait_for_banner(port)
+    os.makedirs(conf, exist_ok=True)
+    # Accept-only: no queue manager, and so no in_flow_delay stalls waiting for one.
+    text = MAIN_CF.format(dir=conf, sink=sink_port, disable="qmgr.unix" if accept_only else "",
+                          flow_delay="0s" if accept_only else "1s")
+    with private_postfix(conf, text) as port:
         yield port
-    finally:
-        subprocess.run(["postfix", "-c", conf, "stop"], capture_output=True)
-        master.wait(timeout=30)
 
 
 def queue_files(root: str, subdirs: tuple[str, ...]) -> int:

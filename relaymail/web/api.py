@@ -22,15 +22,16 @@ from relaymail.relay.build import apply_routing
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
 from relaymail.relay.presets import PRESETS
 from relaymail.relay.probe import Probe
+from relaymail.relay.transports import target_from_upstream
 from relaymail.smtp.access import is_loopback
 from relaymail.web.compose import compose, sign_whole
 from relaymail.web.console import CSP, PAGES, shell, static_file
+from relaymail.web.http import json_reply
 from relaymail.web.i18n import choose_language
 from relaymail.web.openapi import docs_page
 from relaymail.web.openapi import document as openapi_document
-from relaymail.web.relayconfig import relay_view
+from relaymail.web.relayconfig import relay_view, requested_upstream
 from relaymail.web.relayconfig import update as update_relay_config
-from relaymail.web.relaytest import probe_target, requested_upstream
 from relaymail.web.session import COOKIE, expired_cookie, session_cookie
 
 QUEUE_ACTIONS = ("retry", "hold", "release", "bounce")
@@ -147,12 +148,7 @@ class ControlAPI:
         return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), expected.encode())
 
-    @staticmethod
-    def reply(request: IRequest, body: Any, code: int = 200) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(body, ensure_ascii=False).encode()
+    reply = staticmethod(json_reply)
 
     def denied(self, request: IRequest) -> bytes | None:
         """None when the bearer token or a console session (with its CSRF token for
@@ -424,7 +420,7 @@ class ControlAPI:
             upstream = requested_upstream(body, self.config)
         except ValueError as e:
             return self.reply(request, {"error": str(e)}, 400)
-        target = probe_target(upstream)
+        target = target_from_upstream(upstream)
         result = await Probe(self.reactor, target, self.config.hostname,
                              float(self.config.delivery.connect_timeout)).run()
         result["upstream"] = {"host": upstream.host, "port": upstream.port,

@@ -11,16 +11,10 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
 from relaymail.credentials import CredentialsError, CredentialStore
+from relaymail.web.http import json_reply as reply
 
 EDITABLE = {"allowed_sender_domains", "hourly_quota", "daily_quota", "enabled",
             "check_header_from", "description"}
-
-
-def reply(request: IRequest, body: Any, code: int = 200) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def checked_fields(body: Any) -> dict[str, Any]:

@@ -19,9 +19,12 @@ from relaymail.config import (
     UPSTREAM_KEYS,
     Config,
     ConfigError,
+    UpstreamConfig,
+    _Check,
     config_from_document,
     read_json_file,
 )
+from relaymail.config import validate_upstream as check_upstream
 from relaymail.credentials import write_json_atomically
 
 MASK = "********"
@@ -82,6 +85,38 @@ def keep_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None
                          and o.get("password")), None)
             if same is not None:
                 item["password"] = same["password"]
+
+
+def saved_upstream(config: Config, transport: str | None = None,
+                   index: int = 0) -> UpstreamConfig | None:
+    for name, t in config.transports.items():
+        if (transport is None or name == transport) and t.upstreams:
+            return t.upstreams[index] if index < len(t.upstreams) else None
+    return None
+
+
+def requested_upstream(body: dict[str, Any], config: Config) -> UpstreamConfig:
+    """What ``POST /api/relay/test`` tries: the upstream in the request, checked like the
+    config file (a left-out password is the saved one), or the saved upstream itself.
+    ValueError names the field when the request is unusable."""
+    saved = saved_upstream(config, body.get("transport"), int(body.get("index", 0) or 0))
+    if "host" not in body and "preset" not in body:
+        if saved is None:
+            raise ValueError("no upstream given and none configured")
+        return saved
+    item = upstream_from_simple(body)
+    if saved is not None:
+        keep_passwords([item], [{"host": saved.host, "username": saved.username,
+                                 "password": saved.password}])
+    try:
+        return check_upstream(_Check(config.path), item, "upstream")
+    except ConfigError as e:
+        raise request_error(e) from None
+
+
+def request_error(e: ConfigError) -> ValueError:
+    """The config problem for a 400 answer, without the value: it may be a password."""
+    return ValueError(f"{e.key}: {e.problem}")
 
 
 def changed_document(document: dict[str, Any], body: dict[str, Any],
@@ -147,7 +182,7 @@ def update(path: str, body: Any, config: Config) -> tuple[Config, dict[str, Any]
     new_document = changed_document(document, body, config)
     try:
         new_config = config_from_document(new_document, path)
-    except ConfigError as e:  # the value is left out: it may be a password
-        raise ValueError(f"{e.key}: {e.problem}") from None
+    except ConfigError as e:
+        raise request_error(e) from None
     save_document(path, new_document)
     return new_config, relay_view(new_config)

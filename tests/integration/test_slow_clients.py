@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from tests.helpers import free_port
-from tests.integration.test_twistd import TWISTD, stop, wait_for_banner
+from tests.integration.test_twistd import stop, twistd_logged, wait_for_banner
 
 SLOW = 2000
 IDLE_TIMEOUT = 4
@@ -32,9 +32,7 @@ def start(directory: str, port: int) -> subprocess.Popen:
                                                        "backlog=4096"}],
                             "max_connections": SLOW + 100, "max_connections_per_ip": SLOW + 100,
                             "idle_timeout": IDLE_TIMEOUT}}, f)
-    log = open(os.path.join(directory, "twistd.log"), "ab")  # noqa: SIM115
-    return subprocess.Popen([TWISTD, "-n", "--pidfile=", "relaymail", "--config", config],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+    return twistd_logged(config)
 
 
 def normal_client(port: int, result: dict[str, Any]) -> None:

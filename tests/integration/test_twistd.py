@@ -30,6 +30,18 @@ def twistd(config: str, **kw: Any) -> subprocess.Popen:
                             cwd=os.path.dirname(config), **kw)
 
 
+def twistd_logged(config: str) -> subprocess.Popen:
+    """twistd with its log in ``twistd.log`` beside the config: under load a pipe that
+    nobody reads fills up and stalls the process."""
+    directory = os.path.dirname(config)
+    log = open(os.path.join(directory, "twistd.log"), "ab")  # noqa: SIM115 (child keeps it)
+    try:
+        return subprocess.Popen([TWISTD, "-n", "--pidfile=", "relaymail", "--config", config],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+    finally:
+        log.close()  # the child has its own copy
+
+
 def write_config(directory: str, port: int, web: dict[str, Any] | None = None,
                  extra: dict[str, Any] | None = None, **smtp: Any) -> str:
     path = os.path.join(directory, "relay.json")

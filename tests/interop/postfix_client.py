@@ -62,18 +62,16 @@ def wait_for_port(port: int, seconds: float = 30) -> None:
 
 
 @contextmanager
-def postfix_client(relay_port: int, tls: str = "none", ca: str = "",
-                   user: str = "", password: str = "") -> Iterator[tuple[int, str]]:
-    """Start Postfix (blocking: call from a thread); yields (its smtpd port, its log)."""
-    directory = tempfile.mkdtemp(prefix="postfix-client-")
-    os.chmod(directory, 0o755)
+def private_postfix(directory: str, main_cf: str) -> Iterator[int]:
+    """Postfix with its own config in ``directory`` (``postfix -c``), smtpd on a free
+    loopback port; yields that port and stops it afterwards.  Blocking: call it from a
+    thread.  The benchmark runs its Postfix this way too."""
+    os.chmod(directory, 0o755)  # Postfix's unprivileged daemons must reach their queue
     for sub in ("queue", "data"):
         os.makedirs(os.path.join(directory, sub), exist_ok=True)
     shutil.chown(os.path.join(directory, "data"), "postfix")
     with open(os.path.join(directory, "main.cf"), "w") as f:
-        f.write(MAIN_CF.format(dir=directory, relay_port=relay_port, tls=tls, ca=ca or "",
-                               sasl="yes" if user else "no", user=user or "x",
-                               password=password or "x"))
+        f.write(main_cf)
     port = free_port()
     with open("/etc/postfix/master.cf") as f:
         lines = [line for line in f.read().splitlines() if not line.startswith("smtp      inet")]
@@ -85,11 +83,25 @@ def postfix_client(relay_port: int, tls: str = "none", ca: str = "",
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
-        yield port, os.path.join(directory, "maillog")
+        yield port
     finally:
         subprocess.run(["postfix", "-c", directory, "stop"], capture_output=True)
         try:
             master.wait(timeout=30)
         except subprocess.TimeoutExpired:
             master.kill()
+
+
+@contextmanager
+def postfix_client(relay_port: int, tls: str = "none", ca: str = "",
+                   user: str = "", password: str = "") -> Iterator[tuple[int, str]]:
+    """A Postfix relaying to relaymail; yields (its smtpd port, its log file)."""
+    directory = tempfile.mkdtemp(prefix="postfix-client-")
+    text = MAIN_CF.format(dir=directory, relay_port=relay_port, tls=tls, ca=ca or "",
+                          sasl="yes" if user else "no", user=user or "x",
+                          password=password or "x")
+    try:
+        with private_postfix(directory, text) as port:
+            yield port, os.path.join(directory, "maillog")
+    finally:
         shutil.rmtree(directory, ignore_errors=True)

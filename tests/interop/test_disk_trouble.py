@@ -17,7 +17,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest
 
 from tests.helpers import free_port
-from tests.integration.test_twistd import TWISTD, stop, stored_messages, wait_for_banner
+from tests.integration.test_twistd import stop, stored_messages, twistd_logged, wait_for_banner
 
 
 @contextmanager
@@ -80,10 +80,7 @@ def test_full_then_read_only_spool(tmp_path: Any) -> None:
         filler = os.path.join(spool_fs, "filler")
         with open(filler, "wb") as f:  # another user of the disk
             f.write(b"\0" * 1_500_000)
-        log = open(tmp_path / "twistd.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "relaymail", "--config",
-                                 str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=str(tmp_path))
+        proc = twistd_logged(str(config))
         acked: dict[str, bytes] = {}
         try:
             wait_for_banner(port, proc)

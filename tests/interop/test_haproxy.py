@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from tests.helpers import free_port
-from tests.integration.test_twistd import TWISTD, Sender, stop, stored_messages
+from tests.integration.test_twistd import Sender, stop, stored_messages
+from tests.integration.test_twistd import twistd_logged as twistd
 from tests.interop.test_real_clients import require
 from tests.redisserver import RedisServer
 
@@ -36,14 +37,6 @@ def wait_listening(port: int, seconds: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-
-
-def twistd(config: str) -> subprocess.Popen:
-    """An instance whose log goes to a file beside its config (a pipe nobody reads would
-    fill up under load and stall the process)."""
-    log = open(os.path.join(os.path.dirname(config), "twistd.log"), "ab")  # noqa: SIM115
-    return subprocess.Popen([TWISTD, "-n", "--pidfile=", "relaymail", "--config", config],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(config))
 
 
 def instance_config(directory: str, port: int, redis_url: str) -> str:
