@@ -98,6 +98,13 @@ def test_status_of() -> None:
     assert status_of("554 no enhanced code") == "5.0.0"
     assert status_of("451 4.3.0 temporary") == "4.3.0"  # expired: the last temporary status
     assert status_of(None) == "5.0.0"
+    # Only a code that opens the text counts, and only with the reply code's class.
+    assert status_of("500 Line too long (see RFC5321 4.5.3.1.6)") == "5.0.0"
+    assert status_of("550 4.7.1 inconsistent") == "5.0.0"
+    assert status_of("550-5.1.1 no such user") == "5.1.1"
+    assert status_of("4.4.7 message expired after 5 days; last reply: 451 4.3.0 x") == "4.4.7"
+    assert status_of("421 try later") == "4.0.0"
+    assert status_of("connection refused") == "5.0.0"
 
 
 def test_maildir_delivery(tmp_path: Any) -> None:

@@ -14,14 +14,22 @@ from collections.abc import Sequence
 
 from relaymail.envelope import Envelope, Recipient
 
-ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+# RFC 3463: the enhanced code opens the reply text, right after the reply code, and has the
+# reply code's class.  Our own notes ("4.4.7 message expired ...") open with the code.
+LEADING_CODE = re.compile(r"(?:([245])\d\d[ -])?([245]\.\d{1,3}\.\d{1,3})\b")
+REPLY_CODE = re.compile(r"([45])\d\d\b")
 
 
 def status_of(reply: str | None) -> str:
-    """The enhanced status code in an SMTP reply (4.x.x for an expired message), or 5.0.0
-    when it has none."""
-    m = ENHANCED.search(reply or "")
-    return m.group(1) if m and m.group(1)[0] in "45" else "5.0.0"
+    """The enhanced status code of a failed recipient's last reply (4.x.x for an expired
+    message); without one, the reply code's class with .0.0, else 5.0.0.  A code elsewhere
+    in the text ("500 Line too long (see RFC5321 4.5.3.1.6)") is not the status."""
+    text = (reply or "").strip()
+    m = LEADING_CODE.match(text)
+    if m and m.group(2)[0] in "45" and m.group(1) in (None, m.group(2)[0]):
+        return m.group(2)
+    basic = REPLY_CODE.match(text)
+    return f"{basic.group(1)}.0.0" if basic else "5.0.0"
 
 
 def header_block(body: bytes) -> bytes:

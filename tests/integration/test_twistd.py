@@ -204,7 +204,8 @@ MARKER = re.compile(rb"^X-Marker: (\S+)\r$", re.M)
 
 def message(marker: str) -> bytes:
     filler = "".join(random.choice("abcdefghij .") for _ in range(random.randint(10, 3000)))
-    lines = [f"X-Marker: {marker}", "Subject: crash test", "", filler[:70], filler[70:], "end"]
+    text = [filler[i:i + 76] for i in range(0, len(filler), 76)]  # lines an upstream takes
+    lines = [f"X-Marker: {marker}", "Subject: crash test", "", *text, "end"]
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
