@@ -29,6 +29,18 @@ def test_sample_config_loads() -> None:
     assert config.routes[0].transport == "outbox"
 
 
+def test_container_config_loads_with_environment_overrides() -> None:
+    """The image's config (Dockerfile): three listeners on all addresses, state on the volume,
+    and the admin hash and hostname from ``docker run -e``."""
+    container = os.path.join(HERE, "..", "etc", "container.json")
+    config = load_config(container, environ={"RELAYMAIL_HOSTNAME": "relay.example.net",
+                                             "RELAYMAIL_WEB_ADMIN_PASSWORD_HASH": "$2b$12$x"})
+    assert [x.auth for x in config.smtp.listeners] == ["optional", "required", "required"]
+    assert config.spool_dir == "/var/lib/relaymail/spool"
+    assert config.credentials_file.startswith("/var/lib/relaymail/")
+    assert (config.hostname, config.web.admin_password_hash) == ("relay.example.net", "$2b$12$x")
+
+
 def test_defaults_for_an_empty_file(tmp_path: Any) -> None:
     config = load_config(write(str(tmp_path), {}), environ={})
     assert config.smtp.max_recipients == 100
