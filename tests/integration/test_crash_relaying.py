@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import time
 from collections import Counter
 from typing import Any
@@ -21,7 +20,13 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from tests.helpers import free_port
-from tests.integration.test_twistd import Sender, marked, stop, twistd_logged, wait_for_banner
+from tests.integration.test_twistd import (
+    load_and_kill,
+    marked,
+    stop,
+    twistd_logged,
+    wait_for_banner,
+)
 from tests.upstreams import RecordingHandler
 
 ROUNDS = 4
@@ -77,25 +82,6 @@ def wait_for_empty_queue(spool: str, seconds: float = 60) -> None:
     while os.listdir(os.path.join(spool, "queue")):
         assert time.monotonic() < deadline, "the queue did not drain after the last restart"
         time.sleep(0.1)
-
-
-def load_and_kill(port: int, config: str, round_no: int, rng: random.Random
-                  ) -> list[Sender]:
-    proc = twistd_logged(config)
-    try:
-        wait_for_banner(port, proc)
-        senders = [Sender(port, f"r{round_no}s{i}") for i in range(4)]
-        for sender in senders:
-            sender.start()
-        time.sleep(rng.uniform(0.4, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        stop(proc)
-    for sender in senders:
-        sender.stopping = True
-        sender.join(timeout=15)
-    return senders
 
 
 def test_sigkill_while_relaying_delivers_acknowledged_mail_once(tmp_path: Any) -> None:

@@ -238,6 +238,26 @@ class Sender(threading.Thread):
             return  # the server was killed
 
 
+def load_and_kill(port: int, config: str, round_no: int, rng: random.Random) -> list[Sender]:
+    """One crash round: start relaymail, load it from four clients, SIGKILL it at a random
+    moment; returns the stopped senders (what each got acknowledged, what was in flight)."""
+    proc = twistd_logged(config)
+    try:
+        wait_for_banner(port, proc)
+        senders = [Sender(port, f"r{round_no}s{i}") for i in range(4)]
+        for sender in senders:
+            sender.start()
+        time.sleep(rng.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        stop(proc)
+    for sender in senders:
+        sender.stopping = True
+        sender.join(timeout=15)
+    return senders
+
+
 def marked(stored: bytes, where: str) -> tuple[bytes, bytes]:
     marker = MARKER.search(stored)
     assert marker, f"{where} has no marker"
@@ -271,20 +291,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Any) -> None:
     maybe: dict[str, bytes] = {}
     rng = random.Random(os.getpid())
     for round_no in range(4):
-        proc = twistd(config)
-        try:
-            wait_for_banner(port, proc)
-            senders = [Sender(port, f"r{round_no}s{i}") for i in range(4)]
-            for sender in senders:
-                sender.start()
-            time.sleep(rng.uniform(0.3, 1.5))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            stop(proc)
-        for sender in senders:
-            sender.stopping = True
-            sender.join(timeout=15)
+        for sender in load_and_kill(port, config, round_no, rng):
             acked.update(sender.acked)
             maybe.update(sender.in_flight)
         proc = twistd(config)  # restart: recovery runs before the first session
