@@ -28,7 +28,11 @@ from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository: its test helpers run Postfix
-from tests.interop.postfix_client import private_postfix  # noqa: E402
+from tests.interop.postfix_client import (  # noqa: E402
+    private_main_cf,
+    private_postfix,
+    wait_for_port,
+)
 
 BIN = os.path.dirname(sys.executable)
 
@@ -37,18 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for_banner(port: int, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                if s.recv(200).startswith(b"220"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing answered on port {port}")
 
 
 def progress(text: str) -> None:
@@ -108,7 +100,7 @@ def relaymail(workdir: str, max_connections: int, sink_port: int | None = None,
                              "relaymail", "--config", config],
                             cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_banner(port)
+        wait_for_port(port)
         yield Relaymail(port, proc.pid, workdir, web_port)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -122,35 +114,18 @@ def sink() -> Iterator[int]:
     proc = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{port}", "256"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_banner(port)
+        wait_for_port(port)
         yield port
     finally:
         proc.kill()
         proc.wait()
 
 
-MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {dir}/queue
-data_directory = {dir}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench.localdomain
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:{sink}
-smtpd_relay_restrictions = permit_mynetworks, reject
-alias_maps =
-alias_database =
-local_recipient_maps =
-smtpd_tls_security_level = none
+# Accept-only: no queue manager, and so no in_flow_delay stalls waiting for one.
+BENCH_CF = """\
 smtp_tls_security_level = none
 master_service_disable = {disable}
 in_flow_delay = {flow_delay}
-maillog_file_prefixes = {dir}
-maillog_file = {dir}/maillog
 """
 
 
@@ -159,9 +134,9 @@ def postfix(workdir: str, sink_port: int, accept_only: bool) -> Iterator[int]:
     """A private Postfix instance in ``workdir`` relaying to the sink."""
     conf = os.path.join(workdir, "postfix")
     os.makedirs(conf, exist_ok=True)
-    # Accept-only: no queue manager, and so no in_flow_delay stalls waiting for one.
-    text = MAIN_CF.format(dir=conf, sink=sink_port, disable="qmgr.unix" if accept_only else "",
-                          flow_delay="0s" if accept_only else "1s")
+    extra = BENCH_CF.format(disable="qmgr.unix" if accept_only else "",
+                            flow_delay="0s" if accept_only else "1s")
+    text = private_main_cf(conf, "bench.localdomain", sink_port, extra)
     with private_postfix(conf, text) as port:
         yield port
 

@@ -53,11 +53,6 @@ class Sink:
         self.handler = RecordingHandler()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 
-    def markers(self) -> Counter[bytes]:
-        with self.handler.lock:
-            contents = [m.content for m in self.handler.messages]
-        return Counter(marked(c, "sink copy")[0] for c in contents)
-
     def copies(self) -> dict[bytes, list[bytes]]:
         with self.handler.lock:
             contents = [m.content for m in self.handler.messages]
@@ -100,7 +95,7 @@ def test_sigkill_while_relaying_delivers_acknowledged_mail_once(tmp_path: Any) -
                 acked.update(sender.acked)
                 maybe.update(sender.in_flight)
             time.sleep(0.3)  # the sink finishes what the dead relay's last "." started
-            in_flight = queued_markers(spool) & set(sink.markers())
+            in_flight = queued_markers(spool) & set(sink.copies())
             second_copy_allowed.update(in_flight)
         proc = twistd_logged(config)
         try:

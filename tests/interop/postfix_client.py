@@ -13,14 +13,17 @@ from contextlib import contextmanager
 
 from tests.helpers import free_port
 
-MAIN_CF = """\
+
+def private_main_cf(directory: str, hostname: str, relay_port: int, extra: str = "") -> str:
+    """main.cf of a private Postfix in ``directory``: accepts from loopback only and relays
+    everything to ``[127.0.0.1]:relay_port``; ``extra`` lines are appended."""
+    return f"""\
 compatibility_level = 3.6
-queue_directory = {dir}/queue
-data_directory = {dir}/data
+queue_directory = {directory}/queue
+data_directory = {directory}/data
 mail_owner = postfix
 setgid_group = postdrop
-myhostname = client.interop.test
-myorigin = interop.test
+myhostname = {hostname}
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mydestination =
@@ -31,6 +34,13 @@ alias_maps =
 alias_database =
 local_recipient_maps =
 smtpd_tls_security_level = none
+maillog_file_prefixes = {directory}
+maillog_file = {directory}/maillog
+""" + extra
+
+
+CLIENT_CF = """\
+myorigin = interop.test
 smtp_tls_security_level = {tls}
 smtp_tls_CAfile = {ca}
 smtp_tls_verify_cert_match = nexthop
@@ -38,8 +48,6 @@ smtp_sasl_auth_enable = {sasl}
 smtp_sasl_password_maps = static:{user}:{password}
 smtp_sasl_security_options = noanonymous
 smtp_sasl_tls_security_options = noanonymous
-maillog_file_prefixes = {dir}
-maillog_file = {dir}/maillog
 """
 
 
@@ -97,9 +105,9 @@ def postfix_client(relay_port: int, tls: str = "none", ca: str = "",
                    user: str = "", password: str = "") -> Iterator[tuple[int, str]]:
     """A Postfix relaying to relaymail; yields (its smtpd port, its log file)."""
     directory = tempfile.mkdtemp(prefix="postfix-client-")
-    text = MAIN_CF.format(dir=directory, relay_port=relay_port, tls=tls, ca=ca or "",
-                          sasl="yes" if user else "no", user=user or "x",
-                          password=password or "x")
+    extra = CLIENT_CF.format(tls=tls, ca=ca or "", sasl="yes" if user else "no",
+                             user=user or "x", password=password or "x")
+    text = private_main_cf(directory, "client.interop.test", relay_port, extra)
     try:
         with private_postfix(directory, text) as port:
             yield port, os.path.join(directory, "maillog")
