@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.endpoints import serverFromString
+
 from relaymail.relay.presets import PRESETS
 
 ENV_PREFIX = "RELAYMAIL_"
@@ -59,8 +61,56 @@ class SMTPConfig:
     max_connections_per_ip: int
     max_errors: int
     idle_timeout: float
-    max_line_length: int
+    max_line_length: int  # command lines; DATA lines may be longer (folded, see below)
     bare_line_endings: str  # normalize | reject
+    max_header_size: int = 1_048_576  # the client's header block; more: 552 5.3.4
+    fold_line_length: int = 998  # DATA lines longer than this are folded at acceptance
+
+
+@dataclass(frozen=True)
+class OAuth2Config:
+    """How relaymail gets an access token for SASL XOAUTH2/OAUTHBEARER (RFC 6749, 7628)."""
+
+    token_url: str
+    client_id: str
+    grant: str = "refresh_token"  # refresh_token | client_credentials
+    client_secret: str | None = None
+    refresh_token: str | None = None
+    scope: str | None = None
+    mechanism: str = "XOAUTH2"  # XOAUTH2 | OAUTHBEARER
+    authorize_url: str | None = None  # for `relaymail oauth2 authorize` (code flow)
+    device_url: str | None = None  # for `relaymail oauth2 authorize --device`
+
+    def __repr__(self) -> str:  # never show the secrets
+        return (f"OAuth2Config(token_url={self.token_url!r}, client_id={self.client_id!r}, "
+                f"grant={self.grant!r}, mechanism={self.mechanism!r})")
+
+
+@dataclass(frozen=True)
+class SenderRewrite:
+    """The sender an upstream insists on (its login mailbox, or a verified domain)."""
+
+    address: str  # the envelope sender and header From to use instead
+    domains: tuple[str, ...] = ()  # senders already in these domains are left alone
+    header_from: bool = True  # rewrite the header From too (keeping the display name)
+    reply_to: bool = True  # add Reply-To: the original author, when there was none
+
+    def keeps(self, sender: str) -> bool:
+        """True when ``sender`` may go through this upstream unchanged."""
+        if sender.lower() == self.address.lower():
+            return True
+        domain = sender.rpartition("@")[2].rstrip(".").lower()
+        return bool(sender) and any(domain_matches(p, domain) for p in self.domains)
+
+
+def domain_matches(pattern: str, domain: str) -> bool:
+    """``example.com`` (that domain), ``*.example.com`` (its subdomains, not itself), ``*``."""
+    if pattern == "*":
+        return True
+    pattern = pattern.rstrip(".")
+    if pattern.startswith("*."):
+        return domain.endswith(pattern[1:]) and domain != pattern[2:]
+    return domain == pattern
 
 
 @dataclass(frozen=True)
@@ -76,6 +126,13 @@ class UpstreamConfig:
     preset: str | None = None
     max_connections: int | None = None  # provider throttle: sessions at once
     max_rate: tuple[int, float] | None = None  # provider throttle: messages per seconds
+    oauth2: OAuth2Config | None = None  # AUTH XOAUTH2/OAUTHBEARER instead of a password
+    sender_rewrite: SenderRewrite | None = None  # the sender rule this upstream enforces
+    bounce_sender: str | None = None  # MAIL FROM for bounces where <> is refused (163)
+
+    def __repr__(self) -> str:  # never show the password
+        return (f"UpstreamConfig(host={self.host!r}, port={self.port!r}, tls={self.tls!r}, "
+                f"username={self.username!r}, preset={self.preset!r})")
 
 
 @dataclass(frozen=True)
@@ -88,12 +145,18 @@ class TransportConfig:
     require_tls: bool = False
     port: int = 25
     nameservers: tuple[str, ...] = ()
+    received: str = "full"  # full | anonymous: our Received header without the client part
+    strip_received: bool = False  # drop the Received headers the client's mail already had
 
 
 @dataclass(frozen=True)
 class RouteConfig:
+    """Recipient domains -> transport; optionally only for some senders or logins."""
+
     domains: tuple[str, ...]
     transport: str
+    senders: tuple[str, ...] = ()  # envelope sender address, domain or *.domain; () = any
+    credentials: tuple[str, ...] = ()  # authenticated credential names; () = any
 
 
 @dataclass(frozen=True)
@@ -157,6 +220,8 @@ DEFAULTS: dict[str, Any] = {
         "idle_timeout": 300,
         "max_line_length": 16_384,
         "bare_line_endings": "normalize",
+        "max_header_size": 1_048_576,
+        "fold_line_length": 998,
     },
     "credentials_file": "credentials.json",
     "routes": [{"domains": ["*"], "transport": "outbox"}],
@@ -199,15 +264,21 @@ DEFAULTS: dict[str, Any] = {
 
 LISTENER_KEYS = {"name", "endpoint", "tls", "auth", "proxy_protocol"}
 UPSTREAM_KEYS = {"preset", "host", "port", "tls", "verify", "ca_file", "username", "password",
-                 "helo", "max_connections", "max_rate"}
+                 "helo", "max_connections", "max_rate", "oauth2", "sender_rewrite",
+                 "bounce_sender"}
+OAUTH2_KEYS = {"token_url", "client_id", "client_secret", "refresh_token", "grant", "scope",
+               "mechanism", "authorize_url", "device_url"}
+SENDER_REWRITE_KEYS = {"address", "domains", "header_from", "reply_to"}
 RATE_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400,
               "day": 86400}
-TRANSPORT_KEYS = {"type", "upstreams", "path", "fallback", "require_tls", "port", "nameservers"}
+TRANSPORT_KEYS = {"type", "upstreams", "path", "fallback", "require_tls", "port", "nameservers",
+                  "received", "strip_received"}
 TLS_MODES = ("none", "starttls", "implicit")
 UPSTREAM_TLS_MODES = ("starttls", "implicit", "opportunistic", "none")
 AUTH_MODES = ("optional", "required", "plaintext-loopback")
 TRANSPORT_TYPES = ("smarthost", "mx", "smtp", "maildir")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+ADDRESS_RE = re.compile(r"[^\s@<>()\[\]\\,;:\"]+@[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 DOMAIN_PATTERN = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?)$")
 
 
@@ -429,7 +500,17 @@ def validate_smtp(c: _Check, s: dict[str, Any]) -> SMTPConfig:
         max_line_length=c.integer(s["max_line_length"], "smtp.max_line_length", 1000),
         bare_line_endings=c.choice(s["bare_line_endings"], "smtp.bare_line_endings",
                                    ("normalize", "reject")),
+        max_header_size=c.integer(s["max_header_size"], "smtp.max_header_size", 1024),
+        fold_line_length=validate_fold_length(c, s["fold_line_length"]),
     )
+
+
+def validate_fold_length(c: _Check, value: Any) -> int:
+    """78..998 (RFC 5322 2.1.1: 998 octets is the hard limit, 78 the recommended one)."""
+    n = c.integer(value, "smtp.fold_line_length", 78)
+    if n > 998:
+        raise c.fail("smtp.fold_line_length", "at most 998 (RFC 5322 2.1.1)", value)
+    return n
 
 
 def validate_listener(c: _Check, item: Any, key: str, tls: TLSConfig) -> ListenerConfig:
@@ -458,35 +539,70 @@ def check_unique_names(c: _Check, listeners: tuple[ListenerConfig, ...]) -> None
         seen[listener.name] = i
 
 
-ENDPOINT_RE = re.compile(r"^(tcp6?|unix):(.+)$")
+ENDPOINT_KINDS = ("tcp", "tcp6", "unix")
 
 
 def validate_endpoint(c: _Check, value: Any, key: str) -> str:
-    """Check a Twisted server endpoint string (tcp, tcp6 or unix) without listening."""
+    """A Twisted server endpoint string (tcp, tcp6 or unix), in any form Twisted's own
+    parser takes (``tcp6:2525:interface=\\:\\:1`` with escaped colons included); checked
+    by that parser without listening, then for a port in 0-65535 and a literal interface."""
     text = c.string(value, key)
-    m = ENDPOINT_RE.match(text)
-    if not m:
+    parts = split_endpoint(text)
+    if parts[0] not in ENDPOINT_KINDS or len(parts) < 2:
         raise c.fail(key, "expected a Twisted endpoint like tcp:2525:interface=127.0.0.1", text)
-    if m.group(1) == "unix":
+    try:
+        serverFromString(None, text)  # constructs only; nothing listens
+    except (TypeError, ValueError) as e:
+        raise c.fail(key, f"not a Twisted endpoint: {endpoint_problem(e)}", text) from None
+    if parts[0] == "unix":
         return text
-    port, _, _ = endpoint_address(text)
+    port, interface, kind = endpoint_address(text)
     if port is None or not 0 <= port <= 65535:
         raise c.fail(key, "expected a port number 0-65535 after tcp:", text)
-    for option in text.split(":")[2:]:
-        name = option.split("=", 1)[0]
-        if name not in ("interface", "backlog"):
-            raise c.fail(key, f"unknown endpoint option {name!r}", text)
+    if interface:
+        try:
+            address = ipaddress.ip_address(interface)
+        except ValueError:
+            raise c.fail(key, "interface must be an IP address", interface) from None
+        if (address.version == 6) != (kind == "tcp6"):
+            wanted = "tcp6" if address.version == 6 else "tcp"
+            raise c.fail(key, f"interface {interface} needs {wanted}:", text)
     return text
+
+
+def endpoint_problem(e: Exception) -> str:
+    text = str(e)
+    m = re.search(r"unexpected keyword argument '(\w+)'", text)
+    return f"unknown endpoint option {m.group(1)!r}" if m else text
+
+
+def split_endpoint(text: str) -> list[str]:
+    """Split on unescaped colons, undoing the escapes (Twisted's quoting: ``\\`` takes the
+    next character literally)."""
+    parts, current, escaped = [], [], False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
 
 
 def endpoint_address(text: str) -> tuple[int | None, str, str]:
     """Return (port, interface, kind) of a tcp/tcp6 endpoint string; port None if unparsable."""
-    parts = re.split(r"(?<!\\):", text)
+    parts = split_endpoint(text)
     kind = parts[0]
     options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
     positional = [p for p in parts[1:] if "=" not in p]
     port_text = options.get("port", positional[0] if positional else "")
-    interface = options.get("interface", "").replace("\\:", ":")
+    interface = options.get("interface", positional[1] if len(positional) > 1 else "")
     try:
         port = int(port_text)
     except ValueError:
@@ -499,16 +615,37 @@ def validate_routes(c: _Check, value: Any, transports: Mapping[str, TransportCon
     routes = []
     for i, item in enumerate(c.array(value, "routes")):
         key = f"routes[{i}]"
-        d = c.obj(item, key, {"domains", "transport"})
-        domains = tuple(c.array(d.get("domains"), f"{key}.domains"))
-        for j, domain in enumerate(domains):
-            if not isinstance(domain, str) or not DOMAIN_PATTERN.match(domain):
-                raise c.fail(f"{key}.domains[{j}]", "expected a domain, *.domain or *", domain)
+        d = c.obj(item, key, {"domains", "transport", "senders", "credentials"})
+        senders = patterns(c, d.get("senders", []), f"{key}.senders", allow_address=True)
+        credentials = tuple(c.string(x, f"{key}.credentials[{j}]")
+                            for j, x in enumerate(c.array(d.get("credentials", []),
+                                                          f"{key}.credentials")))
+        default_domains = ["*"] if senders or credentials else None
+        domains = patterns(c, d.get("domains", default_domains), f"{key}.domains")
         name = c.string(d.get("transport"), f"{key}.transport")
         if name not in transports:
             raise c.fail(f"{key}.transport", "names no transport in transports", name)
-        routes.append(RouteConfig(domains=tuple(x.lower() for x in domains), transport=name))
+        routes.append(RouteConfig(domains=domains, transport=name, senders=senders,
+                                  credentials=credentials))
     return tuple(routes)
+
+
+def patterns(c: _Check, value: Any, key: str, allow_address: bool = False) -> tuple[str, ...]:
+    """Domain patterns (``example.com``, ``*.example.com``, ``*``), lower case; with
+    ``allow_address`` also whole addresses (``alice@example.com``)."""
+    out = []
+    for j, item in enumerate(c.array(value, key)):
+        text = item if isinstance(item, str) else ""
+        local, at, domain = text.rpartition("@")
+        ok = DOMAIN_PATTERN.match(domain if at else text) is not None
+        if at and (not allow_address or not local or "*" in domain):
+            ok = False
+        if not ok:
+            what = "a domain, *.domain, * or an address" if allow_address else \
+                "a domain, *.domain or *"
+            raise c.fail(f"{key}[{j}]", f"expected {what}", item)
+        out.append(text.lower())
+    return tuple(out)
 
 
 def validate_transports(c: _Check, value: Any) -> dict[str, TransportConfig]:
@@ -536,6 +673,9 @@ def validate_transports(c: _Check, value: Any) -> dict[str, TransportConfig]:
             nameservers=tuple(
                 c.string(n, f"{key}.nameservers[{i}]")
                 for i, n in enumerate(c.array(d.get("nameservers", []), f"{key}.nameservers"))),
+            received=c.choice(d.get("received", "full"), f"{key}.received",
+                              ("full", "anonymous")),
+            strip_received=c.boolean(d.get("strip_received", False), f"{key}.strip_received"),
         )
     for name, transport in out.items():
         if transport.fallback is not None and transport.fallback not in out:
@@ -565,6 +705,72 @@ def validate_upstream(c: _Check, item: Any, key: str) -> UpstreamConfig:
         max_connections=None if d.get("max_connections") is None else c.integer(
             d["max_connections"], f"{key}.max_connections", 1),
         max_rate=parse_rate(c, d.get("max_rate"), f"{key}.max_rate"),
+        oauth2=validate_oauth2(c, d.get("oauth2"), f"{key}.oauth2"),
+        sender_rewrite=validate_sender_rewrite(c, d, f"{key}.sender_rewrite"),
+        bounce_sender=validate_address(c, d.get("bounce_sender"), f"{key}.bounce_sender"),
+    )
+
+
+def validate_address(c: _Check, value: Any, key: str) -> str | None:
+    """A plain mailbox ``local@domain`` (no display name, no brackets); None when absent."""
+    if value is None:
+        return None
+    text = c.string(value, key)
+    if not ADDRESS_RE.fullmatch(text):
+        raise c.fail(key, "expected an address like relay@example.com", value)
+    return text
+
+
+def validate_oauth2(c: _Check, value: Any, key: str) -> OAuth2Config | None:
+    if value is None:
+        return None
+    d = c.obj(value, key, OAUTH2_KEYS)
+    grant = c.choice(d.get("grant", "refresh_token"), f"{key}.grant",
+                     ("refresh_token", "client_credentials"))
+    conf = OAuth2Config(
+        token_url=validate_url(c, d.get("token_url"), f"{key}.token_url"),
+        client_id=c.string(d.get("client_id"), f"{key}.client_id"),
+        grant=grant,
+        client_secret=c.string(d.get("client_secret"), f"{key}.client_secret", allow_none=True),
+        refresh_token=c.string(d.get("refresh_token"), f"{key}.refresh_token", allow_none=True),
+        scope=c.string(d.get("scope"), f"{key}.scope", allow_none=True),
+        mechanism=c.choice(d.get("mechanism", "XOAUTH2"), f"{key}.mechanism",
+                           ("XOAUTH2", "OAUTHBEARER")),
+        authorize_url=None if d.get("authorize_url") is None else validate_url(
+            c, d["authorize_url"], f"{key}.authorize_url"),
+        device_url=None if d.get("device_url") is None else validate_url(
+            c, d["device_url"], f"{key}.device_url"),
+    )
+    if grant == "client_credentials" and not conf.client_secret:
+        raise c.fail(f"{key}.client_secret", "the client_credentials grant needs a secret")
+    return conf
+
+
+def validate_url(c: _Check, value: Any, key: str) -> str:
+    text = c.string(value, key)
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise c.fail(key, "expected an http(s) URL", value)
+    return text
+
+
+def validate_sender_rewrite(c: _Check, upstream: Mapping[str, Any], key: str
+                            ) -> SenderRewrite | None:
+    """``"login"`` as the address means the upstream's username (QQ, 163, Outlook, Gmail)."""
+    value = upstream.get("sender_rewrite")
+    if value is None:
+        return None
+    d = c.obj(value, key, SENDER_REWRITE_KEYS)
+    address = d.get("address", "login")
+    if address == "login":
+        address = upstream.get("username")
+        if not isinstance(address, str) or "@" not in address:
+            raise c.fail(f"{key}.address", "\"login\" needs a username that is an address; "
+                         "give the address to send as", upstream.get("username"))
+    return SenderRewrite(
+        address=validate_address(c, address, f"{key}.address") or "",
+        domains=patterns(c, d.get("domains", []), f"{key}.domains"),
+        header_from=c.boolean(d.get("header_from", True), f"{key}.header_from"),
+        reply_to=c.boolean(d.get("reply_to", True), f"{key}.reply_to"),
     )
 
 

@@ -217,7 +217,7 @@ class RelayManager(Service):
         """Route and deliver; temporary outcomes go on to the transport's fallback."""
         body_path = self.spool.path("data", envelope.queue_id + ".eml")
         results: dict[str, Outcome] = {}
-        groups = self.router.split(addresses)
+        groups = self.router.split(addresses, envelope.sender, envelope.credential)
         waits = []
         for name, rcpts in groups.items():
             if name is None:
