@@ -174,3 +174,49 @@ def test_keygen_refuses_names_that_are_not_dns_labels(capsys: pytest.CaptureFixt
                  "--output", out]) == 2
     assert "--selector must be DNS labels" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+ALL_HEADERS = b"".join(
+    name.title() + b": " + value + b"\r\n" for name, value in (
+        (b"from", b"Shop <shop@example.com>"), (b"sender", b"bulk@example.com"),
+        (b"reply-to", b"help@example.com"), (b"subject", b"Your order"),
+        (b"date", b"Mon, 1 Jan 2024 00:00:00 +0000"), (b"message-id", b"<1@example.com>"),
+        (b"to", b"a@b.test"), (b"cc", b"c@b.test"), (b"mime-version", b"1.0"),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-transfer-encoding", b"8bit"), (b"content-id", b"<c@x>"),
+        (b"content-description", b"note"), (b"in-reply-to", b"<0@example.com>"),
+        (b"references", b"<0@example.com>"), (b"list-id", b"<shop.example.com>"),
+        (b"list-help", b"<mailto:h@example.com>"),
+        (b"list-unsubscribe", b"<mailto:u@example.com>"),
+        (b"list-unsubscribe-post", b"List-Unsubscribe=One-Click"),
+    ))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(ALL_HEADERS.split(b"\r\n")[1:-1]), unique=True),
+       st.sampled_from(["example.com", "a-much-longer-subdomain.mail.example.com"]),
+       st.sampled_from(["s", "selector-with-a-rather-long-name-2026"]))
+def test_folding_never_splits_a_tag_value_and_every_header_set_verifies(
+        others: list[bytes], domain: str, selector: str) -> None:
+    """The bug users hit: ``h=`` folded inside ``content-transfer-encoding``.  Whatever
+    header set and name lengths, unfolding (RFC 6376 3.2: FWS removed) gives back exactly
+    the names, domain and selector, every line fits 78 octets, and both algorithms verify."""
+    headers = b"From: x <x@" + domain.encode() + b">\r\n" + b"".join(h + b"\r\n" for h in others)
+    keys = [rsa_key(domain, selector), ed_key(domain, selector + "e")]
+    message = signed_message(keys, headers, BODY)
+    dns = records(*keys)
+    checker = dkim.DKIM(message)
+    for i in range(2):
+        assert checker.verify(i, dnsfunc=lambda name, timeout=5: dns.get(name))
+    for field in message.split(b"\r\n\r\n")[0].split(b"\r\nDKIM-Signature")[:2]:
+        lines = field.split(b"\r\n")
+        assert all(len(line) <= 78 for line in lines)
+        tags = {}
+        for part in b"".join(lines).split(b":", 1)[1].split(b";"):
+            name, _, value = part.partition(b"=")
+            tags[name.strip()] = value
+        names = [n.strip() for n in tags[b"h"].split(b":")]
+        assert all(b" " not in n and n for n in names)
+        expected = [n for n in (h.split(b":")[0].lower() for h in headers.split(b"\r\n") if h)]
+        assert sorted(set(names)) == sorted(set(expected))
+        assert tags[b"d"] == domain.encode() and tags[b"s"].startswith(selector.encode())

@@ -200,17 +200,59 @@ class Signer:
             (b"v", b"1"), (b"a", key.algorithm.encode()), (b"c", b"relaxed/relaxed"),
             (b"d", key.domain.encode()), (b"s", key.selector.encode()),
             (b"t", str(int(self.clock())).encode()), (b"h", b":".join(include)),
-            (b"bh", body_hash), (b"b", b"0" * 60),  # as dkimpy: b= folds onto its own line
+            (b"bh", body_hash),
         ]
         name = b"DKIM-Signature"
-        unsigned = dkim.fold(b"; ".join(b"=".join(t) for t in tags), namelen=len(name))
+        unsigned = fold_signature(name, [*tags, (b"b", b"")])
         hasher = dkim.HashThrough(hashlib.sha256())
         dkim.hash_headers(hasher, _CANON, _CANON.canonicalize_headers(fields), include,
-                          (name, b" " + unsigned), {})
+                          (name, unsigned[len(name) + 1:]), {})
         signature = base64.b64encode(key.sign_digest(hasher.digest()))
-        tags[-1] = (b"b", signature)
-        value = dkim.fold(b"; ".join(b"=".join(t) for t in tags) + b"\r\n", namelen=len(name))
-        return name + b": " + value
+        return fold_signature(name, [*tags, (b"b", signature)]) + b"\r\n"
+
+
+FOLD_WIDTH = 76
+
+
+def fold_signature(name: bytes, tags: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``name: t=v; t=v; ...`` folded to FOLD_WIDTH, breaking only where RFC 6376 3.2 and 3.5
+    allow FWS: between tags, after a colon of ``h=``, and anywhere inside the base64 of
+    ``b=`` and ``bh=``.  Never inside a header name or a domain (dkimpy's own ``fold``
+    breaks at column 72 wherever it is, which split ``content-transfer-encoding``)."""
+    lines = [name + b":"]
+    for i, (tag, value) in enumerate(tags):
+        end = b"" if i == len(tags) - 1 else b";"
+        if tag in (b"b", b"bh"):
+            _put(lines, tag + b"=", b" ")
+            _put_breakable(lines, value + end)
+        elif tag == b"h":
+            names = value.split(b":")
+            for j, header in enumerate(names):
+                last = j == len(names) - 1
+                _put(lines, (b"h=" if j == 0 else b"") + header + (end if last else b":"),
+                     b" " if j == 0 else b"")
+        else:
+            _put(lines, tag + b"=" + value + end, b" ")
+    return b"\r\n".join(lines)
+
+
+def _put(lines: list[bytes], atom: bytes, separator: bytes) -> None:
+    """Append an unbreakable atom, on a new (FWS-started) line when it does not fit."""
+    if len(lines[-1]) + len(separator) + len(atom) > FOLD_WIDTH and lines[-1].strip():
+        lines.append(b" " + atom)
+    else:
+        lines[-1] += separator + atom
+
+
+def _put_breakable(lines: list[bytes], text: bytes) -> None:
+    """Append base64 text, filling each line and continuing on FWS-started lines."""
+    while text:
+        room = FOLD_WIDTH - len(lines[-1])
+        if room < 8:
+            lines.append(b" ")
+            room = FOLD_WIDTH - 1
+        lines[-1] += text[:room]
+        text = text[room:]
 
 
 def build_signer(entries: Sequence[Mapping[str, Any]], config_path: str,
