@@ -462,11 +462,16 @@ class Limits(SessionTestCase):
         self.assertEqual(lines[-1], b"421 4.7.0 Error: too many errors")
         self.assertTrue(self.transport.disconnecting)
 
-    def test_long_line_replies_then_closes(self) -> None:
+    def test_long_command_line_replies_then_closes(self) -> None:
         """Regression: stock answers 500 and keeps going, accepting commands after it."""
         self.replies()
-        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n")
-        self.send(b"x" * 1500 + b"\r\nMAIL FROM:<a@b.example>\r\n")
+        self.send(b"EHLO c\r\nNOOP " + b"x" * 1500 + b"\r\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.replies()[-1], b"500 5.5.2 Error: line too long")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_long_command_line_without_crlf_closes(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<" + b"x" * 1500)
         self.assertEqual(self.replies()[-1], b"500 5.5.2 Error: line too long")
         self.assertTrue(self.transport.disconnecting)
 
@@ -485,3 +490,79 @@ class Limits(SessionTestCase):
         self.proto.connectionLost()
         _, again = self.connect()
         self.assertEqual(again.value()[:3], b"220")
+
+
+class DataLines(SessionTestCase):
+    """What DATA stores: bare LF normalised as Postfix's ``normalize`` does, over-long lines
+    folded at acceptance (in pieces, bounded memory), the header block capped."""
+
+    smtp_overrides = {"max_line_length": 1000, "max_header_size": 4096}
+
+    def transaction(self, *chunks: bytes) -> bytes:
+        """Send a transaction whose DATA is ``chunks``; the stored message, less Received."""
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n")
+        for chunk in chunks:
+            self.send(chunk)
+        self.send(b".\r\n")
+        self.commit_all()
+        last = self.replies()[-1]
+        self.assertTrue(last.startswith(b"250 2.0.0 Ok: queued as "), last)
+        stored = self.stored(last.rsplit(b" ", 1)[1].decode())
+        return stored.split(b"\r\n", 3)[3]  # our Received header is three lines
+
+    def test_bare_lf_lines_are_dot_unstuffed_like_crlf_lines(self) -> None:
+        body = self.transaction(b"Subject: lf\n\nfirst\n..stuffed\n.\nlast\r\n..crlf\r\n")
+        self.assertEqual(body, b"Subject: lf\r\n\r\nfirst\r\n.stuffed\r\n\r\nlast\r\n"
+                               b".crlf\r\n")
+
+    def test_only_crlf_dot_crlf_ends_data(self) -> None:
+        body = self.transaction(b"a\n.\nMAIL FROM:<evil@x.example>\r\nb\r.\rc\r\n")
+        self.assertEqual(body, b"a\r\n\r\nMAIL FROM:<evil@x.example>\r\nb\r\n\r\nc\r\n")
+        self.assertEqual(len(self.queued_files()), 1)
+
+    def test_long_body_line_is_folded_before_the_last_space(self) -> None:
+        words = b" ".join(b"word%04d" % i for i in range(2500))  # 22,499 octets, one line
+        body = self.transaction(b"Subject: x\r\n\r\n", words[:7000], words[7000:] + b"\r\n")
+        lines = body.split(b"\r\n")
+        self.assertTrue(all(len(line) <= 998 for line in lines))
+        self.assertEqual(b"".join(lines[2:]), words)  # folded before spaces: nothing added
+        self.assertGreater(len(lines), 20)
+
+    def test_long_line_without_spaces_gets_crlf_space(self) -> None:
+        blob = b"A" * 5000
+        body = self.transaction(b"Subject: x\r\n\r\n" + blob + b"\r\n")
+        lines = body.split(b"\r\n")[2:-1]
+        self.assertEqual([len(x) for x in lines], [998, 998, 998, 998, 998, 15])
+        self.assertEqual(b"".join(lines).replace(b" ", b""), blob)
+        self.assertTrue(all(x.startswith(b" ") for x in lines[1:]))
+
+    def test_folding_never_cuts_a_utf8_character(self) -> None:
+        text = "é".encode() * 1200
+        body = self.transaction(b"Subject: x\r\n\r\n" + text + b"\r\n")
+        for line in body.split(b"\r\n")[2:-1]:
+            line.decode("utf-8")  # raises if a character was cut
+        self.assertEqual(b"".join(body.split(b"\r\n")[2:]).replace(b" ", b""), text)
+
+    def test_long_header_is_folded_at_white_space_and_unfolds_to_the_original(self) -> None:
+        to = b"To: " + b", ".join(b"user%03d@example.org" for i in range(150))
+        body = self.transaction(to + b"\r\nSubject: x\r\n\r\nhi\r\n")
+        head = body.split(b"\r\n\r\n")[0]
+        self.assertTrue(all(len(line) <= 998 for line in head.split(b"\r\n")))
+        self.assertEqual(head.split(b"\r\nSubject")[0].replace(b"\r\n", b""), to)
+
+    def test_a_dot_line_split_across_reads_is_not_the_end(self) -> None:
+        body = self.transaction(b"x" * 1500, b".\r\nafter\r\n")
+        self.assertEqual(body.replace(b"\r\n ", b"").replace(b"\r\n", b"|"),
+                         b"x" * 1500 + b".|after|")
+
+    def test_header_block_over_the_limit_is_refused_and_nothing_is_kept(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n")
+        self.send(b"X-Filler: " + b"y" * 900 + b"\r\n")
+        for _ in range(6):
+            self.send(b"X-Filler: " + b"y" * 900 + b"\r\n")
+        self.send(b"\r\nbody\r\n.\r\n")
+        self.assertEqual(self.replies()[-1], b"552 5.3.4 Message header exceeds the size limit")
+        self.assertEqual(self.queued_files(), [])
+        self.assertEqual(self.proto.body, None)

@@ -1,8 +1,17 @@
 """The DATA phase: turns received lines into the stored body, enforcing the content rules.
 
-Lines arrive without their CRLF (Twisted's line receiver splits on CRLF only), so a bare CR
-or LF can only appear inside a line.  By default each is rewritten as CRLF, so no server
-downstream can see a different message boundary than we did (the SMTP smuggling class).
+Lines arrive without their CRLF (the session splits on CRLF only; only ``CRLF.CRLF`` ends
+DATA, which is what stops SMTP smuggling).  Inside a line:
+
+* a bare CR or LF is, by default, treated as if the client had sent CRLF, including the
+  dot-unstuffing of the line after it (Postfix's ``smtpd_forbid_bare_newline = normalize``),
+  so that no server downstream sees a different line structure than we stored;
+* a line longer than ``fold_length`` (998 octets, RFC 5321 4.5.3.1.6) is folded here, before
+  DKIM signing, so that strict upstreams accept it and the signature stays valid.  The fold
+  goes before the last space or tab that fits (for a header, unfolding then gives back the
+  original exactly); with none, CRLF + SPACE is inserted, as Postfix's
+  ``smtp_line_length_limit`` does.  Over-long lines may arrive in pieces (``partial``), so
+  memory stays bounded whatever their length.
 """
 
 from __future__ import annotations
@@ -17,43 +26,101 @@ BARE_CR_OR_LF = re.compile(rb"\r\n?|\n")
 MAX_HOPS = 50
 BARE_LINE_ENDING = Reply(550, "5.6.0", "Message contains bare CR or LF; send CRLF line ends")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many Received headers: mail loop?")
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header exceeds the size limit")
+WSP = b" \t"
 
 
 class BodyReader:
     """Accumulates one message's lines into a MessageWriter and remembers the first problem."""
 
     def __init__(self, writer: MessageWriter, max_size: int, reject_bare: bool,
-                 body_hash: RelaxedBodyHash | None = None) -> None:
+                 body_hash: RelaxedBodyHash | None = None, fold_length: int = 998,
+                 max_header_size: int = 1_048_576) -> None:
         self.writer = writer
         self.max_size = max_size
         self.reject_bare = reject_bare
+        self.fold_length = fold_length
+        self.max_header_size = max_header_size
         self.problem: Reply | None = None
         self.in_headers = True
         self.hops = 0
         self.eight_bit_seen = False
+        self.folded_lines = 0  # how many over-long lines were folded (for the log)
         self.header_lines: list[bytes] = []  # the client's header block (DKIM, From check)
+        self.header_size = 0
         self.body_hash = body_hash
+        self._current = bytearray()  # the logical line being assembled (over-long or split)
+        self._at_start = True  # nothing of the current line seen yet (dot-unstuffing)
+
+    # ------------------------------------------------------------------ input
 
     def line(self, line: bytes) -> None:
-        """Handle one line of DATA (the terminating "." is handled by the caller)."""
-        if line[:1] == b".":
-            line = line[1:]
+        """The rest of one CRLF-terminated line of DATA (the final "." is the caller's)."""
+        if self._at_start and len(line) <= self.fold_length and b"\r" not in line \
+                and b"\n" not in line:  # the common case, kept short
+            if line[:1] == b".":
+                line = line[1:]
+            if self.problem is None:
+                self._store(line)
+            return
+        self.partial(line)
+        self._end_line()
+
+    def partial(self, data: bytes) -> None:
+        """A piece of a line whose CRLF has not arrived yet."""
         if self.problem is not None:
             return
-        if b"\r" in line or b"\n" in line:
-            if self.reject_bare:
-                self._fail(BARE_LINE_ENDING)
-                return
-            for part in BARE_CR_OR_LF.split(line):  # each bare ending becomes a CRLF line
-                self._store(part)
-        else:
+        if b"\r" not in data and b"\n" not in data:
+            self._text(data)
+            return
+        if self.reject_bare:
+            self._fail(BARE_LINE_ENDING)
+            return
+        parts = BARE_CR_OR_LF.split(data)
+        self._text(parts[0])
+        for part in parts[1:]:  # each bare ending ends a line, as CRLF would have
+            self._end_line()
+            self._text(part)
+
+    # ------------------------------------------------------------------ logical lines
+
+    def _text(self, data: bytes) -> None:
+        if self._at_start and data:
+            self._at_start = False
+            if data[:1] == b".":
+                data = data[1:]
+        self._current += data
+        while len(self._current) > self.fold_length and self.problem is None:
+            self._store(self._fold_off())
+
+    def _fold_off(self) -> bytes:
+        """The first segment of an over-long line; what remains starts with white space."""
+        limit, current = self.fold_length, self._current
+        cut = max(current.rfind(b" ", 1, limit + 1), current.rfind(b"\t", 1, limit + 1))
+        self.folded_lines += 1
+        if cut > 0:
+            segment = bytes(current[:cut])
+            del current[:cut]
+            return segment
+        cut = limit
+        while cut > limit - 3 and 0x80 <= current[cut] < 0xC0:
+            cut -= 1  # never inside a UTF-8 sequence
+        segment = bytes(current[:cut])
+        current[:cut] = b" "
+        return segment
+
+    def _end_line(self) -> None:
+        line = bytes(self._current)
+        self._current.clear()
+        self._at_start = True
+        if self.problem is None:
             self._store(line)
 
     def _store(self, line: bytes) -> None:
-        if self.problem is not None:
-            return
         if self.in_headers:
             self._header_line(line)
+            if self.problem is not None:
+                return
         elif self.body_hash is not None:
             self.body_hash.line(line)
         if not self.eight_bit_seen and not line.isascii():
@@ -67,6 +134,10 @@ class BodyReader:
         if not line:
             self.in_headers = False
             return
+        self.header_size += len(line) + 2
+        if self.header_size > self.max_header_size:
+            self._fail(HEADER_TOO_BIG)
+            return
         self.header_lines.append(line + b"\r\n")
         if line[:9].lower() == b"received:":
             self.hops += 1
@@ -79,4 +150,6 @@ class BodyReader:
 
     def _fail(self, reply: Reply) -> None:
         self.problem = reply
+        self.header_lines = []
+        self._current.clear()
         self.writer.discard()

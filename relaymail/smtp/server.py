@@ -129,6 +129,8 @@ class RelayESMTP(ESMTP):
         self._blocked = False
         self._in_data_received = False
         self._discard_rest = False
+        self._pending = b""  # received bytes after the last CRLF
+        self._midline = False  # part of the current DATA line was already handed on
         self.gone = False  # the connection is closed; a peer close leaves disconnecting False
 
     # ------------------------------------------------------------------ connection
@@ -187,12 +189,39 @@ class RelayESMTP(ESMTP):
     # ------------------------------------------------------------------ input and pipelining
 
     def dataReceived(self, data: bytes) -> None:
+        """Split on CRLF ourselves (not LineOnlyReceiver's loop): a DATA line may be longer
+        than ``max_line_length`` and is then handed on in pieces, in bounded memory, while a
+        command line that long is refused."""
         self._in_data_received = True
         try:
-            super().dataReceived(data)
+            lines = (self._pending + data).split(b"\r\n")
+            self._pending = lines.pop()
+            for line in lines:
+                if self._discard_rest or self.transport.disconnecting:
+                    return
+                self.lineReceived(line)
+            if len(self._pending) > self.MAX_LENGTH and not self._discard_rest:
+                self.long_line_piece()
         finally:
             self._in_data_received = False
+            if self._discard_rest:
+                self._pending = b""
             self._discard_rest = False
+
+    def long_line_piece(self) -> None:
+        """No CRLF within ``MAX_LENGTH``: in DATA, pass the piece on (keeping a final CR,
+        which may be half of a CRLF); anywhere else it is an over-long command line."""
+        if self.mode != DATA or self._blocked or self.transport.disconnecting:
+            if not self._blocked:
+                self.lineLengthExceeded(self._pending)
+            return
+        keep = 1 if self._pending.endswith(b"\r") else 0
+        piece, self._pending = self._pending[:len(self._pending) - keep], \
+            self._pending[len(self._pending) - keep:]
+        self.resetTimeout()
+        assert self.body is not None
+        self.body.partial(piece)
+        self._midline = True
 
     def lineReceived(self, line: bytes) -> None:
         if self._discard_rest:
@@ -209,6 +238,8 @@ class RelayESMTP(ESMTP):
             return
         if self.mode == DATA:
             self.data_line(line)
+        elif len(line) > self.MAX_LENGTH:
+            self.lineLengthExceeded(line)
         elif self.mode == AUTH:
             self.auth_line(line)
         else:
@@ -379,7 +410,7 @@ class RelayESMTP(ESMTP):
 
     def forget_plaintext_input(self) -> None:
         """Anything sent behind STARTTLS in plaintext must not run inside TLS (CVE-2011-0411)."""
-        self._buffer = b""
+        self._pending = b""
         if self._backlog:
             self._backlog.clear()
         if self._in_data_received:
@@ -661,7 +692,9 @@ class RelayESMTP(ESMTP):
         body_hash = RelaxedBodyHash() if self.context.signer is not None else None
         self.body = BodyReader(self.txn.writer, self.context.smtp.max_message_size,
                                reject_bare=self.context.smtp.bare_line_endings == "reject",
-                               body_hash=body_hash)
+                               body_hash=body_hash,
+                               fold_length=self.context.smtp.fold_line_length,
+                               max_header_size=self.context.smtp.max_header_size)
         self.txn.writer.write(self.received_header(self.txn))
         self.txn.writer.on_pressure = self.spill_pressure
         self.mode = DATA
@@ -678,9 +711,10 @@ class RelayESMTP(ESMTP):
 
     def data_line(self, line: bytes) -> None:
         assert self.body is not None
-        if line == b".":
+        if line == b"." and not self._midline:
             self.end_of_data()
         else:
+            self._midline = False
             self.body.line(line)
 
     def end_of_data(self) -> None:
@@ -773,7 +807,7 @@ class RelayESMTP(ESMTP):
         if self.txn is not None:
             self.txn.writer.discard()
             self.release_all(self.txn)
-        self.txn, self.body = None, None
+        self.txn, self.body, self._midline = None, None, False
         if self.mode == DATA:
             self.mode = COMMAND
 
