@@ -1,8 +1,9 @@
 """Per-upstream health: a circuit breaker and the counters the console shows.
 
-After ``threshold`` session failures in a row an upstream is marked down for a cool-down
-that doubles on each further failure (up to ``max_cooldown``); when it runs out, the next
-delivery is the probe.  One success closes the breaker.
+After ``threshold`` session failures in a row (connect, greeting, TLS, AUTH, a connection
+lost mid-transaction; never a recipient's reply) an upstream is marked down for a
+cool-down that doubles on each further failure (up to ``max_cooldown``); when it runs out,
+the next delivery is the probe.  One working session closes the breaker.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class HealthBoard:
     """All upstreams' health, keyed by label."""
 
     def __init__(self, clock: Callable[[], float], threshold: int = 3,
-                 base_cooldown: float = 30.0, max_cooldown: float = 600.0) -> None:
+                 base_cooldown: float = 30.0, max_cooldown: float = 300.0) -> None:
         self.clock = clock
         self.threshold = threshold
         self.base_cooldown = base_cooldown
@@ -65,6 +66,13 @@ class HealthBoard:
         health.cooldown = 0.0
         health.last_success = self.clock()
         health.messages_relayed += messages
+
+    def answered(self, label: str) -> None:
+        """A session worked (its replies were recipients' 4xx/5xx): the server is alive."""
+        health = self.get(label)
+        health.consecutive_failures = 0
+        health.down_until = 0.0
+        health.cooldown = 0.0
 
     def failed(self, label: str, error: str) -> bool:
         """Count a failure; True when this one opened the breaker."""

@@ -87,6 +87,7 @@ class RelayManager(Service):
         self.active: dict[str, list[Deferred]] = {}
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         self.counters = {"delivered": 0, "deferred": 0, "failed": 0, "bounces": 0}
+        self.not_attempted = 0  # retries skipped because every upstream was marked down
         self._timer: Any = None
         self._soon: Any = None
         self.stopping = False
@@ -193,6 +194,8 @@ class RelayManager(Service):
         pending = [r for r in envelope.recipients if r.state == PENDING]
         outcomes = await self.deliver([r.address for r in pending], envelope)
         now = self.now()
+        if self._not_attempted(envelope, outcomes, now):
+            return
         envelope.attempts += 1
         envelope.last_attempt = now
         newly_failed = self._record(envelope, pending, outcomes, now)
@@ -209,6 +212,25 @@ class RelayManager(Service):
                 self._schedule(envelope, envelope.next_attempt)
         else:
             await self._finish(envelope)
+
+    def _not_attempted(self, envelope: Envelope, outcomes: dict[str, Outcome],
+                       now: float) -> bool:
+        """Every upstream for these recipients is marked down: nothing was tried, so no
+        attempt is counted and no deferral logged (one line per message per retry would
+        flood the log); the message waits for the end of the cool-down instead."""
+        waits = [o.not_before for o in outcomes.values()]
+        if not waits or None in waits:
+            return False
+        if now - self.lifetime_start(envelope) >= self.delivery.max_queue_lifetime:
+            return False  # let the normal path expire it
+        when = max(now, min(w for w in waits if w is not None)) + self.rng.uniform(0, 5)
+        log.debug("{queue_id}: upstream down; next try in {wait:.0f} s",
+                  queue_id=envelope.queue_id, wait=when - now)
+        self.not_attempted += 1
+        envelope.next_attempt = when
+        if envelope.queue_id in self.queued:
+            self._schedule(envelope, when)
+        return True
 
     def lifetime_start(self, envelope: Envelope) -> float:
         return max(envelope.received_at, envelope.extra.get("requeued_at", 0.0))

@@ -20,6 +20,8 @@ class Outcome:
     upstream: str | None = None
     tls: str | None = None
     transport: str | None = None  # the configured transport's name, set by the manager
+    session_error: str | None = None  # the failed step when the session itself broke
+    not_before: float | None = None  # not attempted: every upstream down until then
 
     @property
     def kind(self) -> str:
@@ -55,4 +57,5 @@ class SessionError(Exception):
     def outcome(self, upstream: str) -> Outcome:
         """As a temporary recipient outcome (a session failure never fails mail for good)."""
         code = self.code if 400 <= self.code < 500 else 451
-        return Outcome(code, f"4.4.2 {self.kind}: {self.text}", upstream)
+        return Outcome(code, f"4.4.2 {self.kind}: {self.text}", upstream,
+                       session_error=self.kind)

@@ -21,7 +21,7 @@ from relaymail.logs import Logger
 from relaymail.relay.client import Job, RelayClient
 from relaymail.relay.connector import Target, open_session
 from relaymail.relay.health import HealthBoard
-from relaymail.relay.outcome import TEMPORARY, Outcome, SessionError, temporary
+from relaymail.relay.outcome import DELIVERED, Outcome, SessionError, temporary
 from relaymail.relay.pacer import Pacer
 
 log = Logger(namespace="relaymail.relay.pool")
@@ -80,12 +80,17 @@ class SessionPool:
 
     def _job_done(self, results: dict[str, Outcome], target: Target, job: Job
                   ) -> dict[str, Outcome]:
-        kinds = {o.kind for o in results.values()}
-        if kinds == {TEMPORARY} and not job.health_counted:
-            first = next(iter(results.values()))
-            self.health.failed(target.label, first.reply)
-        elif "delivered" in kinds:
+        """Only session trouble (connect, greeting, TLS, AUTH, a lost connection) counts
+        against the upstream, as Postfix counts a dead site; a recipient's 4xx or 5xx is an
+        answer from a working server, never a reason to mark it down."""
+        broken = next((o for o in results.values() if o.session_error), None)
+        if broken is not None:
+            if not job.health_counted:
+                self.health.failed(target.label, broken.reply)
+        elif any(o.kind == DELIVERED for o in results.values()):
             self.health.succeeded(target.label, messages=1)
+        else:
+            self.health.answered(target.label)
         return results
 
     # ------------------------------------------------------------------ scheduling

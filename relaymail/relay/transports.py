@@ -40,8 +40,7 @@ def target_from_upstream(upstream: UpstreamConfig) -> Target:
 
 
 def tls_failed(outcomes: dict[str, Outcome], recipients: list[str]) -> bool:
-    return all(outcomes[r].kind == TEMPORARY and outcomes[r].text.startswith("4.4.2 tls:")
-               for r in recipients)
+    return all(outcomes[r].session_error == "tls" for r in recipients)
 
 
 def batches(items: Sequence[str], size: int) -> list[list[str]]:
@@ -66,9 +65,11 @@ class Failover:
             if not remaining:
                 break
             if not health.available(target.label):
-                down = temporary(f"4.4.1 {target.label} is marked down after repeated "
-                                 f"failures", target.label)
-                last.update(dict.fromkeys(remaining, down))
+                down = dataclasses.replace(temporary(f"4.4.1 {target.label} is marked down after "
+                                         f"repeated failures", target.label),
+                               not_before=health.get(target.label).down_until)
+                for address in remaining:
+                    last.setdefault(address, down)  # a real deferral elsewhere says more
                 continue
             outcomes = await self._send(envelope, remaining, body_path, target)
             if target.tls == "opportunistic" and tls_failed(outcomes, remaining):
