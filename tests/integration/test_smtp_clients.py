@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import shutil
 import smtplib
 import socket
 import ssl
@@ -21,7 +20,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.mail.smtp import ESMTPSenderFactory
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from relaymail.credentials import CredentialStore
 from relaymail.safeio import FileOps
@@ -32,6 +31,7 @@ from tests.helpers import (
     shared_ca,
     start_server,
 )
+from tests.peers import require_swaks
 
 BODY = b"From: a@client.example\r\nTo: b@dest.example\r\nSubject: hello\r\n\r\nline one\r\n" \
        b".starts with a dot\r\n8-bit: caf\xc3\xa9\r\n"
@@ -249,8 +249,7 @@ class Plain(ClientTests):
         self.assertEqual(without_received(body), BODY)
 
     async def test_swaks_auth_pipelining(self) -> None:
-        if shutil.which("swaks") is None:
-            raise SkipTest("swaks is not installed (apt-get install swaks)")
+        require_swaks("TLS", "Basic AUTH")
         port = self.server.port("submission")
         cmd = ["swaks", "--server", f"127.0.0.1:{port}", "--tls", "--tls-verify",
                "--tls-ca-path", os.path.join(self.dir, "ca.pem"), "--tls-sni", "localhost",

@@ -15,12 +15,12 @@ import time
 from typing import Any
 
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest
 
 from relaymail.credentials import CredentialStore
 from tests.helpers import free_port, write_tls_files
 from tests.integration.test_relay import RelayTestCase, plain, smarthost
 from tests.interop.postfix_client import available, postfix_client
+from tests.peers import require, require_swaks
 
 USER, PASSWORD = "mta", "interop-pass-42"
 
@@ -46,15 +46,6 @@ def without_trace(content: bytes) -> bytes:
         while lines[i][:1] in (b" ", b"\t"):
             i += 1
     return b"\r\n".join(lines[i:])
-
-
-def require(ok: bool, what: str) -> None:
-    """Skip without the tool on a developer machine; in CI (which installs it) fail."""
-    if ok:
-        return
-    if os.environ.get("CI"):
-        raise AssertionError(f"{what} is missing in CI: make interop installs it")
-    raise SkipTest(f"{what} is not installed (make interop installs it as root)")
 
 
 def digest(data: bytes) -> str:
@@ -128,7 +119,7 @@ class RealClientTests(RelayTestCase):
                 self.assert_identical(tag, data, protocol)
 
     async def test_swaks_plain_and_login_with_and_without_pipelining(self) -> None:
-        require(shutil.which("swaks") is not None, "swaks")
+        require_swaks("TLS", "Basic AUTH")
         sent = {}
         for auth, pipeline, size in (("PLAIN", True, 0), ("LOGIN", False, 1_000_000),
                                      ("LOGIN", True, 0), ("PLAIN", False, 200_000)):
