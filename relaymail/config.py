@@ -69,9 +69,12 @@ class SMTPConfig:
 
 @dataclass(frozen=True)
 class OAuth2Config:
-    """How relaymail gets an access token for SASL XOAUTH2/OAUTHBEARER (RFC 6749, 7628)."""
+    """How relaymail gets an access token for SASL XOAUTH2/OAUTHBEARER (RFC 6749, 7628).
 
-    token_url: str
+    ``token_url`` (and the scope and flow URLs) may be left out with an outlook or gmail
+    preset: relaymail.relay.oauth2.resolve fills them from the preset, using ``tenant``."""
+
+    token_url: str | None
     client_id: str
     grant: str = "refresh_token"  # refresh_token | client_credentials
     client_secret: str | None = None
@@ -80,6 +83,7 @@ class OAuth2Config:
     mechanism: str = "XOAUTH2"  # XOAUTH2 | OAUTHBEARER
     authorize_url: str | None = None  # for `relaymail oauth2 authorize` (code flow)
     device_url: str | None = None  # for `relaymail oauth2 authorize --device`
+    tenant: str | None = None  # Microsoft: directory (tenant) ID or domain; default "common"
 
     def __repr__(self) -> str:  # never show the secrets
         return (f"OAuth2Config(token_url={self.token_url!r}, client_id={self.client_id!r}, "
@@ -267,7 +271,7 @@ UPSTREAM_KEYS = {"preset", "host", "port", "tls", "verify", "ca_file", "username
                  "helo", "max_connections", "max_rate", "oauth2", "sender_rewrite",
                  "bounce_sender"}
 OAUTH2_KEYS = {"token_url", "client_id", "client_secret", "refresh_token", "grant", "scope",
-               "mechanism", "authorize_url", "device_url"}
+               "mechanism", "authorize_url", "device_url", "tenant"}
 SENDER_REWRITE_KEYS = {"address", "domains", "header_from", "reply_to"}
 RATE_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400,
               "day": 86400}
@@ -728,7 +732,8 @@ def validate_oauth2(c: _Check, value: Any, key: str) -> OAuth2Config | None:
     grant = c.choice(d.get("grant", "refresh_token"), f"{key}.grant",
                      ("refresh_token", "client_credentials"))
     conf = OAuth2Config(
-        token_url=validate_url(c, d.get("token_url"), f"{key}.token_url"),
+        token_url=None if d.get("token_url") is None else validate_url(
+            c, d["token_url"], f"{key}.token_url"),
         client_id=c.string(d.get("client_id"), f"{key}.client_id"),
         grant=grant,
         client_secret=c.string(d.get("client_secret"), f"{key}.client_secret", allow_none=True),
@@ -740,10 +745,22 @@ def validate_oauth2(c: _Check, value: Any, key: str) -> OAuth2Config | None:
             c, d["authorize_url"], f"{key}.authorize_url"),
         device_url=None if d.get("device_url") is None else validate_url(
             c, d["device_url"], f"{key}.device_url"),
+        tenant=validate_tenant(c, d.get("tenant"), f"{key}.tenant"),
     )
     if grant == "client_credentials" and not conf.client_secret:
         raise c.fail(f"{key}.client_secret", "the client_credentials grant needs a secret")
     return conf
+
+
+def validate_tenant(c: _Check, value: Any, key: str) -> str | None:
+    """A Microsoft tenant: a GUID, a domain, or common/organizations/consumers (it becomes
+    part of the token URL, so nothing else is allowed)."""
+    if value is None:
+        return None
+    text = c.string(value, key)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", text):
+        raise c.fail(key, "expected a tenant ID or domain like contoso.onmicrosoft.com", value)
+    return text
 
 
 def validate_url(c: _Check, value: Any, key: str) -> str:

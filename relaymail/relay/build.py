@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from relaymail.config import Config, TransportConfig
 from relaymail.envelope import Envelope
+from relaymail.relay.connector import open_session
 from relaymail.relay.health import HealthBoard
 from relaymail.relay.manager import RelayManager
 from relaymail.relay.mx import MXResolver, make_resolver
+from relaymail.relay.oauth2 import registry_for
 from relaymail.relay.pool import SessionPool
 from relaymail.relay.router import Router
 from relaymail.relay.transports import (
@@ -39,7 +42,10 @@ def build_manager(config: Config, reactor: Any, spool: Spool,
     pool = SessionPool(reactor, config.hostname, health, concurrency=delivery.concurrency,
                        per_destination=delivery.per_destination_concurrency,
                        connect_timeout=delivery.connect_timeout,
-                       command_timeout=delivery.command_timeout)
+                       command_timeout=delivery.command_timeout,
+                       # OAuth2 tokens: cached per process, refresh tokens beside the spool
+                       opener=partial(open_session,
+                                      tokens=registry_for(reactor, config.spool_dir)))
     failover = Failover(pool, reactor, delivery.batch_size, delivery.batch_delay)
     transports = {name: build_transport(t, failover, reactor, spool.run_in_thread)
                   for name, t in config.transports.items()}

@@ -9,6 +9,8 @@ per-recipient results poorly.  ``debug`` is off so that no error carries the tra
 
 from __future__ import annotations
 
+import base64
+import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +70,61 @@ class PlainAuthenticator:
         return b"\0" + self.user + b"\0" + secret
 
 
+def sasl_name(value: str) -> str:
+    """An authzid for a GS2 header (RFC 5801 §4): ``=`` as ``=3D`` and ``,`` as ``=2C``."""
+    return value.replace("=", "=3D").replace(",", "=2C")
+
+
+def xoauth2_response(user: str, token: str) -> bytes:
+    """The XOAUTH2 initial client response (before base64), as Google and Microsoft
+    document it: ``user=U ^A auth=Bearer T ^A ^A``."""
+    return f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+
+
+def oauthbearer_response(user: str, token: str) -> bytes:
+    """The OAUTHBEARER initial client response (RFC 7628 §3.1): a GS2 header naming the
+    user, then the Bearer token, in kvsep-separated pairs."""
+    return f"n,a={sasl_name(user)},\x01auth=Bearer {token}\x01\x01".encode()
+
+
+@implementer(smtp.IClientAuthentication)
+class OAuth2Authenticator:
+    """SASL XOAUTH2 or OAUTHBEARER with an access token as the secret.
+
+    The first response is the initial client response.  A later challenge can only be the
+    server's error report (a base64 JSON object, RFC 7628 §3.2.2); it is kept in
+    ``error_status`` for the failure text, and answered so that the server can finish with
+    its 535/454: an empty response for XOAUTH2 (Google's documented way), the single
+    %x01 of RFC 7628 §3.2.3 for OAUTHBEARER."""
+
+    def __init__(self, mechanism: str, user: str) -> None:
+        self.mechanism, self.user = mechanism, user
+        self.sent = False
+        self.error_status: str | None = None
+
+    def getName(self) -> bytes:
+        return self.mechanism.encode()
+
+    def challengeResponse(self, secret: bytes, chal: Any = None) -> bytes:
+        if not self.sent:
+            self.sent = True
+            encode = oauthbearer_response if self.mechanism == "OAUTHBEARER" else \
+                xoauth2_response
+            return encode(self.user, secret.decode())
+        self.error_status = error_status(chal)
+        return b"\x01" if self.mechanism == "OAUTHBEARER" else b""
+
+
+def error_status(challenge: Any) -> str:
+    """The ``status`` of a SASL OAuth error challenge (``401``, ``invalid_token``...)."""
+    try:
+        data = json.loads(challenge)
+    except (TypeError, ValueError):
+        return "unreadable"
+    status = data.get("status") if isinstance(data, dict) else None
+    return reply_text(str(status))[:40] if status else "unknown"
+
+
 def reply_text(resp: bytes | str) -> str:
     if isinstance(resp, bytes):
         resp = resp.decode("utf-8", "replace")
@@ -88,14 +145,21 @@ class RelayClient(smtp.ESMTPClient):
     heloFallback = True
 
     def __init__(self, label: str, identity: str, username: str | None, password: str | None,
-                 tls_context: Any, require_tls: bool, timeout: float) -> None:
+                 tls_context: Any, require_tls: bool, timeout: float,
+                 oauth2_mechanism: str | None = None) -> None:
+        """With ``oauth2_mechanism`` (XOAUTH2 or OAUTHBEARER), ``password`` is the access
+        token and that mechanism is the only one tried."""
         super().__init__(password.encode() if password else None, tls_context,
                          identity.encode("idna"))
         self.label = label
         self.timeout = timeout
         self.requireTransportSecurity = require_tls
         self.requireAuthentication = username is not None
-        if username is not None:
+        self.oauth2: OAuth2Authenticator | None = None
+        if username is not None and oauth2_mechanism is not None:
+            self.oauth2 = OAuth2Authenticator(oauth2_mechanism, username)
+            self.registerAuthenticator(self.oauth2)
+        elif username is not None:
             self.registerAuthenticator(PlainAuthenticator(username.encode()))
             self.registerAuthenticator(smtp.LOGINAuthenticator(username.encode()))
         self.ready: Deferred = Deferred(self._cancel_ready)
@@ -134,6 +198,29 @@ class RelayClient(smtp.ESMTPClient):
 
     def _esmtpState_plainAuth(self, code: int, resp: bytes) -> None:
         self.esmtpAUTHDeclined(code, resp)
+
+    def authenticate(self, code: int, resp: bytes, items: dict[bytes, bytes | None]) -> None:
+        """OAuth2 mechanisms send their initial response with AUTH (RFC 4954 §4), saving a
+        round trip; the rest of the exchange (a 334 error challenge, 235 or 535) is the
+        stock client's.  Everything else is the stock authenticate."""
+        oauth2 = self.oauth2
+        offered = (items.get(b"AUTH") or b"").upper().split()
+        if oauth2 is None or not self.secret or oauth2.getName() not in offered:
+            super().authenticate(code, resp, items)
+            return
+        self._authinfo = oauth2
+        self._expected = [235, 334]
+        self._okresponse = self.smtpState_maybeAuthenticated
+        self._failresponse = self.esmtpAUTHDeclined
+        initial = base64.b64encode(oauth2.challengeResponse(self.secret, None))
+        self.sendLine(b"AUTH " + oauth2.getName() + b" " + initial)
+
+    def esmtpAUTHDeclined(self, code: int = -1, resp: bytes | None = None) -> None:
+        """The server refused the login; for OAuth2, with the status of its error
+        challenge (``401`` means the token itself was not accepted)."""
+        if self.oauth2 is not None and self.oauth2.error_status is not None:
+            resp = (resp or b"") + f" (token status {self.oauth2.error_status})".encode()
+        super().esmtpAUTHDeclined(code, resp)
 
     def smtpState_from(self, code: int, resp: bytes) -> None:
         """The stock handshake ends here: from now on every reply is ours to route."""

@@ -7,6 +7,10 @@ TLS policies (the upstream's ``tls`` and ``verify``):
 - ``opportunistic``: STARTTLS when offered, SNI sent, nothing verified (RFC 7435); the
   default toward MX hosts.
 - ``none``: plaintext.
+
+An upstream with ``oauth2`` logs in with SASL XOAUTH2 or OAUTHBEARER: the access token is
+fetched from its token source before connecting, and when the server refuses it (535 or
+454) the token is dropped, a new one fetched and ONE more session tried.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -28,7 +32,14 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
+from relaymail.config import OAuth2Config
+from relaymail.logs import Logger
 from relaymail.relay.client import RelayClient
+from relaymail.relay.oauth2 import OAuth2Error, TokenRegistry, TokenSource, problem
+from relaymail.relay.outcome import SessionError
+
+log = Logger(namespace="relaymail.relay.connector")
+TOKEN_REFUSED = (535, 454)  # AUTH replies after which a fresh token is worth one more try
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class Target:
     address: str | None = None
     max_connections: int | None = None  # provider throttle, with max_rate (count, seconds)
     max_rate: tuple[int, float] | None = None
+    oauth2: OAuth2Config | None = None  # resolved settings (relaymail.relay.oauth2.resolve)
 
     @property
     def label(self) -> str:
@@ -55,7 +67,12 @@ class Target:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (self.host, self.address, self.port, self.tls, self.verify, self.username)
+        """Sessions are shared between targets with the same key: a password login and an
+        OAuth2 login (or two OAuth2 clients) of one mailbox are different sessions."""
+        oauth2 = None if self.oauth2 is None else (self.oauth2.token_url,
+                                                   self.oauth2.client_id)
+        return (self.host, self.address, self.port, self.tls, self.verify, self.username,
+                oauth2)
 
     def __repr__(self) -> str:  # never show the password
         return f"Target({self.label}, tls={self.tls})"
@@ -114,17 +131,88 @@ def endpoint_for(reactor: Any, target: Target, connect_timeout: float) -> Any:
 
 
 def open_session(reactor: Any, target: Target, identity: str, connect_timeout: float,
-                 command_timeout: float) -> Deferred:
+                 command_timeout: float, tokens: TokenRegistry | None = None) -> Deferred:
     """Connect and run the handshake; fires with a ready RelayClient or fails with
-    SessionError (the endpoint's own errors are turned into one by the caller)."""
+    SessionError (the endpoint's own errors are turned into one by the caller).  OAuth2
+    targets take their token from ``tokens`` (a memory-only registry when None)."""
+    if target.oauth2 is None:
+        return connect(reactor, target, identity, connect_timeout, command_timeout)
+    registry = tokens if tokens is not None else default_registry(reactor)
+    return ensureDeferred(open_oauth2_session(reactor, target, identity, connect_timeout,
+                                              command_timeout, registry))
+
+
+def connect(reactor: Any, target: Target, identity: str, connect_timeout: float,
+            command_timeout: float, access_token: str | None = None) -> Deferred:
+    """One connection and handshake; with ``access_token``, AUTH is the target's OAuth2
+    mechanism with that token."""
     creator = tls_creator(target)
     endpoint = endpoint_for(reactor, target, connect_timeout)
     if target.tls == "implicit":
         endpoint = wrapClientTLS(creator, endpoint)
+    mechanism = target.oauth2.mechanism if target.oauth2 is not None else None
     client = RelayClient(
         label=target.label, identity=target.helo or identity, username=target.username,
-        password=target.password, tls_context=None if target.tls == "implicit" else creator,
-        require_tls=target.tls == "starttls", timeout=command_timeout)
+        password=access_token if mechanism else target.password,
+        tls_context=None if target.tls == "implicit" else creator,
+        require_tls=target.tls == "starttls", timeout=command_timeout,
+        oauth2_mechanism=mechanism)
     connected = endpoint.connect(Factory.forProtocol(lambda: client))
     connected.addCallback(lambda _: client.ready)
     return connected
+
+
+async def open_oauth2_session(reactor: Any, target: Target, identity: str,
+                              connect_timeout: float, command_timeout: float,
+                              tokens: TokenRegistry) -> RelayClient:
+    """Token first, then the session; a refused token is replaced once.  Every failure is
+    a SessionError (temporary), worded by the token endpoint or the server."""
+    assert target.oauth2 is not None
+    unusable = problem(target.oauth2, target.username)
+    if unusable is not None:
+        raise SessionError("oauth2", unusable, 454)
+    source = tokens.source(target.oauth2, target.username or "")
+    token = await access_token(source)
+    try:
+        return await connect(reactor, target, identity, connect_timeout, command_timeout,
+                             token)
+    except SessionError as e:
+        if e.kind != "auth" or e.code not in TOKEN_REFUSED:
+            raise
+        log.info("relay: {upstream} refused the access token for {user} ({reply}); "
+                 "fetching a new one", upstream=target.label, user=target.username,
+                 reply=e.text)
+        source.invalidate(token)
+    token = await access_token(source)
+    try:
+        return await connect(reactor, target, identity, connect_timeout, command_timeout,
+                             token)
+    except SessionError as e:
+        if e.kind != "auth" or e.code not in TOKEN_REFUSED:
+            raise
+        source.invalidate(token)
+        raise SessionError("auth", f"{e.text} (a newly issued token too)", 454) from None
+
+
+async def access_token(source: TokenSource) -> str:
+    """The source's token, or the token endpoint's trouble as a temporary SessionError."""
+    try:
+        return await source.token()
+    except OAuth2Error as e:
+        raise e.session_error() from None
+    except CancelledError:
+        raise
+    except Exception as e:
+        raise SessionError("oauth2", f"token request failed: {type(e).__name__}", 454) \
+            from None
+
+
+_DEFAULT_REGISTRIES: dict[int, TokenRegistry] = {}
+
+
+def default_registry(reactor: Any) -> TokenRegistry:
+    """For callers that pass no registry: tokens kept in memory only, one set per reactor."""
+    registry = _DEFAULT_REGISTRIES.get(id(reactor))
+    if registry is None or registry.reactor is not reactor:
+        registry = _DEFAULT_REGISTRIES[id(reactor)] = TokenRegistry(reactor)
+    return registry

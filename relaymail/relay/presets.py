@@ -1,13 +1,61 @@
-"""Provider presets: the documented host, port and TLS mode of common submission services."""
+"""Provider presets: the documented host, port and TLS mode of common submission services,
+and for the providers that want OAuth2 (Microsoft, Google) their token endpoints and scopes,
+so that an upstream needs only a client_id (and secret or tenant) and the mailbox."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class OAuth2Defaults:
+    """A provider's OAuth2 endpoints and SMTP scopes; ``{tenant}`` in a URL is replaced by
+    the upstream's ``oauth2.tenant`` (or ``tenant`` here)."""
+
+    token_url: str
+    scope: str  # delegated: a user signed in once (refresh_token grant)
+    authorize_url: str | None = None
+    device_url: str | None = None
+    app_scope: str | None = None  # client_credentials grant; None: the provider has none
+    tenant: str | None = None  # the default tenant in the URLs
+    authorize_params: tuple[tuple[str, str], ...] = ()  # extra query for the code flow
+
+    def settings(self, grant: str, tenant: str | None) -> dict[str, str | None]:
+        """token_url, authorize_url, device_url and scope for ``grant`` and ``tenant``."""
+        tenant = tenant or self.tenant or ""
+
+        def fill(url: str | None) -> str | None:
+            return None if url is None else url.replace("{tenant}", tenant)
+
+        return {"token_url": fill(self.token_url), "authorize_url": fill(self.authorize_url),
+                "device_url": fill(self.device_url),
+                "scope": self.app_scope if grant == "client_credentials" else self.scope}
+
+
+MICROSOFT_LOGIN = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0"
+MICROSOFT = OAuth2Defaults(
+    token_url=f"{MICROSOFT_LOGIN}/token", authorize_url=f"{MICROSOFT_LOGIN}/authorize",
+    device_url=f"{MICROSOFT_LOGIN}/devicecode",
+    scope="https://outlook.office.com/SMTP.Send offline_access",
+    app_scope="https://outlook.office365.com/.default", tenant="common")
+MICROSOFT_PERSONAL = replace(MICROSOFT, tenant="consumers", app_scope=None)
+GOOGLE = OAuth2Defaults(
+    token_url="https://oauth2.googleapis.com/token",
+    authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
+    device_url="https://oauth2.googleapis.com/device/code", scope="https://mail.google.com/",
+    authorize_params=(("access_type", "offline"), ("prompt", "consent")))
+
+MICROSOFT_NOTE = ("OAuth2: register an app in Microsoft Entra ID; give oauth2.client_id (and "
+                  "tenant), then run `relaymail oauth2 authorize`; SMTP AUTH must be enabled "
+                  "for the mailbox")
+GOOGLE_NOTE = ("OAuth2 (oauth2.client_id and client_secret of a Desktop app client, then "
+               "`relaymail oauth2 authorize`), or an app password with 2-step verification")
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One provider's submission endpoint; ``label`` is shown in the console."""
+    """One provider's submission endpoint; ``label`` is shown in the console, ``auth_note``
+    says what to log in with, ``oauth2`` holds the OAuth2 defaults where there are any."""
 
     name: str
     label: str
@@ -15,6 +63,8 @@ class Preset:
     port: int
     tls: str
     spf: str | None = None  # the SPF include for your domain; None: no own-domain sending
+    auth_note: str = "username and password"
+    oauth2: OAuth2Defaults | None = None
 
     def as_upstream(self) -> dict[str, object]:
         return {"host": self.host, "port": self.port, "tls": self.tls}
@@ -48,9 +98,12 @@ _BASE = (
     Preset("aliyun-eu-central-1", "Aliyun DirectMail (Frankfurt / 法兰克福)",
            "smtpdm-eu-central-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com"),
     Preset("gmail", "Gmail / Google Workspace", "smtp.gmail.com", 587, "starttls",
-           "_spf.google.com"),
+           "_spf.google.com", GOOGLE_NOTE, GOOGLE),
     Preset("outlook", "Outlook / Microsoft 365", "smtp.office365.com", 587, "starttls",
-           "spf.protection.outlook.com"),
+           "spf.protection.outlook.com", MICROSOFT_NOTE, MICROSOFT),
+    Preset("outlook-com", "Outlook.com / Hotmail (personal account)", "smtp-mail.outlook.com",
+           587, "starttls", None, "OAuth2 only (no passwords since September 2024): "
+           "oauth2.client_id, then `relaymail oauth2 authorize`", MICROSOFT_PERSONAL),
     Preset("sendgrid", "SendGrid", "smtp.sendgrid.net", 587, "starttls", "sendgrid.net"),
     Preset("mailgun", "Mailgun", "smtp.mailgun.org", 587, "starttls", "mailgun.org"),
 )

@@ -33,10 +33,17 @@ class Transport(Protocol):
 
 
 def target_from_upstream(upstream: UpstreamConfig) -> Target:
+    """The Target of a configured upstream; oauth2 settings get their preset's defaults
+    (relaymail.relay.oauth2.resolve), and then no password is sent."""
+    from relaymail.relay.oauth2 import resolve
+
+    oauth2 = resolve(upstream) if upstream.oauth2 is not None else None
     return Target(host=upstream.host, port=upstream.port, tls=upstream.tls,
                   verify=upstream.verify, ca_file=upstream.ca_file,
-                  username=upstream.username, password=upstream.password, helo=upstream.helo,
-                  max_connections=upstream.max_connections, max_rate=upstream.max_rate)
+                  username=upstream.username,
+                  password=None if oauth2 is not None else upstream.password,
+                  helo=upstream.helo, max_connections=upstream.max_connections,
+                  max_rate=upstream.max_rate, oauth2=oauth2)
 
 
 def tls_failed(outcomes: dict[str, Outcome], recipients: list[str]) -> bool:
