@@ -12,6 +12,7 @@ from relaymail.config import Config, ConfigError, check_runtime, load_config
 from relaymail.credentials import CredentialsError, CredentialStore, hash_password
 from relaymail.dkimcli import add_parser as add_dkim_parser
 from relaymail.dnscheck import add_parser as add_dns_check_parser
+from relaymail.oauth2cli import add_parser as add_oauth2_parser
 from relaymail.queuecli import CommandError
 from relaymail.queuecli import add_parser as add_queue_parser
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_queue_parser(sub)
     add_dkim_parser(sub)
     add_dns_check_parser(sub)
+    add_oauth2_parser(sub)
 
     hashpw = sub.add_parser("hash-password", help="print a bcrypt hash of a password "
                                                   "read from the terminal or stdin")

@@ -1,6 +1,8 @@
 """``POST /api/relay/test``: connect to an upstream the way a delivery would, step by step
 (TCP, banner, EHLO, STARTTLS with the certificate check, EHLO again, AUTH, QUIT), and report
-each step's time and the server's reply, with a plain explanation of what failed."""
+each step's time and the server's reply, with a plain explanation of what failed.  An
+OAuth2 upstream first gets its access token from the same token source deliveries use
+(step "OAuth2 token"), then logs in with XOAUTH2 or OAUTHBEARER."""
 
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ from typing import Any
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from relaymail.relay.connector import Target, endpoint_for, tls_creator
+from relaymail.relay.client import OAuth2Authenticator
+from relaymail.relay.connector import Target, default_registry, endpoint_for, tls_creator
+from relaymail.relay.oauth2 import OAuth2Error, TokenRegistry, TokenSource, problem
 
 
 @dataclass
@@ -90,6 +94,8 @@ def explain(failure: Failure, target: Target, step: str) -> str:
     if isinstance(value, error.DNSLookupError):
         return f"host name {target.host} not found in DNS"
     text = str(value)
+    if isinstance(value, OAuth2Error):
+        return text
     if isinstance(value, VerificationError):
         return (f"TLS certificate of {where} is not valid for {target.host}: it was issued "
                 "for other names; use the host name the provider documents")
@@ -108,11 +114,14 @@ def explain(failure: Failure, target: Target, step: str) -> str:
 class Probe:
     """One test run; ``run`` fires with {"ok", "steps", "error"} and never fails."""
 
-    def __init__(self, reactor: Any, target: Target, identity: str, timeout: float) -> None:
+    def __init__(self, reactor: Any, target: Target, identity: str, timeout: float,
+                 tokens: TokenRegistry | None = None) -> None:
         self.reactor, self.target, self.identity, self.timeout = reactor, target, identity, \
             timeout
+        self.tokens = tokens
         self.steps: list[Step] = []
         self.protocol: ProbeProtocol | None = None
+        self.access_token: str | None = None
 
     async def run(self) -> dict[str, Any]:
         problem = ""
@@ -143,6 +152,10 @@ class Probe:
         return reply
 
     def _refused(self, name: str, code: int, reply: str) -> str:
+        if name == "AUTH" and self.target.oauth2 is not None and code in (535, 454, 534, 530):
+            return f"authentication failed: the server refused the access token for " \
+                   f"{self.target.username} ({reply.splitlines()[-1]}); the next delivery " \
+                   f"fetches a new one"
         if name == "AUTH" and code in (535, 534, 530):
             return f"authentication failed: the server rejected the username or password " \
                    f"({reply.splitlines()[-1]})"
@@ -167,6 +180,8 @@ class Probe:
         return self.protocol.next_reply(self.reactor, self.timeout)
 
     async def _session(self) -> None:
+        if self.target.oauth2 is not None:
+            await self._timed("OAuth2 token", self._token(), expect=(0,))
         await self._timed("TCP" + (" + TLS" if self.target.tls == "implicit" else ""),
                           self._connect(), expect=(0,))
         assert self.protocol is not None
@@ -182,10 +197,35 @@ class Probe:
             self.steps.append(Step("STARTTLS", False, 0.0, error=message))
             raise ProbeFailedError(message)
         if self.target.username:
-            await self._timed("AUTH", self._auth(ehlo), expect=(235,))
+            try:
+                await self._timed("AUTH", self._auth(ehlo), expect=(235,))
+            except ProbeFailedError:
+                if self.access_token is not None:
+                    self._source().invalidate(self.access_token)
+                raise
         await self._timed("QUIT", self._say("QUIT"), expect=(221,))
 
+    def _source(self) -> TokenSource:
+        assert self.target.oauth2 is not None
+        tokens = self.tokens if self.tokens is not None else default_registry(self.reactor)
+        return tokens.source(self.target.oauth2, self.target.username or "")
+
+    async def _token(self) -> tuple[int, str]:
+        """The access token deliveries would use (cached, or fetched now)."""
+        assert self.target.oauth2 is not None
+        unusable = problem(self.target.oauth2, self.target.username)
+        if unusable is not None:
+            raise OAuth2Error(unusable)
+        source = self._source()
+        self.access_token = await source.token()
+        cached = source.cached
+        left = f", valid {cached.expires_at - source.clock():.0f} s" if cached else ""
+        return 0, f"access token for {self.target.username} from " \
+                  f"{self.target.oauth2.token_url}{left}"
+
     def _auth(self, ehlo: str) -> Deferred:
+        if self.target.oauth2 is not None:
+            return ensureDeferred(self._oauth2_auth())
         assert self.target.username is not None and self.target.password is not None
         offered = " ".join(line[4:] for line in ehlo.splitlines() if
                            line[4:].upper().startswith("AUTH")).upper()
@@ -204,3 +244,18 @@ class Probe:
         if code != 334:
             return code, reply
         return await self._say(base64.b64encode(self.target.password.encode()).decode())
+
+    async def _oauth2_auth(self) -> tuple[int, str]:
+        """AUTH XOAUTH2/OAUTHBEARER with the initial response; an error challenge (334) is
+        answered as RFC 7628 §3.2.3 says, and the final reply counts."""
+        assert self.target.oauth2 is not None and self.access_token is not None
+        sasl = OAuth2Authenticator(self.target.oauth2.mechanism, self.target.username or "")
+        initial = sasl.challengeResponse(self.access_token.encode())
+        code, reply = await self._say(f"AUTH {self.target.oauth2.mechanism} "
+                                      f"{base64.b64encode(initial).decode()}")
+        if code != 334:
+            return code, reply
+        challenge = base64.b64decode(reply[4:].strip() or "", validate=False)
+        dummy = sasl.challengeResponse(self.access_token.encode(), challenge)
+        code, final = await self._say(base64.b64encode(dummy).decode())
+        return code, f"{final} (token status {sasl.error_status})"

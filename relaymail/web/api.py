@@ -20,6 +20,7 @@ import relaymail
 from relaymail.envelope import Envelope
 from relaymail.relay.build import apply_routing
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
+from relaymail.relay.oauth2 import registry_for
 from relaymail.relay.presets import PRESETS
 from relaymail.relay.probe import Probe
 from relaymail.relay.transports import target_from_upstream
@@ -206,7 +207,8 @@ class ControlAPI:
             return b""
         self.page_headers(request, b"text/html; charset=utf-8")
         presets = [{"name": p.name, "label": p.label, "host": p.host, "port": p.port,
-                    "tls": p.tls} for p in PRESETS.values()]
+                    "tls": p.tls, "oauth2": p.oauth2 is not None, "auth_note": p.auth_note}
+                   for p in PRESETS.values()]
         return shell(name, choose_language(request), session.user, presets)
 
     # ------------------------------------------------------------------ console login
@@ -422,7 +424,8 @@ class ControlAPI:
             return self.reply(request, {"error": str(e)}, 400)
         target = target_from_upstream(upstream)
         result = await Probe(self.reactor, target, self.config.hostname,
-                             float(self.config.delivery.connect_timeout)).run()
+                             float(self.config.delivery.connect_timeout),
+                             registry_for(self.reactor, self.config.spool_dir)).run()
         result["upstream"] = {"host": upstream.host, "port": upstream.port,
                               "tls": upstream.tls, "username": upstream.username}
         return self.reply(request, result)

@@ -1,7 +1,10 @@
 """``GET|POST /api/relay/config``: the upstream the catch-all route relays through, in the
 simple shape ``{enabled, host, port, username, password, use_tls}`` plus preset, TLS mode and
 the full upstream list.  Passwords are write-only: GET masks them, and a POST without one
-keeps the saved password of the same host and username.
+keeps the saved password of the same host and username.  So are an upstream's
+``oauth2.client_secret`` and ``oauth2.refresh_token``: GET says only ``client_secret_set``
+and ``refresh_token_set``, and a POST without them keeps the saved ones (same host, username
+and client_id).
 
 A change is applied to the config *document* (the JSON file as written, not the merged
 defaults), validated by the same code as startup, saved atomically with the previous
@@ -49,7 +52,19 @@ def masked(upstream: Any) -> dict[str, Any]:
             "password": MASK if upstream.password else None, "preset": upstream.preset,
             "max_rate": None if upstream.max_rate is None else
             f"{upstream.max_rate[0]}/{int(upstream.max_rate[1])}s",
-            "max_connections": upstream.max_connections}
+            "max_connections": upstream.max_connections,
+            "oauth2": None if upstream.oauth2 is None else oauth2_view(upstream.oauth2)}
+
+
+OAUTH2_SECRETS = ("client_secret", "refresh_token")
+
+
+def oauth2_view(conf: Any) -> dict[str, Any]:
+    """The oauth2 settings as the console shows them: the secrets only as ``..._set``."""
+    view = {k: getattr(conf, k) for k in ("token_url", "client_id", "tenant", "grant",
+                                          "scope", "mechanism", "authorize_url",
+                                          "device_url")}
+    return {**view, **{f"{k}_set": bool(getattr(conf, k)) for k in OAUTH2_SECRETS}}
 
 
 def relay_view(config: Config) -> dict[str, Any]:
@@ -58,17 +73,20 @@ def relay_view(config: Config) -> dict[str, Any]:
     if name is None:
         return {"enabled": False, "transport": None, "host": None, "port": None,
                 "username": None, "password": None, "use_tls": None, "preset": None,
-                "tls": None, "upstreams": []}
+                "tls": None, "oauth2": None, "upstreams": []}
     upstreams = [masked(u) for u in config.transports[name].upstreams]
     primary = upstreams[0]
     return {"enabled": route is not None and route.transport == name, "transport": name,
             **{k: primary[k] for k in ("host", "port", "username", "password", "preset",
-                                       "tls")},
+                                       "tls", "oauth2")},
             "use_tls": primary["tls"] != "none", "upstreams": upstreams}
 
 
 def upstream_from_simple(body: dict[str, Any]) -> dict[str, Any]:
     item = {k: v for k, v in body.items() if k in UPSTREAM_KEYS and v not in (None, "")}
+    if isinstance(item.get("oauth2"), dict):  # the console sends empty fields as ""
+        item["oauth2"] = {k: v for k, v in item["oauth2"].items()
+                          if v not in (None, "", MASK) and not k.endswith("_set")}
     if "tls" not in item and "use_tls" in body:
         port = int(body.get("port") or 0)
         item["tls"] = ("implicit" if port == 465 else "starttls") if body["use_tls"] else "none"
@@ -85,6 +103,24 @@ def keep_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None
                          and o.get("password")), None)
             if same is not None:
                 item["password"] = same["password"]
+        keep_oauth2_secrets(item, old)
+
+
+def keep_oauth2_secrets(item: dict[str, Any], old: list[dict[str, Any]]) -> None:
+    """An oauth2 client_secret or refresh_token left out stays what it was for the same
+    host, username and client_id."""
+    conf = item.get("oauth2")
+    if not isinstance(conf, dict):
+        return
+    same = next((o["oauth2"] for o in old if isinstance(o.get("oauth2"), dict)
+                 and o.get("host") == item.get("host")
+                 and o.get("username") == item.get("username")
+                 and o["oauth2"].get("client_id") == conf.get("client_id")), None)
+    for key in OAUTH2_SECRETS:
+        if conf.get(key) in (None, "", MASK):
+            conf.pop(key, None)
+            if same is not None and same.get(key):
+                conf[key] = same[key]
 
 
 def saved_upstream(config: Config, transport: str | None = None,
@@ -107,11 +143,20 @@ def requested_upstream(body: dict[str, Any], config: Config) -> UpstreamConfig:
     item = upstream_from_simple(body)
     if saved is not None:
         keep_passwords([item], [{"host": saved.host, "username": saved.username,
-                                 "password": saved.password}])
+                                 "password": saved.password,
+                                 "oauth2": saved_oauth2_secrets(saved)}])
     try:
         return check_upstream(_Check(config.path), item, "upstream")
     except ConfigError as e:
         raise request_error(e) from None
+
+
+def saved_oauth2_secrets(saved: UpstreamConfig) -> dict[str, Any] | None:
+    """What keep_oauth2_secrets needs of a saved upstream's oauth2 settings."""
+    if saved.oauth2 is None:
+        return None
+    return {"client_id": saved.oauth2.client_id,
+            **{k: getattr(saved.oauth2, k) for k in OAUTH2_SECRETS}}
 
 
 def request_error(e: ConfigError) -> ValueError:
