@@ -23,6 +23,7 @@ from relaymail.relay.connector import Target, open_session
 from relaymail.relay.health import HealthBoard
 from relaymail.relay.outcome import DELIVERED, Outcome, SessionError, temporary
 from relaymail.relay.pacer import Pacer
+from relaymail.relay.slowdown import AdaptiveBackoff, asks_to_slow_down
 
 log = Logger(namespace="relaymail.relay.pool")
 
@@ -66,6 +67,7 @@ class SessionPool:
         self.connections_opened = 0
         self.stopping = False
         self.pacers: dict[tuple[Any, ...], Pacer] = {}  # outlive their Destination
+        self.backoffs: dict[tuple[Any, ...], AdaptiveBackoff] = {}  # slow-down replies
         self.wakeups: dict[tuple[Any, ...], Any] = {}
 
     def submit(self, target: Target, job: Job) -> Deferred:
@@ -83,6 +85,8 @@ class SessionPool:
         """Only session trouble (connect, greeting, TLS, AUTH, a lost connection) counts
         against the upstream, as Postfix counts a dead site; a recipient's 4xx or 5xx is an
         answer from a working server, never a reason to mark it down."""
+        if not job.health_counted:  # our own "throttled" outcomes are no server's reply
+            self._note_slow_down(target, results)
         broken = next((o for o in results.values() if o.session_error), None)
         if broken is not None:
             if not job.health_counted:
@@ -92,6 +96,20 @@ class SessionPool:
         else:
             self.health.answered(target.label)
         return results
+
+    def _note_slow_down(self, target: Target, results: dict[str, Outcome]) -> None:
+        """Widen the upstream's interval on a slow-down reply; narrow it on a delivery."""
+        slow = next((o for o in results.values() if asks_to_slow_down(o.code, o.text)), None)
+        if slow is None:
+            backoff = self.backoffs.get(target.key)
+            if backoff is not None and any(o.kind == DELIVERED for o in results.values()):
+                backoff.delivered()
+            return
+        backoff = self.backoffs.setdefault(target.key, AdaptiveBackoff(self.reactor.seconds))
+        interval = backoff.slow_down()
+        log.info("relay: {upstream} asks us to slow down ({reply}); one message every "
+                 "{interval:.0f} s for now", upstream=target.label, reply=slow.reply,
+                 interval=interval)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -116,42 +134,69 @@ class SessionPool:
         pacer = self.pacers.get(dest.target.key)
         if pacer is not None:
             pacer.take()
+        backoff = self.backoffs.get(dest.target.key)
+        if backoff is not None:
+            backoff.take()
         client.send(job)
 
     def _cap(self, dest: Destination) -> int:
-        """Sessions allowed to this destination: the provider's cap when it is lower."""
+        """Sessions allowed to this destination: the provider's cap when it is lower, one
+        while it asks us to slow down."""
+        backoff = self.backoffs.get(dest.target.key)
+        if backoff is not None and backoff.active:
+            return 1
         return min(self.per_destination, dest.target.max_connections or self.per_destination)
 
     def _may_send(self, dest: Destination) -> bool:
-        """The provider's rate allows a message now; else wake the pool when it will."""
-        rate = dest.target.max_rate
-        if rate is None:
-            return True
+        """The provider's rate (and its slow-down replies) allow a message now; else wake
+        the pool when they will, or move the waiting jobs on when that is too far off."""
         key = dest.target.key
-        pacer = self.pacers.get(key)
-        if pacer is None:
-            pacer = self.pacers[key] = Pacer(rate[0], rate[1], self.reactor.seconds)
-        wait = pacer.wait()
+        rate_wait, backoff_wait = self._rate_wait(dest), self._backoff_wait(dest)
+        wait = max(rate_wait, backoff_wait)
         if wait <= 0:
             return True
         if wait > PACE_HOLD:
-            self._shed(dest, rate, wait)
+            self._shed(dest, wait, by_rate=rate_wait >= backoff_wait)
+        elif backoff_wait > 0 and len(dest.jobs) > 1:
+            self._shed(dest, wait, by_rate=False, keep=1)  # fail over meanwhile
         elif key not in self.wakeups:
             log.debug("relay: pacing {upstream}: next message in {wait:.1f} s",
                       upstream=dest.target.label, wait=wait)
             self.wakeups[key] = self.reactor.callLater(wait, self._wake, key)
         return False
 
-    def _shed(self, dest: Destination, rate: tuple[int, float], wait: float) -> None:
-        """The provider's window is full for a while: waiting jobs go back as temporary
-        failures, so they fail over to the next upstream or are retried later."""
-        jobs, dest.jobs = list(dest.jobs), deque()
+    def _rate_wait(self, dest: Destination) -> float:
+        rate = dest.target.max_rate
+        if rate is None:
+            return 0.0
+        pacer = self.pacers.get(dest.target.key)
+        if pacer is None:
+            pacer = self.pacers[dest.target.key] = Pacer(rate[0], rate[1], self.reactor.seconds)
+        return pacer.wait()
+
+    def _backoff_wait(self, dest: Destination) -> float:
+        backoff = self.backoffs.get(dest.target.key)
+        return backoff.wait() if backoff is not None else 0.0
+
+    def _shed(self, dest: Destination, wait: float, by_rate: bool, keep: int = 0) -> None:
+        """The provider's window is full, or it asked us to slow down, for a while: waiting
+        jobs go back as temporary failures, so they fail over to the next upstream or are
+        retried later."""
+        jobs = list(dest.jobs)
+        dest.jobs = deque(jobs[:keep])
+        jobs = jobs[keep:]
+        rate = dest.target.max_rate
+        if rate is not None and by_rate:
+            why = f"at most {rate[0]} messages per {rate[1]:.0f} s to this upstream"
+            event = f"throttle {rate[0]}/{rate[1]:.0f}s reached"
+        else:
+            why = event = "the upstream asked us to slow down"
+        emit = log.debug if keep else log.info  # moving a few on at a time is routine
         if jobs:
-            log.info("relay: {upstream} throttle {count}/{seconds:.0f}s reached; {n} "
-                     "message(s) move on (next slot in {wait:.0f} s)", upstream=dest.target.label,
-                     count=rate[0], seconds=rate[1], n=len(jobs), wait=wait)
-        text = (f"4.7.0 throttled: at most {rate[0]} messages per {rate[1]:.0f} s to this "
-                f"upstream; next slot in {wait:.0f} s")
+            emit("relay: {upstream} {event}; {n} message(s) move on (next slot in "
+                     "{wait:.0f} s)", upstream=dest.target.label, event=event, n=len(jobs),
+                     wait=wait)
+        text = f"4.7.0 throttled: {why}; next slot in {wait:.0f} s"
         for job in jobs:
             job.health_counted = True  # pacing is not a failure of the upstream
             job.deferred.callback(dict.fromkeys(job.recipients,
@@ -195,7 +240,10 @@ class SessionPool:
         dest.connecting -= 1
         self.total -= 1
         error = session_error(failure)
-        self.health.failed(dest.target.label, str(error))
+        if asks_to_slow_down(error.code, error.text):  # "421 Too many connections": alive
+            self._note_slow_down(dest.target, {"": error.outcome(dest.target.label)})
+        else:
+            self.health.failed(dest.target.label, str(error))
         log.warn("relay: cannot use {upstream}: {error}", upstream=dest.target.label,
                  error=str(error))
         if not dest.sessions:

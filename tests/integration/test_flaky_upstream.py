@@ -50,7 +50,7 @@ class FlakySession(LineReceiver):
         elif verb == b"RCPT":
             if self.server.rng.random() < RCPT_DEFER:
                 self.server.faults += 1
-                self.sendLine(b"451 4.7.1 Frequency limited, try again later")
+                self.sendLine(b"451 4.7.1 Temporary local problem, try again later")
             else:
                 self.rcpts.append(line[line.index(b"<") + 1:line.index(b">")].decode())
                 self.sendLine(b"250 2.1.5 Ok")
