@@ -32,6 +32,17 @@ MESSAGES: dict[str, dict[str, str]] = {
         "queued_as": "Queued as", "none": "Nothing here", "error": "Error",
         "language": "中文", "received": "received", "sent": "sent", "deferred": "deferred",
         "bounced": "bounced", "reason": "Reason", "confirm": "Are you sure?",
+        "auth_method": "Login", "auth_password": "Username and password",
+        "auth_oauth2": "OAuth2 (Microsoft, Google)", "client_id": "Client ID (application ID)",
+        "tenant": "Tenant (Microsoft: directory ID or domain; empty: common)",
+        "token_url": "Token URL (empty: from the preset)", "client_secret": "Client secret",
+        "grant": "Grant", "grant_user": "A mailbox signs in once (refresh token)",
+        "grant_app": "Application (client credentials, Microsoft 365)",
+        "mechanism": "SASL mechanism",
+        "oauth2_hint": "The refresh token is not typed in here: after saving, run "
+                       "`relaymail oauth2 authorize --config <file> --transport <name>` on the "
+                       "relay host (add --device to sign in from another computer). The "
+                       "client credentials grant needs no sign-in.",
     },
     "zh": {
         "title": "relaymail 控制台", "dashboard": "概览", "relay": "中继设置", "queue": "队列",
@@ -56,6 +67,15 @@ MESSAGES: dict[str, dict[str, str]] = {
         "queued_as": "已排队，ID", "none": "暂无内容", "error": "错误", "language": "English",
         "received": "已接收", "sent": "已发送", "deferred": "延迟", "bounced": "已退信",
         "reason": "原因", "confirm": "确定吗？",
+        "auth_method": "登录方式", "auth_password": "用户名和密码",
+        "auth_oauth2": "OAuth2（微软、谷歌）", "client_id": "客户端 ID（应用程序 ID）",
+        "tenant": "租户（微软：目录 ID 或域名；留空为 common）",
+        "token_url": "令牌地址（留空则使用预设）", "client_secret": "客户端密钥",
+        "grant": "授权方式", "grant_user": "邮箱用户登录一次（刷新令牌）",
+        "grant_app": "应用程序（客户端凭据，Microsoft 365）", "mechanism": "SASL 机制",
+        "oauth2_hint": "刷新令牌不在这里填写：保存后，在中继服务器上运行 "
+                       "`relaymail oauth2 authorize --config <配置文件> --transport <名称>`"
+                       "（加 --device 可在另一台电脑上登录）。客户端凭据授权无需登录。",
     },
 }
 

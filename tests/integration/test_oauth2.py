@@ -19,7 +19,9 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest
 from twisted.web.client import HTTPConnectionPool
 
 from relaymail.config import load_config
@@ -381,3 +383,90 @@ class CommandLineTests(OAuth2TestCase):
             env={**os.environ, "PYTHONPATH": os.getcwd()}, path=os.getcwd())
         self.assertEqual(code, 1)
         self.assertIn("relaymail: oauth2: refresh token rejected by", err.decode())
+
+
+class ConsoleBrowserTests(OAuth2TestCase):
+    """The relay page in headless chromium: the outlook preset shows the OAuth2 fields and
+    hides the password; a save writes them; the secret comes back as "(unchanged)"."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from tests.integration.test_console_browser import CHROMIUM
+
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            raise SkipTest("playwright is not installed") from None
+        if not os.path.exists(CHROMIUM):
+            raise SkipTest("chromium is not installed (scripts/system-deps)")
+
+    async def test_outlook_preset_shows_and_saves_the_oauth2_fields(self) -> None:
+        from relaymail.credentials import hash_password
+        from tests.integration.test_console_browser import PASSWORD
+
+        web = free_port()
+        await self.relay(web={"enabled": True, "endpoint": f"tcp:{web}:interface=127.0.0.1",
+                              "admin_password_hash": hash_password(PASSWORD, rounds=4)},
+                         transports={"outbox": {"type": "maildir",
+                                                "path": os.path.join(self.dir, "out")}})
+        report = await deferToThread(self.journey, f"http://127.0.0.1:{web}")
+        self.assertEqual(report["before"], {"oauth2": False, "password": True})
+        self.assertEqual(report["after"], {"oauth2": True, "password": False})
+        self.assertIn("relaymail oauth2 authorize", report["note"])
+        self.assertIn("Entra ID", report["note"])
+        saved = json.loads(read(os.path.join(self.dir, "relay.json")))
+        upstream = saved["transports"]["provider"]["upstreams"][0]
+        self.assertEqual((upstream["preset"], upstream["username"], upstream["oauth2"]),
+                         ("outlook", MAILBOX, {"client_id": "app-id-1",
+                                               "tenant": "contoso.onmicrosoft.com",
+                                               "client_secret": "browser-secret",
+                                               "grant": "refresh_token",
+                                               "mechanism": "XOAUTH2"}))
+        self.assertNotIn("password", upstream)
+        self.assertEqual(report["reloaded"], {"tenant": "contoso.onmicrosoft.com",
+                                              "secret": "", "placeholder": "(unchanged)"})
+        self.assertEqual(report["errors"], [])
+
+    def journey(self, base: str) -> dict[str, Any]:
+        from playwright.sync_api import sync_playwright
+
+        from tests.integration.test_console_browser import CHROMIUM, FLAGS, PASSWORD
+
+        out: dict[str, Any] = {"errors": []}
+
+        def visible(page: Any) -> dict[str, bool]:
+            return {"oauth2": page.is_visible("#oauth2-fields"),
+                    "password": page.is_visible("#f-password")}
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(15000)
+                page.on("pageerror", lambda e: out["errors"].append(str(e)))
+                page.goto(base + "/login?lang=en")
+                page.fill("#f-password", PASSWORD)
+                page.click("#login button[type=submit]")
+                page.wait_for_url(base + "/")
+                page.goto(base + "/relay")
+                page.wait_for_selector("#f-preset")
+                out["before"] = visible(page)
+                page.select_option("#f-preset", "outlook")
+                out["after"] = visible(page)
+                out["note"] = page.text_content("#oauth2-note")
+                page.fill("#f-username", MAILBOX)
+                page.fill("#f-client_id", "app-id-1")
+                page.fill("#f-tenant", "contoso.onmicrosoft.com")
+                page.fill("#f-client_secret", "browser-secret")
+                page.check("#f-enabled")
+                page.click("#save")
+                page.wait_for_selector("#message.ok")
+                page.reload()
+                page.wait_for_selector("#f-tenant")
+                out["reloaded"] = {
+                    "tenant": page.input_value("#f-tenant"),
+                    "secret": page.input_value("#f-client_secret"),
+                    "placeholder": page.get_attribute("#f-client_secret", "placeholder")}
+            finally:
+                browser.close()
+        return out

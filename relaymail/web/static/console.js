@@ -92,27 +92,58 @@ async function relay() {
     C.presets.map((p) => el("option", { value: p.name, selected: p.name === config.preset }, p.label)));
   const tls = el("select", { id: "f-tls", name: "tls" },
     ["starttls", "implicit", "opportunistic", "none"].map((m) => el("option", { value: m, selected: m === (config.tls || "starttls") }, m)));
+  const o = config.oauth2 || {};
+  const choice = (id, options, current) => el("select", { id: "f-" + id, name: id },
+    options.map(([v, label]) => el("option", { value: v, selected: v === current }, label)));
+  const auth = choice("auth", [["password", t("auth_password")], ["oauth2", t("auth_oauth2")]],
+    config.oauth2 ? "oauth2" : "password");
+  const mechanism = choice("mechanism", [["XOAUTH2", "XOAUTH2"], ["OAUTHBEARER", "OAUTHBEARER"]], o.mechanism || "XOAUTH2");
+  const grant = choice("grant", [["refresh_token", t("grant_user")], ["client_credentials", t("grant_app")]], o.grant || "refresh_token");
+  const note = el("p", { id: "oauth2-note", class: "hint" });
+  const oauth2 = el("fieldset", { id: "oauth2-fields" }, el("legend", {}, "OAuth2"),
+    field(t("client_id"), input("client_id", { value: o.client_id || "", autocomplete: "off" })),
+    field(t("tenant"), input("tenant", { value: o.tenant || "", autocomplete: "off" })),
+    field(t("token_url"), input("token_url", { value: o.token_url || "", autocomplete: "off" })),
+    field(t("client_secret"), input("client_secret", { type: "password", autocomplete: "new-password",
+      placeholder: o.client_secret_set ? t("password_keep") : "" })),
+    field(t("grant"), grant), field(t("mechanism"), mechanism), note);
+  const password = field(t("password"), input("password", { type: "password", autocomplete: "new-password",
+    placeholder: config.password ? t("password_keep") : "" }));
+  const showAuth = () => {
+    const p = C.presets.find((x) => x.name === presets.value);
+    const isOAuth2 = auth.value === "oauth2";
+    oauth2.style.display = isOAuth2 ? "" : "none";  // the stylesheet styles labels' display
+    password.style.display = isOAuth2 ? "none" : "";
+    note.textContent = (p && p.auth_note ? p.auth_note + ". " : "") + t("oauth2_hint");
+  };
   presets.addEventListener("change", () => {
     const p = C.presets.find((x) => x.name === presets.value);
     if (!p) return;
     document.getElementById("f-host").value = p.host;
     document.getElementById("f-port").value = p.port;
     tls.value = p.tls;
+    if (p.oauth2) auth.value = "oauth2";
+    showAuth();
   });
+  auth.addEventListener("change", showAuth);
   const steps = el("div", { id: "steps" });
   const form = () => {
     const body = { preset: presets.value || null, host: value("host"), port: Number(value("port")) || null,
       tls: tls.value, username: value("username") || null, enabled: document.getElementById("f-enabled").checked };
-    const password = document.getElementById("f-password").value;
-    if (password) body.password = password;
+    if (auth.value === "oauth2") {
+      body.oauth2 = { client_id: value("client_id"), tenant: value("tenant"), token_url: value("token_url"),
+        client_secret: document.getElementById("f-client_secret").value, grant: grant.value, mechanism: mechanism.value };
+      return body;
+    }
+    const secret = document.getElementById("f-password").value;
+    if (secret) body.password = secret;
     return body;
   };
   content.append(el("form", { id: "relay-form" },
     field(t("preset"), presets), field(t("host"), input("host", { value: config.host || "" })),
     field(t("port"), input("port", { type: "number", value: config.port || "" })), field(t("tls"), tls),
     field(t("username"), input("username", { value: config.username || "", autocomplete: "off" })),
-    field(t("password"), input("password", { type: "password", autocomplete: "new-password",
-      placeholder: config.password ? t("password_keep") : "" })),
+    field(t("auth_method"), auth), password, oauth2,
     el("label", { class: "check" }, input("enabled", { type: "checkbox", checked: config.enabled }), t("enabled")),
     el("div", { class: "buttons" },
       button(t("test"), guarded(async () => {
@@ -128,6 +159,7 @@ async function relay() {
         await api("POST", "/api/relay/config", body);
         say(t("saved"));
       }), { id: "save" }))), steps);
+  showAuth();
 }
 
 async function queueList(state) {
