@@ -94,7 +94,7 @@ def resolve(upstream: UpstreamConfig) -> OAuth2Config:
     preset = PRESETS.get(upstream.preset or "")
     if preset is None or preset.oauth2 is None:
         return conf
-    defaults = preset.oauth2.settings(conf.grant, conf.tenant)
+    defaults: dict[str, Any] = preset.oauth2.settings(conf.grant, conf.tenant)
     return replace(conf, **{k: getattr(conf, k) or v for k, v in defaults.items()})
 
 
@@ -174,7 +174,8 @@ def pick_refresh_token(configured: str | None, entry: dict[str, Any] | None,
     """The refresh token to use: the stored one unless the config now holds a different
     one than it was derived from (edited by hand), then one rotated in memory, then the
     configured one."""
-    stored = entry.get("refresh_token") if entry else None
+    entry = entry or {}
+    stored = entry.get("refresh_token")
     if isinstance(stored, str) and stored and (
             not configured or entry.get("seed") == fingerprint(configured)):
         return stored
@@ -189,7 +190,8 @@ def make_http(reactor: Any) -> Any:
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    agent: Any = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    return HTTPClient(agent)
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
@@ -225,7 +227,7 @@ async def post_form(http: Any, reactor: Any, url: str, form: dict[str, str], tim
     secrets = [form.get(k) for k in ("client_secret", "refresh_token", "code", "device_code",
                                      "code_verifier")]
 
-    def timed_out(result: Any, seconds: float) -> None:
+    def timed_out(result: Any, seconds: float) -> tuple[int, bytes]:
         raise OAuth2Error(f"token endpoint {url} did not answer within {seconds:g} s")
 
     exchange = ensureDeferred(_exchange(http, url, form))
