@@ -1,0 +1,1 @@
+"""DKIM corpus: messages built by real libraries (Python email, nodemailer) and verifiers."""
