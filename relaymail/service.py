@@ -173,7 +173,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     for i, listener in enumerate(config.smtp.listeners):
         key = f"smtp.listeners[{i}].endpoint"
         listener_service(ctx, listener, key, config.path, reactor).setServiceParent(top)
-    manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered)
+    manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered,
+                            signer=ctx.signer)
     ctx.spool.commit_listeners.append(ctx.stats.accepted)
     manager.observers.append(ctx.stats.delivery_event)
     history = build_history(config, reactor)

@@ -62,9 +62,9 @@ class AioUpstream:
 
     def __init__(self, username: str | None = "relay", password: str = "s3cret-pass",
                  cert_names: tuple[str, ...] = ("localhost", "127.0.0.1"),
-                 implicit: bool = False) -> None:
+                 implicit: bool = False, handler: RecordingHandler | None = None) -> None:
         self.port = free_port()
-        self.handler = RecordingHandler()
+        self.handler = handler or RecordingHandler()
         self.username, self.password = username, password
         leaf = shared_ca().issue_cert(*cert_names)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

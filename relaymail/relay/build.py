@@ -8,12 +8,14 @@ from typing import Any
 
 from relaymail.config import Config, TransportConfig
 from relaymail.envelope import Envelope
+from relaymail.policy.dkim import Signer
 from relaymail.relay.connector import open_session
 from relaymail.relay.health import HealthBoard
 from relaymail.relay.manager import RelayManager
 from relaymail.relay.mx import MXResolver, make_resolver
 from relaymail.relay.oauth2 import registry_for
 from relaymail.relay.pool import SessionPool
+from relaymail.relay.rewrite import HeaderEditor
 from relaymail.relay.router import Router
 from relaymail.relay.transports import (
     Failover,
@@ -36,7 +38,9 @@ def build_transport(config: TransportConfig, failover: Failover, reactor: Any,
 
 
 def build_manager(config: Config, reactor: Any, spool: Spool,
-                  recovered: Callable[[], Iterable[Envelope]]) -> RelayManager:
+                  recovered: Callable[[], Iterable[Envelope]],
+                  signer: Signer | None = None) -> RelayManager:
+    """``signer`` signs again a message whose From an upstream's sender rule changes."""
     delivery = config.delivery
     health = HealthBoard(reactor.seconds)
     pool = SessionPool(reactor, config.hostname, health, concurrency=delivery.concurrency,
@@ -46,13 +50,15 @@ def build_manager(config: Config, reactor: Any, spool: Spool,
                        # OAuth2 tokens: cached per process, refresh tokens beside the spool
                        opener=partial(open_session,
                                       tokens=registry_for(reactor, config.spool_dir)))
-    failover = Failover(pool, reactor, delivery.batch_size, delivery.batch_delay)
+    editor = HeaderEditor(signer, spool.run_in_thread)
+    failover = Failover(pool, reactor, delivery.batch_size, delivery.batch_delay, editor)
     transports = {name: build_transport(t, failover, reactor, spool.run_in_thread)
                   for name, t in config.transports.items()}
     manager = RelayManager(
         spool, Router(config.routes), transports,
         {name: t.fallback for name, t in config.transports.items()},
         delivery, config.hostname, reactor, recovered=recovered, pool=pool, health=health)
+    manager.editor = editor
     return manager
 
 
@@ -62,7 +68,8 @@ def apply_routing(manager: RelayManager, config: Config, reactor: Any) -> None:
     health and the queue are kept."""
     assert manager.pool is not None
     delivery = config.delivery
-    failover = Failover(manager.pool, reactor, delivery.batch_size, delivery.batch_delay)
+    failover = Failover(manager.pool, reactor, delivery.batch_size, delivery.batch_delay,
+                        manager.editor)
     manager.transports = {name: build_transport(t, failover, reactor,
                                                 manager.spool.run_in_thread)
                           for name, t in config.transports.items()}

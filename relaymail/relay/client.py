@@ -53,6 +53,16 @@ class Job:
     body_8bit: bool = False
     deferred: Deferred = field(default_factory=Deferred)  # fires with dict[str, Outcome]
     health_counted: bool = False  # a connect failure already counted against the upstream
+    mail_from: str | None = None  # the envelope sender this upstream gets, when not sender
+    head: bytes | None = None  # sent instead of the stored file's first body_offset bytes
+    body_offset: int = 0
+
+    @property
+    def wire_size(self) -> int:
+        """The size of what is sent (the header block may have been changed)."""
+        if self.head is None:
+            return self.size
+        return self.size - self.body_offset + len(self.head)
 
 
 @implementer(smtp.IClientAuthentication)
@@ -310,7 +320,7 @@ class RelayClient(smtp.ESMTPClient):
         self.job = job
         self._results, self._accepted, self._mail_failed = {}, [], None
         self._data_done = False
-        size = job.size
+        size = job.wire_size
         if self.max_size and size > self.max_size:
             refused = self._outcome(552, f"5.3.4 message size {size} exceeds the upstream's limit "
                                          f"{self.max_size}")
@@ -329,7 +339,8 @@ class RelayClient(smtp.ESMTPClient):
         return job.deferred
 
     def _mail_command(self, job: Job, size: int) -> bytes:
-        line = b"MAIL FROM:<" + job.sender.encode() + b">"
+        sender = job.sender if job.mail_from is None else job.mail_from
+        line = b"MAIL FROM:<" + sender.encode() + b">"
         if b"SIZE" in self.extensions:
             line += b" SIZE=%d" % size
         if job.body_8bit and b"8BITMIME" in self.extensions:
@@ -414,6 +425,9 @@ class RelayClient(smtp.ESMTPClient):
             return
         self._streaming = True
         stuffer = DotStuffer()
+        if self.job.head is not None:  # a changed header block, then the stored rest
+            body.seek(self.job.body_offset)
+            self.transport.write(stuffer.stuff(self.job.head))
 
         def transform(chunk: bytes) -> bytes:
             self.resetTimeout()

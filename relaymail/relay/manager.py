@@ -88,6 +88,7 @@ class RelayManager(Service):
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         self.counters = {"delivered": 0, "deferred": 0, "failed": 0, "bounces": 0}
         self.not_attempted = 0  # retries skipped because every upstream was marked down
+        self.editor: Any = None  # relay.rewrite.HeaderEditor, kept for live config changes
         self._timer: Any = None
         self._soon: Any = None
         self.stopping = False

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.internet.task import deferLater
 
 from relaymail.config import TransportConfig, UpstreamConfig
@@ -22,6 +22,7 @@ from relaymail.relay.maildir import deliver_to_maildir
 from relaymail.relay.mx import MXResolver
 from relaymail.relay.outcome import TEMPORARY, Outcome, temporary
 from relaymail.relay.pool import SessionPool
+from relaymail.relay.rewrite import Edit, HeaderEditor, SendPolicy
 from relaymail.relay.router import recipient_domain
 
 
@@ -58,14 +59,17 @@ class Failover:
     """Tries targets in order; recipients with a temporary outcome move to the next one."""
 
     def __init__(self, pool: SessionPool, reactor: Any, batch_size: int,
-                 batch_delay: float) -> None:
+                 batch_delay: float, editor: HeaderEditor | None = None) -> None:
         self.pool = pool
         self.reactor = reactor
         self.batch_size = batch_size
         self.batch_delay = batch_delay
+        self.editor = editor or HeaderEditor(None, lambda f, *a: maybeDeferred(f, *a))
 
     async def deliver(self, envelope: Envelope, recipients: list[str], body_path: str,
-                      targets: Sequence[Target]) -> dict[str, Outcome]:
+                      targets: Sequence[Target],
+                      policies: Mapping[Any, SendPolicy] | None = None) -> dict[str, Outcome]:
+        """``policies`` (by target key) say how each upstream wants the message changed."""
         remaining, results, last = list(recipients), {}, {}
         health = self.pool.health
         for target in targets:
@@ -78,11 +82,12 @@ class Failover:
                 for address in remaining:
                     last.setdefault(address, down)  # a real deferral elsewhere says more
                 continue
-            outcomes = await self._send(envelope, remaining, body_path, target)
+            edit = await self.editor.edit(envelope, body_path, (policies or {}).get(target.key))
+            outcomes = await self._send(envelope, remaining, body_path, target, edit)
             if target.tls == "opportunistic" and tls_failed(outcomes, remaining):
                 # RFC 7435: when opportunistic TLS cannot be set up, send in plaintext.
                 plain = dataclasses.replace(target, tls="none")
-                outcomes = await self._send(envelope, remaining, body_path, plain)
+                outcomes = await self._send(envelope, remaining, body_path, plain, edit)
             still = []
             for address in remaining:
                 outcome = outcomes[address]
@@ -97,13 +102,14 @@ class Failover:
         return results
 
     async def _send(self, envelope: Envelope, recipients: list[str], body_path: str,
-                    target: Target) -> dict[str, Outcome]:
+                    target: Target, edit: Edit) -> dict[str, Outcome]:
         waits = []
         for i, batch in enumerate(batches(recipients, self.batch_size)):
             if i and self.batch_delay:
                 await deferLater(self.reactor, self.batch_delay, lambda: None)
             job = Job(queue_id=envelope.queue_id, sender=envelope.sender, recipients=batch,
-                      body_path=body_path, size=envelope.size, body_8bit=envelope.body_8bit)
+                      body_path=body_path, size=envelope.size, body_8bit=envelope.body_8bit,
+                      mail_from=edit.mail_from, head=edit.head, body_offset=edit.offset)
             waits.append(self.pool.submit(target, job))
         merged: dict[str, Outcome] = {}
         for _, result in await DeferredList(waits):
@@ -117,11 +123,22 @@ class SmarthostTransport:
     def __init__(self, config: TransportConfig, failover: Failover) -> None:
         self.name = config.name
         self.targets = [target_from_upstream(u) for u in config.upstreams]
+        self.policies = {t.key: send_policy(config, u)
+                         for t, u in zip(self.targets, config.upstreams, strict=True)}
         self.failover = failover
 
     def deliver(self, envelope: Envelope, recipients: list[str], body_path: str) -> Deferred:
         return ensureDeferred(self.failover.deliver(envelope, recipients, body_path,
-                                                    self.targets))
+                                                    self.targets, self.policies))
+
+
+def send_policy(transport: TransportConfig, upstream: UpstreamConfig | None = None
+                ) -> SendPolicy:
+    """The message changes a transport (and one of its upstreams) asks for."""
+    return SendPolicy(
+        sender_rewrite=upstream.sender_rewrite if upstream else None,
+        bounce_sender=upstream.bounce_sender if upstream else None,
+        received=transport.received, strip_received=transport.strip_received)
 
 
 class MXTransport:
@@ -129,6 +146,7 @@ class MXTransport:
 
     def __init__(self, config: TransportConfig, failover: Failover, resolver: MXResolver) -> None:
         self.name = config.name
+        self.policy = send_policy(config)
         self.port = config.port
         self.require_tls = config.require_tls
         self.failover = failover
@@ -158,7 +176,8 @@ class MXTransport:
         targets = [Target(host=host.name, address=address, port=self.port, tls=tls,
                           verify=self.require_tls)
                    for host in answer.hosts for address in host.addresses]
-        return await self.failover.deliver(envelope, recipients, body_path, targets)
+        policies = dict.fromkeys((t.key for t in targets), self.policy)
+        return await self.failover.deliver(envelope, recipients, body_path, targets, policies)
 
 
 class MaildirTransport:

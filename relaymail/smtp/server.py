@@ -731,6 +731,8 @@ class RelayESMTP(ESMTP):
             return
         envelope = self.envelope_for(txn)
         envelope.body_8bit = envelope.body_8bit or body.eight_bit_seen
+        if body.body_hash is not None:  # for a signature made again at relay time
+            envelope.extra["body_hash"] = body.body_hash.digest_b64().decode()
         d = self.dkim_sign(txn.writer, body)
         d.addCallback(lambda signed: self.context.spool.commit(txn.writer, envelope)
                       .addCallback(lambda _: signed))
