@@ -642,8 +642,8 @@ def patterns(c: _Check, value: Any, key: str, allow_address: bool = False) -> tu
         text = item if isinstance(item, str) else ""
         local, at, domain = text.rpartition("@")
         ok = DOMAIN_PATTERN.match(domain if at else text) is not None
-        if at and (not allow_address or not local or "*" in domain):
-            ok = False
+        if at and (not allow_address or not local or "*" in text):
+            ok = False  # "*@example.com" is written "example.com"
         if not ok:
             what = "a domain, *.domain, * or an address" if allow_address else \
                 "a domain, *.domain or *"
@@ -695,7 +695,7 @@ def validate_upstream(c: _Check, item: Any, key: str) -> UpstreamConfig:
         if preset is None:
             raise c.fail(f"{key}.preset", f"unknown preset; known: {', '.join(PRESETS)}",
                          preset_name)
-        d = {**preset.as_upstream(), **d}
+        d = {**preset.as_upstream(), **preset_sender_rule(preset.sender_rule, d), **d}
     return UpstreamConfig(
         host=c.string(d.get("host"), f"{key}.host"),
         port=c.integer(d.get("port", 587), f"{key}.port", 1),
@@ -713,6 +713,19 @@ def validate_upstream(c: _Check, item: Any, key: str) -> UpstreamConfig:
         sender_rewrite=validate_sender_rewrite(c, d, f"{key}.sender_rewrite"),
         bounce_sender=validate_address(c, d.get("bounce_sender"), f"{key}.bounce_sender"),
     )
+
+
+def preset_sender_rule(rule: str, upstream: Mapping[str, Any]) -> dict[str, Any]:
+    """What a preset's sender rule implies when the upstream says nothing: for "login"
+    providers (QQ, 163, Outlook, Gmail, ...) senders are rewritten to the login and bounces
+    go from it; for "domain" ones (Mailgun) only senders outside the login's domain are.
+    Only with an address as the username; ``"sender_rewrite": false`` turns it off."""
+    username = upstream.get("username")
+    if not isinstance(username, str) or "@" not in username or rule == "verified":
+        return {}
+    if rule == "domain":
+        return {"sender_rewrite": {"domains": [username.rpartition("@")[2].lower()]}}
+    return {"sender_rewrite": {}, "bounce_sender": username}
 
 
 def validate_address(c: _Check, value: Any, key: str) -> str | None:
@@ -774,7 +787,7 @@ def validate_sender_rewrite(c: _Check, upstream: Mapping[str, Any], key: str
                             ) -> SenderRewrite | None:
     """``"login"`` as the address means the upstream's username (QQ, 163, Outlook, Gmail)."""
     value = upstream.get("sender_rewrite")
-    if value is None:
+    if value is None or value is False:
         return None
     d = c.obj(value, key, SENDER_REWRITE_KEYS)
     address = d.get("address", "login")

@@ -130,7 +130,55 @@ BAD_CONFIGS: list[tuple[Any, str, str]] = [
     ({"rate_limits": {"auth_failures": {"max_failures": "5"}}},
      "rate_limits.auth_failures.max_failures", '"5"'),
     ([1, 2], "", "JSON object"),
+    ({"smtp": {"fold_line_length": 2000}}, "smtp.fold_line_length", "998"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp:25:interface=\\:\\:1"}]}},
+     "smtp.listeners[0].endpoint", "tcp6"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp6:25:interface=localhost"}]}},
+     "smtp.listeners[0].endpoint", "IP address"),
+    ({"routes": [{"senders": ["*@x.example"], "transport": "outbox"}]}, "routes[0].senders[0]",
+     "address"),
+    ({"transports": {"x": {"type": "smarthost", "upstreams": [
+        {"host": "h", "username": "apikey", "sender_rewrite": {"address": "login"}}]}}},
+     "transports.x.upstreams[0].sender_rewrite.address", "apikey"),
+    ({"transports": {"x": {"type": "smarthost", "upstreams": [
+        {"host": "h", "bounce_sender": "Me <me@x.example>"}]}}},
+     "transports.x.upstreams[0].bounce_sender", "address"),
+    ({"transports": {"x": {"type": "smarthost", "received": "hidden", "upstreams": [
+        {"host": "h"}]}}}, "transports.x.received", "hidden"),
 ]
+
+
+@pytest.mark.parametrize("endpoint", [
+    "tcp:2525", "tcp:port=2525", "tcp:2525:interface=127.0.0.1", "tcp:2525:127.0.0.1",
+    "tcp:2525:interface=127.0.0.1:backlog=10", "tcp6:2525", "tcp6:2525:interface=\\:\\:1",
+    "tcp6:port=2525:interface=\\:\\:", "tcp6:2525:interface=fe80\\:\\:1", "unix:/tmp/r.sock",
+    "unix:address=/tmp/r.sock:mode=660:lockfile=0",
+])
+def test_every_endpoint_form_twisted_takes(tmp_path: Any, endpoint: str) -> None:
+    listeners = [{"name": "a", "endpoint": endpoint, "tls": "none"}]
+    config = load_config(write(str(tmp_path), {"smtp": {"listeners": listeners}}), environ={})
+    assert config.smtp.listeners[0].endpoint == endpoint
+
+
+def test_preset_sender_rules(tmp_path: Any) -> None:
+    """QQ/163/Outlook/Gmail want the login as sender: rewrite to it and send bounces from
+    it, unless told otherwise; Mailgun wants the login's domain; SES/SendGrid their own
+    verified identities (nothing to assume)."""
+    def upstream(**u: Any) -> Any:
+        data = {"transports": {"up": {"type": "smarthost", "upstreams": [u]}},
+                "routes": [{"domains": ["*"], "transport": "up"}]}
+        return load_config(write(str(tmp_path), data), environ={}).transports["up"].upstreams[0]
+
+    qq = upstream(preset="qq", username="me@qq.com", password="code")
+    assert qq.sender_rewrite.address == "me@qq.com" and qq.bounce_sender == "me@qq.com"
+    assert upstream(preset="163", username="me@163.com", sender_rewrite=False).sender_rewrite \
+        is None
+    mailgun = upstream(preset="mailgun", username="postmaster@mg.example.com")
+    assert mailgun.sender_rewrite.domains == ("mg.example.com",)
+    assert mailgun.sender_rewrite.keeps("news@mg.example.com")
+    assert not mailgun.sender_rewrite.keeps("root@nas.local")
+    assert upstream(preset="sendgrid", username="apikey").sender_rewrite is None
+    assert upstream(preset="amazon-ses-us-east-1", username="AKIA").sender_rewrite is None
 
 
 def test_rates_and_limits_parse(tmp_path: Any) -> None:

@@ -184,3 +184,18 @@ def test_dot_stuffing_independent_of_chunking(lines: list[bytes], cuts: list[int
     assert b"\r\n.\r\n" not in out[:-3] and not out[:-3].startswith(b".\r\n")
     if body.endswith(b"\r\n") or not body:
         assert unstuff(out[:-3]) == body
+
+
+def test_bounce_never_quotes_a_line_over_998_octets_nor_a_cut_one() -> None:
+    """A bounce quoting the header that made the original undeliverable is refused too,
+    and the sender never hears: quoted lines are folded, a cut last line is left out."""
+    to = b"To: " + b", ".join(b"p%03d@dest.test" % i for i in range(200))
+    blob = b"X-Blob: " + b"A" * 3000
+    original = to + b"\r\n" + blob + b"\r\nSubject: cut mid-li"  # read stopped mid-line
+    env = Envelope(queue_id="Q1", sender="app@x.test", recipients=[], received_at=0)
+    failed = [Recipient("p001@dest.test", last_reply="550 5.1.1 unknown")]
+    raw = build_bounce(env, failed, original, "relay.test", 1_700_000_100)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    quoted = raw.split(b"text/rfc822-headers\r\n\r\n")[1]
+    assert quoted.replace(b"\r\n ", b" ").startswith(to + b"\r\n")
+    assert b"A" * 997 in quoted and b"Subject: cut" not in quoted

@@ -32,10 +32,43 @@ def status_of(reply: str | None) -> str:
     return f"{basic.group(1)}.0.0" if basic else "5.0.0"
 
 
+QUOTED_HEADERS_MAX = 64 * 1024
+LINE_LIMIT = 998
+
+
 def header_block(body: bytes) -> bytes:
-    """The header section of a stored message (up to the first empty line), CRLF ended."""
+    """The header section of a stored message (up to the first empty line), CRLF ended,
+    made safe to quote: a bounce must never carry what made the original undeliverable, so
+    lines over 998 octets are folded (a strict upstream refuses them with 500, and the
+    sender would never hear of the failure) and the whole is cut, at a line end, to 64 KiB."""
     end = body.find(b"\r\n\r\n")
-    return body if end < 0 else body[:end + 2]
+    head = body if end < 0 else body[:end + 2]
+    if not head.endswith(b"\r\n"):  # read cut it mid-line
+        head = head[:head.rfind(b"\r\n") + 2]
+    out, size = [], 0
+    for line in head.split(b"\r\n")[:-1]:
+        for piece in fold_line(line):
+            size += len(piece) + 2
+            if size > QUOTED_HEADERS_MAX:
+                return b"".join(out)
+            out.append(piece + b"\r\n")
+    return b"".join(out)
+
+
+def fold_line(line: bytes) -> list[bytes]:
+    """A header line as lines of at most 998 octets, folded before white space where there
+    is some, else with CRLF + SPACE."""
+    pieces = []
+    while len(line) > LINE_LIMIT:
+        cut = max(line.rfind(b" ", 1, LINE_LIMIT + 1), line.rfind(b"\t", 1, LINE_LIMIT + 1))
+        if cut > 0:
+            pieces.append(line[:cut])
+            line = line[cut:]
+        else:
+            pieces.append(line[:LINE_LIMIT])
+            line = b" " + line[LINE_LIMIT:]
+    pieces.append(line)
+    return pieces
 
 
 def clean(text: str) -> str:

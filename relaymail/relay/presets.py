@@ -50,6 +50,10 @@ MICROSOFT_NOTE = ("OAuth2: register an app in Microsoft Entra ID; give oauth2.cl
                   "for the mailbox")
 GOOGLE_NOTE = ("OAuth2 (oauth2.client_id and client_secret of a Desktop app client, then "
                "`relaymail oauth2 authorize`), or an app password with 2-step verification")
+AUTHORIZATION_CODE = ("mailbox and its authorization code (授权码: enable SMTP in the "
+                      "mailbox's settings), not the web login password")
+ALIYUN_NOTE = "the sender address created in the DirectMail console and its SMTP password"
+TENCENT_NOTE = "the sender address created in the SES console and its SMTP password"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class Preset:
     spf: str | None = None  # the SPF include for your domain; None: no own-domain sending
     auth_note: str = "username and password"
     oauth2: OAuth2Defaults | None = None
+    # The sender rule the provider enforces: "login" (envelope sender and header From must
+    # be the login mailbox; MAIL FROM:<> refused too), "domain" (any address in the login's
+    # domain), "verified" (addresses or domains verified in the provider's console).
+    sender_rule: str = "verified"
 
     def as_upstream(self) -> dict[str, object]:
         return {"host": self.host, "port": self.port, "tls": self.tls}
@@ -79,39 +87,56 @@ AMAZON_SES_REGIONS = (
 
 _BASE = (
     Preset("tencent-ses", "Tencent Cloud SES / 腾讯云邮件推送 (Hong Kong)",
-           "smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com"),
+           "smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com", TENCENT_NOTE,
+           sender_rule="login"),
     Preset("tencent-ses-gz", "Tencent Cloud SES / 腾讯云邮件推送 (广州 Guangzhou)",
-           "gz-smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com"),
+           "gz-smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com", TENCENT_NOTE,
+           sender_rule="login"),
     Preset("tencent-ses-sg", "Tencent Cloud SES (Singapore / 新加坡)",
-           "sg-smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com"),
-    Preset("qq", "QQ Mail / QQ 邮箱", "smtp.qq.com", 465, "implicit"),
+           "sg-smtp.qcloudmail.com", 465, "implicit", "qcloudmail.com", TENCENT_NOTE,
+           sender_rule="login"),
+    Preset("qq", "QQ Mail / QQ 邮箱", "smtp.qq.com", 465, "implicit", None,
+           AUTHORIZATION_CODE, sender_rule="login"),
     Preset("exmail-qq", "Tencent Exmail / 腾讯企业邮", "smtp.exmail.qq.com", 465, "implicit",
-           "spf.mail.qq.com"),
-    Preset("163", "NetEase 163 / 网易 163 邮箱", "smtp.163.com", 465, "implicit"),
-    Preset("126", "NetEase 126 / 网易 126 邮箱", "smtp.126.com", 465, "implicit"),
+           "spf.mail.qq.com", "mailbox and password (or a client-specific password)",
+           sender_rule="login"),
+    Preset("163", "NetEase 163 / 网易 163 邮箱", "smtp.163.com", 465, "implicit", None,
+           AUTHORIZATION_CODE, sender_rule="login"),
+    Preset("126", "NetEase 126 / 网易 126 邮箱", "smtp.126.com", 465, "implicit", None,
+           AUTHORIZATION_CODE, sender_rule="login"),
     Preset("aliyun", "Aliyun DirectMail / 阿里云邮件推送 (杭州 Hangzhou)", "smtpdm.aliyun.com", 465,
-           "implicit", "spf1.dm.aliyun.com"),
+           "implicit", "spf1.dm.aliyun.com", ALIYUN_NOTE,
+           sender_rule="login"),
     Preset("aliyun-ap-southeast-1", "Aliyun DirectMail (Singapore / 新加坡)",
-           "smtpdm-ap-southeast-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com"),
+           "smtpdm-ap-southeast-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com", ALIYUN_NOTE,
+           sender_rule="login"),
     Preset("aliyun-us-east-1", "Aliyun DirectMail (US Virginia / 美国弗吉尼亚)",
-           "smtpdm-us-east-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com"),
+           "smtpdm-us-east-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com", ALIYUN_NOTE,
+           sender_rule="login"),
     Preset("aliyun-eu-central-1", "Aliyun DirectMail (Frankfurt / 法兰克福)",
-           "smtpdm-eu-central-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com"),
+           "smtpdm-eu-central-1.aliyuncs.com", 465, "implicit", "spf1.dm.aliyun.com", ALIYUN_NOTE,
+           sender_rule="login"),
     Preset("gmail", "Gmail / Google Workspace", "smtp.gmail.com", 587, "starttls",
-           "_spf.google.com", GOOGLE_NOTE, GOOGLE),
+           "_spf.google.com", GOOGLE_NOTE, GOOGLE, sender_rule="login"),
     Preset("outlook", "Outlook / Microsoft 365", "smtp.office365.com", 587, "starttls",
-           "spf.protection.outlook.com", MICROSOFT_NOTE, MICROSOFT),
+           "spf.protection.outlook.com", MICROSOFT_NOTE, MICROSOFT, sender_rule="login"),
     Preset("outlook-com", "Outlook.com / Hotmail (personal account)", "smtp-mail.outlook.com",
            587, "starttls", None, "OAuth2 only (no passwords since September 2024): "
-           "oauth2.client_id, then `relaymail oauth2 authorize`", MICROSOFT_PERSONAL),
-    Preset("sendgrid", "SendGrid", "smtp.sendgrid.net", 587, "starttls", "sendgrid.net"),
-    Preset("mailgun", "Mailgun", "smtp.mailgun.org", 587, "starttls", "mailgun.org"),
+           "oauth2.client_id, then `relaymail oauth2 authorize`", MICROSOFT_PERSONAL,
+           sender_rule="login"),
+    Preset("sendgrid", "SendGrid", "smtp.sendgrid.net", 587, "starttls", "sendgrid.net",
+           "username \"apikey\" and an API key as the password"),
+    Preset("mailgun", "Mailgun", "smtp.mailgun.org", 587, "starttls", "mailgun.org",
+           "the domain's SMTP login (postmaster@your-domain) and its password",
+           sender_rule="domain"),
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _BASE} | {
     f"amazon-ses-{region}": Preset(
         f"amazon-ses-{region}", f"Amazon SES ({region})",
         f"email-smtp.{region}.amazonaws.com", 587, "starttls", "amazonses.com",
+        "SMTP credentials made in the SES console (not AWS access keys); the sender "
+        "address or domain must be verified there",
     )
     for region in AMAZON_SES_REGIONS
 }
