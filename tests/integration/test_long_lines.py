@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import email.utils
 import re
+import socket
 from email.message import EmailMessage
 from email.policy import SMTP
 
 from aiosmtpd.controller import Controller
+from twisted.internet.threads import deferToThread
 
-from tests.helpers import free_port
+from tests.helpers import free_port, without_trace
 from tests.integration.test_dkim_signing import DkimHelpers
 from tests.integration.test_relay import plain, smarthost
 from tests.upstreams import RecordingHandler, wait_until
@@ -101,3 +103,33 @@ class LongLineTests(DkimHelpers):
         self.assertIn(b"text/rfc822-headers", bounce.content)
         self.assertIn(b"person129@dest.test", bounce.content)
         self.assertLessEqual(max(len(x) for x in bounce.content.split(b"\r\n")), 998)
+
+    async def test_bare_lf_lines_arrive_as_crlf_lines_dot_unstuffed(self) -> None:
+        """A client writing LF-only lines, dot-stuffed: the upstream gets CRLF lines with
+        one dot removed (Postfix's normalize), and only CRLF.CRLF ended the data."""
+        upstream = self.strict()
+        relay = await self.relay(**smarthost(plain(upstream.port)))
+        data = (b"From: a@example.com\nSubject: lf\n\nfirst\n..stuffed\n.\nMAIL FROM:<x@y>\n"
+                b"last\r\n.\r\n")
+
+        def session() -> bytes:
+            with socket.create_connection(("127.0.0.1", relay.smtp_port), timeout=10) as s:
+                s.sendall(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@dest.test>\r\n")
+                s.sendall(b"DATA\r\n")
+                answer = b""
+                while b"354" not in answer:
+                    answer += s.recv(4096)
+                s.sendall(data + b"QUIT\r\n")
+                while not answer.endswith(b"221 2.0.0 Bye\r\n"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    answer += chunk
+                return answer
+
+        answer = await deferToThread(session)
+        self.assertEqual(answer.count(b"250 2.0.0 Ok: queued as"), 1, answer)
+        await wait_until(lambda: upstream.messages, what="delivery")
+        body = without_trace(upstream.messages[0].content)
+        self.assertEqual(body, b"From: a@example.com\r\nSubject: lf\r\n\r\nfirst\r\n.stuffed\r\n"
+                               b"\r\nMAIL FROM:<x@y>\r\nlast\r\n")
