@@ -64,6 +64,7 @@ class SMTPConfig:
     max_line_length: int  # command lines; DATA lines may be longer (folded, see below)
     bare_line_endings: str  # normalize | reject
     max_header_size: int = 1_048_576  # the client's header block; more: 552 5.3.4
+    proxy_trusted_networks: tuple[IPNetwork, ...] = ()  # who may send a PROXY header
     fold_line_length: int = 998  # DATA lines longer than this are folded at acceptance
 
 
@@ -226,6 +227,7 @@ DEFAULTS: dict[str, Any] = {
         "bare_line_endings": "normalize",
         "max_header_size": 1_048_576,
         "fold_line_length": 998,
+        "proxy_trusted_networks": [],
     },
     "credentials_file": "credentials.json",
     "routes": [{"domains": ["*"], "transport": "outbox"}],
@@ -506,8 +508,22 @@ def validate_smtp(c: _Check, s: dict[str, Any]) -> SMTPConfig:
                                    ("normalize", "reject")),
         max_header_size=c.integer(s["max_header_size"], "smtp.max_header_size", 1024),
         fold_line_length=validate_fold_length(c, s["fold_line_length"]),
+        proxy_trusted_networks=validate_proxy_trust(c, s["proxy_trusted_networks"], listeners),
     )
 
+
+def validate_proxy_trust(c: _Check, value: Any, listeners: tuple[ListenerConfig, ...]
+                         ) -> tuple[IPNetwork, ...]:
+    """A PROXY header is believed only from these networks, so a listener with
+    ``proxy_protocol`` needs them (HAProxy's addresses): without, anyone could claim to be
+    a trusted client."""
+    networks = c.networks(value, "smtp.proxy_trusted_networks")
+    proxied = [i for i, listener in enumerate(listeners) if listener.proxy_protocol]
+    if proxied and not networks:
+        raise c.fail("smtp.proxy_trusted_networks", f"smtp.listeners[{proxied[0]}] has "
+                     "proxy_protocol: list the networks your proxies connect from, e.g. "
+                     "[\"127.0.0.1/32\"]; a PROXY header from anyone else is refused", [])
+    return networks
 
 def validate_fold_length(c: _Check, value: Any) -> int:
     """78..998 (RFC 5322 2.1.1: 998 octets is the hard limit, 78 the recommended one)."""
@@ -696,7 +712,7 @@ def validate_upstream(c: _Check, item: Any, key: str) -> UpstreamConfig:
             raise c.fail(f"{key}.preset", f"unknown preset; known: {', '.join(PRESETS)}",
                          preset_name)
         d = {**preset.as_upstream(), **preset_sender_rule(preset.sender_rule, d), **d}
-    return UpstreamConfig(
+    upstream = UpstreamConfig(
         host=c.string(d.get("host"), f"{key}.host"),
         port=c.integer(d.get("port", 587), f"{key}.port", 1),
         tls=c.choice(d.get("tls", "starttls"), f"{key}.tls", UPSTREAM_TLS_MODES),
@@ -713,6 +729,7 @@ def validate_upstream(c: _Check, item: Any, key: str) -> UpstreamConfig:
         sender_rewrite=validate_sender_rewrite(c, d, f"{key}.sender_rewrite"),
         bounce_sender=validate_address(c, d.get("bounce_sender"), f"{key}.bounce_sender"),
     )
+    return upstream
 
 
 def preset_sender_rule(rule: str, upstream: Mapping[str, Any]) -> dict[str, Any]:

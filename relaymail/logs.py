@@ -22,3 +22,14 @@ def set_level(name: str) -> None:
 
 def Logger(namespace: str) -> _Logger:
     return _Logger(namespace=namespace, observer=observer)
+
+
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {ord("\\"): "\\\\"}
+
+
+def printable(text: object, limit: int = 256) -> str:
+    """What a client sent, safe to log: control characters (CR, LF, ESC, ...) escaped as
+    ``\\xNN``, so no client can forge a log line or a terminal sequence; cut at ``limit``."""
+    value = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    escaped = value[:limit].translate(_ESCAPES)
+    return escaped + ("..." if len(value) > limit else "")

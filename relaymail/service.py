@@ -12,7 +12,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
-from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
@@ -24,6 +23,7 @@ from relaymail.logs import Logger
 from relaymail.policy.build import PolicyService, build_policy
 from relaymail.policy.dkim import build_signer
 from relaymail.relay.build import build_manager
+from relaymail.smtp.proxy import TrustedProxyEndpoint
 from relaymail.smtp.server import RelaySMTPFactory, ServerContext
 from relaymail.smtp.tls import ensure_self_signed, server_tls_options
 from relaymail.spool import Spool
@@ -125,7 +125,7 @@ def listener_service(ctx: ServerContext, listener: ListenerConfig, key: str, con
     factory = listener_factory(ctx, listener)
     endpoint = serverFromString(reactor, listener.endpoint)
     if listener.proxy_protocol:
-        endpoint = proxyEndpoint(endpoint)
+        endpoint = TrustedProxyEndpoint(endpoint, ctx.smtp.proxy_trusted_networks, reactor)
     service = ListenerService(endpoint, factory, config_path, key, listener.endpoint)
     service.setName(f"smtp:{listener.name}")
     return service

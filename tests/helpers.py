@@ -11,10 +11,10 @@ from typing import Any
 import trustme
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.protocols.haproxy import proxyEndpoint
 
 from relaymail.config import load_config
 from relaymail.service import build_context, listener_factory
+from relaymail.smtp.proxy import TrustedProxyEndpoint
 from relaymail.smtp.server import ServerContext
 
 _CA: trustme.CA | None = None
@@ -104,7 +104,8 @@ async def start_server(data: dict[str, Any], directory: str | None = None,
     for listener in config.smtp.listeners:
         endpoint: Any = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
         if listener.proxy_protocol:
-            endpoint = proxyEndpoint(endpoint)
+            endpoint = TrustedProxyEndpoint(endpoint, config.smtp.proxy_trusted_networks,
+                                            reactor)
         ports[listener.name] = await endpoint.listen(listener_factory(ctx, listener))
     return RunningServer(ctx, ports)
 
@@ -162,14 +163,21 @@ def without_trace(body: bytes) -> bytes:
     return b"\r\n".join(lines[i:])
 
 
-def proxied_session(port: int, source: str, commands: bytes) -> bytes:
-    """A raw session behind a PROXY v1 header claiming ``source`` as the client; sends all
-    ``commands`` at once (pipelined) and answers everything the server said until it closed.
+def proxied_session(port: int, source: str, commands: bytes, header: bytes | None = None,
+                    bind: str = "127.0.0.1") -> bytes:
+    """A raw session behind a PROXY v1 header claiming ``source`` as the client (or the
+    given ``header``), from the local address ``bind``; sends all ``commands`` at once
+    (pipelined) and answers everything the server said until it closed.
     Blocking: run it in a thread."""
-    header = f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(header + commands)
+    if header is None:
+        header = f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=(bind, 0)) as s:
         data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        try:
+            s.sendall(header + commands)
+            while chunk := s.recv(65536):
+                data += chunk
+        except ConnectionResetError:  # refused: closed with our input unread
+            pass
         return data

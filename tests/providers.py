@@ -5,7 +5,8 @@ The replies are the providers' own words, as users meet them:
 - NetEase 163/126: ``553 Mail from must equal authorized user``, and ``MAIL FROM:<>`` is
   refused the same way (bounces cannot go from the null sender);
 - Microsoft 365 / Outlook: ``550 5.7.60 SMTP; Client does not have permissions to send as
-  this sender`` at MAIL, and ``554 5.2.252 SendAsDenied`` when the header From differs.
+  this sender`` at MAIL, and ``554 5.2.0 STOREDRV.Submission.Exception:
+  SendAsDeniedException.MapiExceptionSendAsDenied`` when the header From differs.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class SenderRules(RecordingHandler):
             _, author = email.utils.parseaddr(str(message.get("From", "")))
             if author.lower() != self.login(session).lower():
                 self.refusals.append(f"From: {author}")
-                return (f"554 5.2.252 SendAsDenied; {self.login(session)} not allowed to "
-                        f"send as {author}")
+                return ("554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException."
+                        "MapiExceptionSendAsDenied; Failed to process message due to a "
+                        f"permanent exception ({self.login(session)} may not send as {author})")
         return await super().handle_DATA(server, session, envelope)
 
 

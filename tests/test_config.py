@@ -131,6 +131,8 @@ BAD_CONFIGS: list[tuple[Any, str, str]] = [
      "rate_limits.auth_failures.max_failures", '"5"'),
     ([1, 2], "", "JSON object"),
     ({"smtp": {"fold_line_length": 2000}}, "smtp.fold_line_length", "998"),
+    ({"smtp": {"listeners": [{"endpoint": "tcp:25", "proxy_protocol": True}]}},
+     "smtp.proxy_trusted_networks", "proxies connect from"),
     ({"smtp": {"listeners": [{"endpoint": "tcp:25:interface=\\:\\:1"}]}},
      "smtp.listeners[0].endpoint", "tcp6"),
     ({"smtp": {"listeners": [{"endpoint": "tcp6:25:interface=localhost"}]}},
@@ -246,3 +248,68 @@ def test_different_interfaces_same_port_ok(tmp_path: Any) -> None:
                  {"name": "b", "endpoint": "tcp:2525:interface=127.0.0.2"}]
     config = load_config(write(str(tmp_path), {"smtp": {"listeners": listeners}}), environ={})
     check_runtime(config)
+
+
+# M5: credentials go only to a verified server unless allow_insecure_auth says otherwise.
+INSECURE_AUTH: list[tuple[dict[str, Any], str, str]] = [
+    ({"tls": "opportunistic", "username": "u", "password": "p"}, "tls",
+     '"opportunistic" with a password sends it to an unverified server; use "starttls" '
+     'with verify, or set allow_insecure_auth'),
+    ({"tls": "starttls", "verify": False, "username": "u", "password": "p"}, "verify",
+     "false with a password sends it to an unverified server"),
+    ({"tls": "implicit", "port": 465, "verify": False, "username": "u", "password": "p"},
+     "verify", "unverified server"),
+    ({"tls": "none", "username": "u", "password": "p"}, "tls",
+     '"none" with a password sends it in plaintext'),
+    ({"preset": "qq", "tls": "opportunistic", "username": "u@qq.com", "password": "p"}, "tls",
+     "opportunistic"),
+    ({"tls": "opportunistic", "username": "u@example.com",
+      "oauth2": {"client_id": "c", "token_url": "https://login.example/token"}}, "tls",
+     '"opportunistic" with an OAuth2 token sends it to an unverified server'),
+    ({"tls": "none", "username": "u"}, "tls", "plaintext"),
+]
+
+
+def smarthost_data(upstream: dict[str, Any]) -> dict[str, Any]:
+    return {"transports": {"provider": {"type": "smarthost",
+                                        "upstreams": [{"host": "h", **upstream}]}},
+            "routes": [{"domains": ["*"], "transport": "provider"}]}
+
+
+@pytest.mark.parametrize(("upstream", "field", "words"), INSECURE_AUTH)
+def test_credentials_to_an_unverified_server_are_refused(tmp_path: Any, upstream: Any,
+                                                         field: str, words: str) -> None:
+    path = write(str(tmp_path), smarthost_data(upstream))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={})
+    assert e.value.key == f"transports.provider.upstreams[0].{field}"
+    assert str(e.value).startswith(f"{path}: transports.provider.upstreams[0].{field}: ")
+    assert words in str(e.value)
+    assert '"p"' not in str(e.value)  # the password is never shown
+
+
+@pytest.mark.parametrize(("upstream", "field", "words"), INSECURE_AUTH)
+def test_allow_insecure_auth_accepts_them_explicitly(tmp_path: Any, upstream: Any,
+                                                     field: str, words: str) -> None:
+    data = smarthost_data({**upstream, "allow_insecure_auth": True})
+    loaded = load_config(write(str(tmp_path), data), environ={})
+    assert loaded.transports["provider"].upstreams[0].allow_insecure_auth is True
+
+
+@pytest.mark.parametrize("upstream", [
+    {"tls": "opportunistic"}, {"tls": "none"}, {"tls": "starttls", "verify": False},
+    {"tls": "starttls", "username": "u", "password": "p"},
+    {"tls": "implicit", "username": "u", "password": "p", "ca_file": "ca.pem"},
+    {"preset": "tencent-ses", "username": "u", "password": "p"},
+])
+def test_secure_or_credential_free_upstreams_need_no_flag(tmp_path: Any, upstream: Any) -> None:
+    loaded = load_config(write(str(tmp_path), smarthost_data(upstream)), environ={})
+    assert loaded.transports["provider"].upstreams[0].allow_insecure_auth is False
+
+
+def test_allow_insecure_auth_must_be_a_boolean(tmp_path: Any) -> None:
+    data = smarthost_data({"tls": "none", "username": "u", "password": "p",
+                           "allow_insecure_auth": "yes"})
+    with pytest.raises(ConfigError) as e:
+        load_config(write(str(tmp_path), data), environ={})
+    assert e.value.key == "transports.provider.upstreams[0].allow_insecure_auth"

@@ -342,6 +342,20 @@ class Auth(SessionTestCase):
         self.assertEqual(self.codes(), [b"501"])
         self.assertFalse(self.transport.disconnecting)
 
+    def test_control_characters_in_a_username_are_escaped_in_the_log(self) -> None:
+        """A CR or ESC in an AUTH username reached the log as is: a forged log line."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.tls_session()
+        self.send(b"AUTH PLAIN " + b64("\0evil\r\nauth ok credential=admin\x1b[2J\0x") + b"\r\n")
+        text = "\n".join(formatEvent(e) for e in events if "auth" in e.get("log_format", ""))
+        self.assertIn("evil\\x0d\\x0aauth ok credential=admin\\x1b[2J", text)
+        self.assertNotIn("\r", text)
+        self.assertNotIn("\x1b", text)
+
     def test_plain_good_and_bad(self) -> None:
         self.tls_session()
         self.send(b"AUTH PLAIN " + b64("\0user\0wrong") + b"\r\n")

@@ -73,9 +73,13 @@ class Preset:
     # be the login mailbox; MAIL FROM:<> refused too), "domain" (any address in the login's
     # domain), "verified" (addresses or domains verified in the provider's console).
     sender_rule: str = "verified"
+    max_connections: int | None = None  # a documented cap on sessions at once
 
     def as_upstream(self) -> dict[str, object]:
-        return {"host": self.host, "port": self.port, "tls": self.tls}
+        fields: dict[str, object] = {"host": self.host, "port": self.port, "tls": self.tls}
+        if self.max_connections is not None:
+            fields["max_connections"] = self.max_connections
+        return fields
 
 
 AMAZON_SES_REGIONS = (
@@ -119,11 +123,12 @@ _BASE = (
     Preset("gmail", "Gmail / Google Workspace", "smtp.gmail.com", 587, "starttls",
            "_spf.google.com", GOOGLE_NOTE, GOOGLE, sender_rule="login"),
     Preset("outlook", "Outlook / Microsoft 365", "smtp.office365.com", 587, "starttls",
-           "spf.protection.outlook.com", MICROSOFT_NOTE, MICROSOFT, sender_rule="login"),
+           "spf.protection.outlook.com", MICROSOFT_NOTE, MICROSOFT, sender_rule="login",
+           max_connections=3),
     Preset("outlook-com", "Outlook.com / Hotmail (personal account)", "smtp-mail.outlook.com",
-           587, "starttls", None, "OAuth2 only (no passwords since September 2024): "
+           587, "starttls", None, "OAuth2 (Microsoft is ending passwords for SMTP): "
            "oauth2.client_id, then `relaymail oauth2 authorize`", MICROSOFT_PERSONAL,
-           sender_rule="login"),
+           sender_rule="login", max_connections=3),
     Preset("sendgrid", "SendGrid", "smtp.sendgrid.net", 587, "starttls", "sendgrid.net",
            "username \"apikey\" and an API key as the password"),
     Preset("mailgun", "Mailgun", "smtp.mailgun.org", 587, "starttls", "mailgun.org",

@@ -20,6 +20,7 @@ from collections.abc import Callable
 SLOW_DOWN = re.compile(
     r"throttl|rate.?limit|too many (connections|messages|mails|recipients|sessions)|"
     r"frequen|slow down|sending (quota|rate)|quota exceeded|server busy|"
+    r"concurrent connections limit|"  # Microsoft 365: 432 4.3.2, more than 3 per mailbox
     r"\b4\.7\.(?:5\d\d|6\d\d|28)\b|"  # Microsoft 4.7.500-699, Gmail 4.7.28 (rate)
     r"\b(?:HL:(?:ICC|IFC)|MI:(?:DMC|SFQ)|RP:(?:DRC|QRC|TRC))\b",  # NetEase 163/126
     re.IGNORECASE)

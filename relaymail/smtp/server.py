@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from relaymail.config import ListenerConfig, SMTPConfig
 from relaymail.credentials import CredentialStore
 from relaymail.envelope import Envelope, Recipient
-from relaymail.logs import Logger
+from relaymail.logs import Logger, printable
 from relaymail.netutil import disable_nagle
 from relaymail.policy.dkim import (
     RelaxedBodyHash,
@@ -140,7 +140,7 @@ class RelayESMTP(ESMTP):
         self.startedTLS = self.listener.tls == "implicit"
         self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.starttls_configured()
         self.client_ip = self.peer_ip()
-        if not self.listener.proxy_protocol and not self.admit():
+        if not self.admit():  # behind PROXY too: the header was read before this
             return
         log.info("connect client={client_ip} listener={listener}", client_ip=self.client_ip,
                  listener=self.listener.name)
@@ -234,8 +234,6 @@ class RelayESMTP(ESMTP):
 
     def dispatch(self, line: bytes) -> None:
         self.resetTimeout()
-        if self.listener.proxy_protocol and not self.admitted and not self.admit():
-            return
         if self.mode == DATA:
             self.data_line(line)
         elif len(line) > self.MAX_LENGTH:
@@ -518,7 +516,7 @@ class RelayESMTP(ESMTP):
                 log.failure("smtp: credential check failed", failure=outcome)
         log.info("auth {result} client={client_ip} listener={listener} credential={credential}",
                  result=result, client_ip=self.client_ip, listener=self.listener.name,
-                 credential=username)
+                 credential=printable(username))
         lockout = self.context.lockout
         if result == "ok":
             self.credential = str(outcome)

@@ -30,6 +30,7 @@ class PolicyTestCase(TestCase):
             {"name": "proxied", "endpoint": "tcp:0", "tls": "none", "proxy_protocol": True,
              "auth": "plaintext-loopback"},
         ]
+        data["smtp"]["proxy_trusted_networks"] = ["127.0.0.0/8"]
         data["rate_limits"] = self.rate_limits
         self.store = CredentialStore(data["credentials_file"])
         self.password = self.store.add("shop", hourly_quota=2,

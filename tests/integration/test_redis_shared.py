@@ -37,6 +37,7 @@ class RedisTestCase(TestCase):
             {"name": "proxied", "endpoint": "tcp:0", "tls": "none", "proxy_protocol": True,
              "auth": "plaintext-loopback"},
         ]
+        data["smtp"]["proxy_trusted_networks"] = ["127.0.0.0/8"]
         data["rate_limits"] = {"backend": backend, **rate_limits}
         server = await start_server(data, directory)
         self.addCleanup(server.ctx.policy.counters.close)

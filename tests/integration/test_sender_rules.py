@@ -95,7 +95,7 @@ class SenderRewriteTests(DkimHelpers):
             m365, login, sender_rewrite={"address": "login", "header_from": False})))
         await self.send(relay, ["a@dest.test"], device_mail(), sender="root@nas.local")
         await wait_until(lambda: self.envelopes(relay, "failed"), what="SendAsDenied")
-        self.assertIn("5.2.252 SendAsDenied",
+        self.assertIn("SendAsDeniedException",
                       self.envelopes(relay, "failed")[0].recipients[0].last_reply)
         await relay.stop()
         m365b = self.aio_provider("m365", login)

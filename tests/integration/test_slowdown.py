@@ -122,6 +122,7 @@ def test_slow_down_replies_are_recognised_and_others_are_not() -> None:
                        (421, "HL:IFC 该IP短期内发送了大量信件"),
                        (451, "MI:SFQ 发信人在15分钟内的发信数量超过限制"),
                        (421, "4.7.0 Too many connections from your IP"),
+                       (432, "4.3.2 Concurrent connections limit exceeded."),
                        (450, "4.2.1 The user you are trying to contact is receiving mail at "
                              "a rate that prevents additional messages (rate limit)")]:
         assert asks_to_slow_down(code, text), text

@@ -262,6 +262,23 @@ class Plain(ClientTests):
         self.assertEqual(len(stored_bodies(self.server)), 1)
 
 
+class UntrustedProxyPeer(ClientTests):
+    """H1: a PROXY header is believed only from smtp.proxy_trusted_networks."""
+
+    smtp = {"proxy_trusted_networks": ["127.0.0.2/32"], "trusted_networks": ["10.0.0.0/8"]}
+    listeners = [{"name": "smtp", "endpoint": "tcp:0", "tls": "none", "proxy_protocol": True}]
+
+    async def test_a_stranger_claiming_a_trusted_address_is_disconnected(self) -> None:
+        commands = (b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n"
+                    b"hi\r\n.\r\nQUIT\r\n")
+        data = await self.in_thread(proxied_session, self.server.port(), "10.1.2.3", commands)
+        self.assertEqual(data, b"")  # no banner: refused before a byte was read
+        self.assertEqual(stored_bodies(self.server), [])
+        trusted = await self.in_thread(proxied_session, self.server.port(), "10.1.2.3",
+                                       commands, None, "127.0.0.2")
+        self.assertIn(b"250 2.0.0 Ok: queued as", trusted)  # the real proxy is believed
+
+
 class Untrusted(ClientTests):
     smtp = {"trusted_networks": []}
     listeners = [{"name": "smtp", "endpoint": "tcp:0", "tls": "starttls"}]
@@ -333,7 +350,7 @@ class BrokenDisk(ClientTests):
 
 
 class ProxyProtocol(ClientTests):
-    smtp = {"blocked_networks": ["198.51.100.0/24"]}
+    smtp = {"blocked_networks": ["198.51.100.0/24"], "proxy_trusted_networks": ["127.0.0.1/32"]}
     listeners = [{"name": "smtp", "endpoint": "tcp:0", "tls": "none", "proxy_protocol": True}]
 
     def session(self, source: str, commands: bytes) -> bytes:
@@ -355,6 +372,41 @@ class ProxyProtocol(ClientTests):
         self.assertIn(b"250 2.0.0 Ok: queued as", data)
         [body] = stored_bodies(self.server)
         self.assertIn(b"([127.0.0.9])", body)
+
+    async def test_a_header_whose_address_is_not_an_ip_closes_the_connection(self) -> None:
+        """H1: the v1 source went byte for byte into the Received header (a bare LF, a
+        forged header and <LF>.<LF> in the spooled message)."""
+        header = b"PROXY TCP4 10.0.0.1\nX-Injected:via-proxy-header\n.\nRSET 127.0.0.1 4 25\r\n"
+        data = await self.in_thread(proxied_session, self.server.port(), "", b"EHLO c\r\n",
+                                    header)
+        self.assertEqual(data, b"")
+        for bad in (b"PROXY TCP4 not-an-ip 127.0.0.1 1 25\r\n",
+                    b"PROXY TCP6 10.0.0.1 127.0.0.1 1 25\r\n",  # wrong family
+                    b"PROXY TCP4 10.0.0.1 127.0.0.1 99999 25\r\n"):
+            self.assertEqual(await self.in_thread(proxied_session, self.server.port(), "",
+                                                  b"EHLO c\r\n", bad), b"")
+        self.assertEqual(stored_bodies(self.server), [])
+
+    async def test_proxied_connections_count_when_they_open(self) -> None:
+        """H1: 55 idle proxied connections from one address were accepted where the plain
+        listener refused at the per-IP limit: they counted only after their first line."""
+        limit = self.server.ctx.smtp.max_connections_per_ip
+        header = b"PROXY TCP4 10.1.2.3 127.0.0.1 40000 25\r\n"
+
+        def open_idle(n: int) -> list[bytes]:
+            socks, banners = [], []
+            for _ in range(n):
+                s = socket.create_connection(("127.0.0.1", self.server.port()), timeout=10)
+                s.sendall(header)
+                banners.append(s.recv(1024))
+                socks.append(s)
+            for s in socks:
+                s.close()
+            return banners
+
+        banners = await self.in_thread(open_idle, limit + 2)
+        self.assertTrue(all(b.startswith(b"220 ") for b in banners[:limit]))
+        self.assertTrue(all(b.startswith(b"421 4.7.0") for b in banners[limit:]), banners)
 
     async def test_blocked_network_through_proxy(self) -> None:
         data = await self.in_thread(self.session, "198.51.100.7", b"EHLO c\r\n")

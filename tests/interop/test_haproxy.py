@@ -46,7 +46,8 @@ def instance_config(directory: str, port: int, redis_url: str) -> str:
         json.dump({"hostname": "relay.test", "spool_dir": "spool", "web": {"enabled": False},
                    "smtp": {"listeners": [{"name": "smtp", "tls": "none",
                                            "proxy_protocol": True,
-                                           "endpoint": f"tcp:{port}:interface=127.0.0.1"}]},
+                                           "endpoint": f"tcp:{port}:interface=127.0.0.1"}],
+                            "proxy_trusted_networks": ["127.0.0.1/32"]},
                    # the load of part 3 comes from 127.0.0.1 and .9: not limited
                    "rate_limits": {"backend": redis_url, "global": {"hour": 12},
                                    "exempt_networks": ["127.0.0.1/32", "127.0.0.9/32"]}}, f)
