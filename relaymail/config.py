@@ -134,6 +134,7 @@ class UpstreamConfig:
     oauth2: OAuth2Config | None = None  # AUTH XOAUTH2/OAUTHBEARER instead of a password
     sender_rewrite: SenderRewrite | None = None  # the sender rule this upstream enforces
     bounce_sender: str | None = None  # MAIL FROM for bounces where <> is refused (163)
+    allow_insecure_auth: bool = False  # credentials to an unverified or plaintext server
 
     def __repr__(self) -> str:  # never show the password
         return (f"UpstreamConfig(host={self.host!r}, port={self.port!r}, tls={self.tls!r}, "
@@ -271,7 +272,7 @@ DEFAULTS: dict[str, Any] = {
 LISTENER_KEYS = {"name", "endpoint", "tls", "auth", "proxy_protocol"}
 UPSTREAM_KEYS = {"preset", "host", "port", "tls", "verify", "ca_file", "username", "password",
                  "helo", "max_connections", "max_rate", "oauth2", "sender_rewrite",
-                 "bounce_sender"}
+                 "bounce_sender", "allow_insecure_auth"}
 OAUTH2_KEYS = {"token_url", "client_id", "client_secret", "refresh_token", "grant", "scope",
                "mechanism", "authorize_url", "device_url", "tenant"}
 SENDER_REWRITE_KEYS = {"address", "domains", "header_from", "reply_to"}
@@ -728,8 +729,33 @@ def validate_upstream(c: _Check, item: Any, key: str) -> UpstreamConfig:
         oauth2=validate_oauth2(c, d.get("oauth2"), f"{key}.oauth2"),
         sender_rewrite=validate_sender_rewrite(c, d, f"{key}.sender_rewrite"),
         bounce_sender=validate_address(c, d.get("bounce_sender"), f"{key}.bounce_sender"),
+        allow_insecure_auth=c.boolean(d.get("allow_insecure_auth", False),
+                                      f"{key}.allow_insecure_auth"),
     )
+    check_auth_security(c, upstream, key)
     return upstream
+
+
+def check_auth_security(c: _Check, upstream: UpstreamConfig, key: str) -> None:
+    """Credentials go only to a server whose certificate was checked: ``starttls`` or
+    ``implicit`` with ``verify``.  ``opportunistic`` (unverified, and plaintext when STARTTLS
+    fails), ``verify: false`` and ``none`` would hand the password or token to whoever
+    answers; that takes an explicit ``allow_insecure_auth: true`` on the upstream."""
+    if upstream.allow_insecure_auth or not (upstream.username or upstream.password
+                                            or upstream.oauth2):
+        return
+    what = "a password" if upstream.password else \
+        "an OAuth2 token" if upstream.oauth2 else "a login"
+    fix = 'use "starttls" (or "implicit") with verify, or set allow_insecure_auth'
+    if upstream.tls == "none":
+        raise c.fail(f"{key}.tls", f'"none" with {what} sends it in plaintext; {fix}')
+    if upstream.tls == "opportunistic":
+        raise c.fail(f"{key}.tls", f'"opportunistic" with {what} sends it to an unverified '
+                     f'server; use "starttls" with verify, or set allow_insecure_auth')
+    if not upstream.verify:
+        raise c.fail(f"{key}.verify", f"false with {what} sends it to an unverified server; "
+                     f"keep verify (give ca_file for a private CA), or set "
+                     f"allow_insecure_auth")
 
 
 def preset_sender_rule(rule: str, upstream: Mapping[str, Any]) -> dict[str, Any]:

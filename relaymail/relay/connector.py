@@ -5,8 +5,12 @@ TLS policies (the upstream's ``tls`` and ``verify``):
   against the system roots or ``ca_file``) unless ``verify`` is false.
 - ``implicit``: TLS from the first byte (port 465), checked the same way.
 - ``opportunistic``: STARTTLS when offered, SNI sent, nothing verified (RFC 7435); the
-  default toward MX hosts.
+  default toward MX hosts.  With credentials (only with ``allow_insecure_auth``) STARTTLS
+  is required, and a failed handshake is never retried in plaintext.
 - ``none``: plaintext.
+
+Config validation lets an upstream with credentials use only ``starttls``/``implicit`` with
+``verify`` unless it sets ``allow_insecure_auth`` (relaymail.config.check_auth_security).
 
 An upstream with ``oauth2`` logs in with SASL XOAUTH2 or OAUTHBEARER: the access token is
 fetched from its token source before connecting, and when the server refuses it (535 or
@@ -59,6 +63,17 @@ class Target:
     max_connections: int | None = None  # provider throttle, with max_rate (count, seconds)
     max_rate: tuple[int, float] | None = None
     oauth2: OAuth2Config | None = None  # resolved settings (relaymail.relay.oauth2.resolve)
+
+    @property
+    def has_credentials(self) -> bool:
+        """It logs in: a password or an OAuth2 token must never go out in plaintext."""
+        return bool(self.username or self.password or self.oauth2)
+
+    @property
+    def requires_tls(self) -> bool:
+        """STARTTLS or no session: ``starttls``, and ``opportunistic`` with credentials
+        (allowed only with ``allow_insecure_auth``: unverified, but never plaintext)."""
+        return self.tls == "starttls" or (self.tls == "opportunistic" and self.has_credentials)
 
     @property
     def label(self) -> str:
@@ -155,7 +170,7 @@ def connect(reactor: Any, target: Target, identity: str, connect_timeout: float,
         label=target.label, identity=target.helo or identity, username=target.username,
         password=access_token if mechanism else target.password,
         tls_context=None if target.tls == "implicit" else creator,
-        require_tls=target.tls == "starttls", timeout=command_timeout,
+        require_tls=target.requires_tls, timeout=command_timeout,
         oauth2_mechanism=mechanism)
     connected = endpoint.connect(Factory.forProtocol(lambda: client))
     connected.addCallback(lambda _: client.ready)

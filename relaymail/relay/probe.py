@@ -192,7 +192,7 @@ class Probe:
             await self._timed("STARTTLS", self._say("STARTTLS"), expect=(220,))
             self.protocol.transport.startTLS(tls_creator(self.target))
             ehlo = await self._timed("EHLO (TLS)", self._say(f"EHLO {self.identity}"))
-        elif self.target.tls == "starttls":
+        elif self.target.requires_tls:
             message = "the server does not offer STARTTLS (try tls \"implicit\" on port 465)"
             self.steps.append(Step("STARTTLS", False, 0.0, error=message))
             raise ProbeFailedError(message)

@@ -84,8 +84,10 @@ class Failover:
                 continue
             edit = await self.editor.edit(envelope, body_path, (policies or {}).get(target.key))
             outcomes = await self._send(envelope, remaining, body_path, target, edit)
-            if target.tls == "opportunistic" and tls_failed(outcomes, remaining):
-                # RFC 7435: when opportunistic TLS cannot be set up, send in plaintext.
+            if target.tls == "opportunistic" and not target.has_credentials \
+                    and tls_failed(outcomes, remaining):
+                # RFC 7435: when opportunistic TLS cannot be set up, send in plaintext; never
+                # with credentials (the password would go in clear): those move on instead.
                 plain = dataclasses.replace(target, tls="none")
                 outcomes = await self._send(envelope, remaining, body_path, plain, edit)
             still = []

@@ -8,7 +8,10 @@ and client_id).
 
 A change is applied to the config *document* (the JSON file as written, not the merged
 defaults), validated by the same code as startup, saved atomically with the previous
-version kept as ``<file>.bak``, and then applied to the running relay."""
+version kept as ``<file>.bak``, and then applied to the running relay.  So an upstream with
+credentials and ``tls`` ``opportunistic`` or ``none``, or ``verify: false``, is refused (400)
+with the startup error unless the request sets ``allow_insecure_auth: true`` for it; that
+flag is not kept from the saved upstream when a change leaves it out."""
 
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ def relay_transport_name(config: Config) -> str | None:
 
 def masked(upstream: Any) -> dict[str, Any]:
     return {"host": upstream.host, "port": upstream.port, "tls": upstream.tls,
-            "verify": upstream.verify, "username": upstream.username,
+            "verify": upstream.verify, "allow_insecure_auth": upstream.allow_insecure_auth,
+            "username": upstream.username,
             "password": MASK if upstream.password else None, "preset": upstream.preset,
             "max_rate": None if upstream.max_rate is None else
             f"{upstream.max_rate[0]}/{int(upstream.max_rate[1])}s",

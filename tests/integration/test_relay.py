@@ -138,6 +138,30 @@ class ProviderTests(RelayTestCase):
         self.assertIn("STARTTLS", broken.sessions[0].commands)
         self.assertNotIn("STARTTLS", broken.sessions[-1].commands)
 
+    async def test_credentials_never_fall_back_to_plaintext(self) -> None:
+        """M5: an opportunistic upstream with a login (allowed only with
+        allow_insecure_auth) whose TLS handshake fails is NOT retried in plaintext with the
+        password, and one that does not offer STARTTLS gets no AUTH: the mail moves on to
+        the next upstream instead."""
+        broken = await self.scripted(Script(extensions=("STARTTLS", "AUTH PLAIN LOGIN")))
+        stripped = await self.scripted(Script(extensions=("PIPELINING", "AUTH PLAIN LOGIN")))
+        good = await self.scripted()
+        secret = {"username": "relay", "password": "s3cret-pass", "allow_insecure_auth": True}
+        relay = await self.relay(**smarthost(
+            {"host": "127.0.0.1", "port": broken.port, "tls": "opportunistic", **secret},
+            {"host": "127.0.0.1", "port": stripped.port, "tls": "opportunistic", **secret},
+            plain(good.port)))
+        await self.send(relay, ["user@dest.test"])
+        await wait_until(lambda: good.messages, what="delivery through the third upstream")
+        await self.drained(relay)
+        self.assertTrue(broken.sessions and stripped.sessions)
+        for session in broken.sessions:  # every session tried TLS; none went on in clear
+            self.assertIn("STARTTLS", session.commands)
+        for session in (*broken.sessions, *stripped.sessions):
+            self.assertFalse([c for c in session.commands if c.upper().startswith(
+                ("AUTH", "MAIL"))], session.commands)
+        self.assertEqual(broken.messages + stripped.messages, [])
+
     async def test_wrong_password_defers_and_is_never_shown(self) -> None:
         upstream = self.aio(password="the-right-one")
         secret = "Wr0ng-Secret-Value"

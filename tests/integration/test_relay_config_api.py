@@ -70,12 +70,14 @@ class RelayConfigTests(RelayTestCase):
         self.assertEqual(upstream.messages[0].rcpt_tos, ["live@dest.test"])
 
         # the password is write-only: shown masked, and a change without it keeps it
+        # (a password in plaintext needs allow_insecure_auth: this scripted peer has no TLS)
         code, view = await self.call({"host": "127.0.0.1", "port": upstream.port,
                                       "use_tls": False, "username": "relay",
-                                      "password": "s3cret-pass"})
+                                      "password": "s3cret-pass", "allow_insecure_auth": True})
         self.assertEqual((code, view["password"]), (200, "********"))
         code, view = await self.call({"host": "127.0.0.1", "port": upstream.port,
-                                      "use_tls": False, "username": "relay"})
+                                      "use_tls": False, "username": "relay",
+                                      "allow_insecure_auth": True})
         self.assertEqual(code, 200)
         saved = self.document()["transports"]["provider"]["upstreams"][0]
         self.assertEqual(saved["password"], "s3cret-pass")
@@ -119,3 +121,49 @@ class RelayConfigTests(RelayTestCase):
         self.assertEqual((code, view["enabled"]), (200, False))
         routes = self.document()["routes"]
         self.assertEqual(routes[0]["transport"], "outbox")
+
+    async def test_credentials_to_an_unverified_server_are_refused(self) -> None:
+        """M5: the console/API save path gives the startup error (400) for a password or
+        OAuth2 token with tls opportunistic or none, or verify false, and saves nothing;
+        allow_insecure_auth: true in the request is the explicit way."""
+        await self.start()
+        before = self.document()
+        login = {"host": "mail.example", "port": 587, "username": "relay", "password": "pw-1"}
+        for change, words in (
+                ({**login, "tls": "opportunistic"},
+                 'transports.provider.upstreams[0].tls: "opportunistic" with a password sends '
+                 'it to an unverified server; use "starttls" with verify, or set '
+                 'allow_insecure_auth'),
+                ({**login, "tls": "starttls", "verify": False},
+                 "transports.provider.upstreams[0].verify: false with a password"),
+                ({**login, "use_tls": False},
+                 'transports.provider.upstreams[0].tls: "none" with a password sends it in '
+                 'plaintext'),
+                ({"host": "mail.example", "username": "me@example.com", "tls": "opportunistic",
+                  "oauth2": {"client_id": "c", "token_url": "https://login.example/token"}},
+                 "with an OAuth2 token"),
+                ({"upstreams": [{"host": "ok.example", "username": "u", "password": "p"},
+                                {**login, "tls": "opportunistic"}]},
+                 "transports.provider.upstreams[1].tls")):
+            code, answer = await self.call({"enabled": True, **change})
+            self.assertEqual(code, 400, change)
+            self.assertIn(words, answer["error"])
+            self.assertNotIn("pw-1", answer["error"])
+        self.assertEqual(self.document(), before)
+        self.assertFalse(os.path.exists(self.path + ".bak"))
+        # saved with the password first, a later change to opportunistic keeps the saved
+        # password (same host and user) and so is refused too
+        code, view = await self.call({**login, "tls": "starttls"})
+        self.assertEqual(code, 200, view)
+        code, answer = await self.call({"host": "mail.example", "port": 587,
+                                        "username": "relay", "tls": "opportunistic"})
+        self.assertEqual(code, 400)
+        self.assertIn('"opportunistic" with a password', answer["error"])
+
+        code, view = await self.call({**login, "tls": "opportunistic",
+                                      "allow_insecure_auth": True})
+        self.assertEqual(code, 200, view)
+        self.assertEqual((view["tls"], view["upstreams"][0]["allow_insecure_auth"]),
+                         ("opportunistic", True))
+        saved = self.document()["transports"]["provider"]["upstreams"][0]
+        self.assertIs(saved["allow_insecure_auth"], True)

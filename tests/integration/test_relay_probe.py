@@ -13,7 +13,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from tests.helpers import free_port
 from tests.integration.test_relay import RelayTestCase, smarthost
-from tests.upstreams import ca_file
+from tests.upstreams import Script, ca_file
 
 
 class RelayProbeTests(RelayTestCase):
@@ -87,3 +87,31 @@ class RelayProbeTests(RelayTestCase):
         code, result = await self.post(base, token, {"host": "h", "tls": "ssl3"})
         self.assertEqual(code, 400)
         self.assertIn("upstream.tls", result["error"])
+
+    async def test_credentials_to_an_unverified_server_are_refused(self) -> None:
+        """M5: the connection test refuses what the config refuses (400, naming the key),
+        so the password is not sent to an unverified server by a test either."""
+        _, base, token = await self.api(self.provider())
+        probe = {"host": "127.0.0.1", "port": free_port(), "username": "relay",
+                 "password": "pw-2"}
+        for change, words in (({"tls": "opportunistic"}, 'upstream.tls: "opportunistic" with '
+                               'a password sends it to an unverified server'),
+                              ({"tls": "starttls", "verify": False}, "upstream.verify: false"),
+                              ({"use_tls": False}, 'upstream.tls: "none" with a password')):
+            code, result = await self.post(base, token, {**probe, **change})
+            self.assertEqual(code, 400, change)
+            self.assertIn(words, result["error"])
+            self.assertNotIn("pw-2", result["error"])
+        code, result = await self.post(base, token, {**probe, "tls": "opportunistic",
+                                                     "allow_insecure_auth": True})
+        self.assertEqual((code, result["ok"]), (200, False))
+        self.assertIn("connection refused", result["error"])
+        # allowed, it still never logs in without TLS: no STARTTLS offered, no AUTH sent
+        stripped = await self.scripted(Script(extensions=("PIPELINING", "AUTH PLAIN LOGIN")))
+        code, result = await self.post(base, token, {**probe, "port": stripped.port,
+                                                     "tls": "opportunistic",
+                                                     "allow_insecure_auth": True})
+        self.assertEqual((code, result["ok"], result["steps"][-1]["step"]),
+                         (200, False, "STARTTLS"))
+        self.assertIn("does not offer STARTTLS", result["error"])
+        self.assertFalse([c for c in stripped.sessions[0].commands if c.startswith("AUTH")])
