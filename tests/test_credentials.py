@@ -63,3 +63,27 @@ def test_cli_set_changes_limits_and_flags(tmp_path: Any, capsys: Any) -> None:
     assert main([*base, "set", "shop"]) == 2
     assert main([*base, "set", "nobody", "--enabled"]) == 2
     assert "no credential named 'nobody'" in capsys.readouterr().err
+
+
+def test_unknown_logins_cost_what_real_ones_cost(tmp_path: Any) -> None:
+    """M1: unknown users were refused in ~1.5 ms and real ones in ~199 ms (the dummy hash
+    had cost 4): the time told which usernames exist."""
+    import time
+
+    from relaymail.credentials import BCRYPT_ROUNDS, dummy_hash
+
+    assert dummy_hash().startswith(b"$2b$%02d$" % BCRYPT_ROUNDS)
+    store = CredentialStore(str(tmp_path / "credentials.json"))
+    password = store.add("app1")
+    checker = CredentialChecker(store, run_synchronously, cache_seconds=0)
+
+    def seconds(name: str, secret: str) -> float:
+        start = time.perf_counter()
+        d = checker.requestAvatarId(UsernamePassword(name.encode(), secret.encode()))
+        d.addErrback(lambda f: f.trap(UnauthorizedLogin))
+        return time.perf_counter() - start
+
+    seconds("nobody", "x")  # the dummy hash is made once
+    real = min(seconds("app1", password + "wrong") for _ in range(2))
+    unknown = min(seconds("nobody", "x") for _ in range(2))
+    assert 0.5 < unknown / real < 2, (unknown, real)

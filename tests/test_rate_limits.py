@@ -137,7 +137,9 @@ class LimitTests(TestCase):
         self.assertEqual(len(h.counters), 1)
 
 
-class LockoutTests(TestCase):
+class LockoutCase(TestCase):
+    """A lockout allowing 3 failures in 10 minutes, 60 s locks up to 150 s, on a fake clock."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.counters = MemoryCounters(self.clock.seconds)
@@ -152,12 +154,14 @@ class LockoutTests(TestCase):
         for _ in range(times):
             result(self.lockout.failed(ip, user))
 
+
+class LockoutTests(LockoutCase):
     def test_lockout_after_max_failures_grows_and_is_capped(self) -> None:
         self.fail(2)
         self.assertEqual(self.locked("ip", "192.0.2.1"), 0)
         self.fail(1)
         self.assertEqual(self.locked("ip", "192.0.2.1"), 60)
-        self.assertEqual(self.locked("user", "app1"), 60)  # usernames fold case
+        self.assertEqual(self.locked("pair", "app1|192.0.2.1"), 60)  # usernames fold case
         self.clock.advance(60)
         self.assertEqual(self.locked("ip", "192.0.2.1"), 0)
         self.fail(3)
@@ -179,6 +183,35 @@ class LockoutTests(TestCase):
         self.fail(1, user="other")
         self.assertEqual(self.locked("ip", "192.0.2.1"), 60)
         self.assertEqual(self.locked("user", "app1"), 0)
+
+
+class AttemptTests(LockoutCase):
+    """M2: attempts are counted before the check, IPv6 counts by /64, and a login is slowed,
+    not locked, by failures from elsewhere."""
+
+    def attempt(self, ip: str = "192.0.2.1", user: str = "app1") -> Any:
+        return result(self.lockout.attempt(ip, user))
+
+    def test_attempts_racing_each_other_are_refused_past_the_limit(self) -> None:
+        attempts = [self.attempt() for _ in range(20)]  # none has failed yet
+        allowed = [a for a in attempts if a.locked == 0]
+        self.assertEqual(len(allowed), 3)
+        self.assertEqual(self.locked("ip", "192.0.2.1"), 60)
+
+    def test_ipv6_addresses_count_by_their_64(self) -> None:
+        for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"):
+            result(self.lockout.attempt_failed(self.attempt(host)))
+        self.assertEqual(self.locked("ip", "2001:db8:1:2:abcd::9"), 60)
+        self.assertEqual(self.locked("ip", "2001:db8:1:3::1"), 0)  # another /64
+
+    def test_failures_from_elsewhere_delay_the_owner_but_never_lock_them_out(self) -> None:
+        for i in range(5):
+            result(self.lockout.attempt_failed(self.attempt(f"198.51.100.{i}")))
+        owner = self.attempt("192.0.2.9")
+        self.assertEqual(owner.locked, 0)
+        self.assertEqual(owner.delay, 4.0)  # 6th attempt at a login allowing 3: 1, 2, 4 s
+        self.lockout.attempt_succeeded(owner)
+        self.assertEqual(self.attempt("192.0.2.9").delay, 0)  # the owner's login cleared it
 
 
 def test_policy_snapshot_shows_counters_and_never_the_backend_url() -> None:

@@ -42,7 +42,7 @@ from relaymail.policy.dkim import (
     parse_headers,
 )
 from relaymail.policy.limits import RateLimiter, Reservation, Who
-from relaymail.policy.lockout import AuthLockout
+from relaymail.policy.lockout import Attempt, AuthLockout
 from relaymail.smtp import replies
 from relaymail.smtp.access import (
     SENDER_NOT_ALLOWED,
@@ -495,18 +495,30 @@ class RelayESMTP(ESMTP):
         self.await_reply(d, lambda outcome: self.auth_finished(username, outcome))
 
     def check_login(self, username: str, password: str) -> Deferred:
-        """The credential check, skipped (LoginLockedError) while the login is locked out."""
+        """The credential check, with the lockout's accounting around it: the attempt is
+        counted first (so concurrent guesses cannot race past the limit), refused without a
+        check while locked (LoginLockedError), delayed when the login is under attack from
+        many addresses, and a failure is recorded before the 535 goes out."""
         credentials = UsernamePassword(username.encode(), password.encode())
-        lockout = self.context.lockout
+        checker, lockout = self.context.checker, self.context.lockout
         if lockout is None:
-            return maybeDeferred(self.context.checker.requestAvatarId, credentials)
+            return maybeDeferred(checker.requestAvatarId, credentials)
 
-        def check(seconds: float) -> Any:
-            if seconds > 0:
-                raise LoginLockedError(seconds)
-            return self.context.checker.requestAvatarId(credentials)
+        def check(attempt: Attempt) -> Deferred:
+            if attempt.locked > 0:
+                raise LoginLockedError(attempt.locked)
+            d = lockout.wait(attempt)
+            d.addCallback(lambda _: checker.requestAvatarId(credentials))
+            d.addCallbacks(lambda avatar: (lockout.attempt_succeeded(attempt), avatar)[1],
+                           lambda failure: failed(failure, attempt))
+            return d
 
-        return lockout.locked_for("user", username.lower()).addCallback(check)
+        def failed(failure: Failure, attempt: Attempt) -> Deferred:
+            if not failure.check(UnauthorizedLogin):
+                return failure
+            return lockout.attempt_failed(attempt).addCallback(lambda _: failure)
+
+        return lockout.attempt(self.client_ip, username).addCallback(check)
 
     def auth_finished(self, username: str, outcome: Any) -> None:
         result = "ok"
@@ -517,25 +529,16 @@ class RelayESMTP(ESMTP):
         log.info("auth {result} client={client_ip} listener={listener} credential={credential}",
                  result=result, client_ip=self.client_ip, listener=self.listener.name,
                  credential=printable(username))
-        lockout = self.context.lockout
         if result == "ok":
             self.credential = str(outcome)
             self.authenticated = True
-            if lockout is not None:
-                lockout.succeeded(username)
             self.reply(Reply(235, "2.7.0", "Authentication successful"))
         elif result == "locked":
             wait = int(outcome.value.seconds) + 1
             self.reply(Reply(454, "4.7.0", "Too many failed authentication attempts for this "
                                            f"login; try again in {wait} seconds"))
         elif outcome.check(UnauthorizedLogin):
-            refused = Reply(535, "5.7.8", "Authentication credentials invalid")
-            if lockout is None:
-                self.reply(refused)
-                return
-            # Answer once the failure is counted, so the next attempt already sees it.
-            d = lockout.failed(self.client_ip, username)
-            self.await_reply(d, lambda _: self.reply(refused))
+            self.reply(Reply(535, "5.7.8", "Authentication credentials invalid"))
         else:
             self.reply(Reply(454, "4.7.0", "Temporary authentication failure"))
 

@@ -8,6 +8,7 @@ import smtplib
 import tempfile
 from typing import Any
 
+from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -145,12 +146,34 @@ class LockoutTests(PolicyTestCase):
                                     + plain_auth("shop", self.password) + b"QUIT\r\n")
         self.assertIn(b"235 2.7.0", other)  # another address is not affected
 
-    async def test_login_locked_after_failures_from_many_addresses(self) -> None:
+    async def test_strangers_cannot_lock_the_owner_out_but_are_slowed_and_locked(self
+                                                                                ) -> None:
+        """M2: failures from three addresses used to lock the login everywhere, so anyone
+        could lock out a known user.  Now the owner, elsewhere, still logs in (after a short
+        delay: the login is under attack), and the stranger's own network is locked."""
         for i in range(3):
             await deferToThread(self.proxied, f"127.0.1.{i}",
                                 b"EHLO c\r\n" + plain_auth("shop", "guess") + b"QUIT\r\n")
         data = await deferToThread(self.proxied, "127.0.2.1", b"EHLO c\r\n"
                                    + plain_auth("shop", self.password) + b"QUIT\r\n")
-        self.assertIn(b"454 4.7.0 Too many failed authentication attempts for this login", data)
-        self.assertIn(b"221 2.0.0", data)  # the session goes on; the login is refused
-        self.assertEqual(self.server.ctx.lockout.stats["lockouts.user"], 1)
+        self.assertIn(b"235 2.7.0 Authentication successful", data)
+        self.assertGreaterEqual(self.server.ctx.lockout.stats["delayed"], 1)
+        for _ in range(3):
+            data = await deferToThread(self.proxied, "127.0.3.1", b"EHLO c\r\n"
+                                       + plain_auth("shop", "guess") + b"QUIT\r\n")
+        blocked = await deferToThread(self.proxied, "127.0.3.1", b"EHLO c\r\n"
+                                      + plain_auth("shop", self.password) + b"QUIT\r\n")
+        self.assertIn(b"454 4.7.0 Too many failed authentication attempts", blocked)
+        self.assertGreaterEqual(self.server.ctx.lockout.stats["lockouts.ip"], 1)
+
+    async def test_concurrent_guesses_cannot_race_past_the_limit(self) -> None:
+        """M2: 20 guesses sent at once were all checked although 3 are allowed (each was
+        counted only after its bcrypt check)."""
+        def guess(_: int) -> bytes:
+            return self.proxied("127.0.4.1", b"EHLO c\r\n" + plain_auth("shop", "guess")
+                                + b"QUIT\r\n")
+
+        results = await gatherResults([deferToThread(guess, i) for i in range(20)])
+        checked = sum(b"535 5.7.8" in r for r in results)
+        self.assertLessEqual(checked, 3)
+        self.assertEqual(checked + sum(b"454 4.7.0" in r for r in results), 20)
