@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from relaymail.config import IPNetwork, SMTPConfig
 from relaymail.credentials import Credential
@@ -75,3 +76,28 @@ def sender_allowed(credential: Credential | None, sender: str) -> bool:
                 allowed.startswith("*.") and domain.endswith(allowed[1:])):
             return True
     return False
+
+
+HEADER_FROM_MISMATCH = Reply(550, "5.7.1", "Header From must be in the envelope sender's "
+                                           "domain for this login")
+ONE_FROM_ONLY = Reply(550, "5.7.1", "Exactly one From header field is allowed for this login")
+
+
+def header_sender_problem(fields: Sequence[tuple[bytes, bytes]],
+                          credential: Credential, envelope_sender: str) -> Reply | None:
+    """``check_header_from``: one From field, and every mailbox in it and in Sender in the
+    envelope sender's domain and allowed for the login (``From: a@ok.example,
+    ceo@bank.example`` or a second From field used to pass on the first mailbox)."""
+    froms = [value for name, value in fields if name.lower() == b"from"]
+    if len(froms) != 1:
+        return ONE_FROM_ONLY
+    values = froms + [value for name, value in fields if name.lower() == b"sender"]
+    text = [v.decode("utf-8", "replace").replace("\r\n", "") for v in values]
+    mailboxes = [address for _, address in email.utils.getaddresses(text)]
+    domain = envelope_sender.rpartition("@")[2].lower()
+    for address in mailboxes or [""]:
+        mailbox_domain = address.rpartition("@")[2].strip().rstrip(".").lower()
+        if "@" not in address or mailbox_domain != domain or \
+                not sender_allowed(credential, address):
+            return HEADER_FROM_MISMATCH
+    return None

@@ -45,8 +45,10 @@ from relaymail.policy.limits import RateLimiter, Reservation, Who
 from relaymail.policy.lockout import Attempt, AuthLockout
 from relaymail.smtp import replies
 from relaymail.smtp.access import (
+    HEADER_FROM_MISMATCH,
     SENDER_NOT_ALLOWED,
     ConnectionTracker,
+    header_sender_problem,
     in_networks,
     is_loopback,
     sender_allowed,
@@ -545,7 +547,7 @@ class RelayESMTP(ESMTP):
     # ------------------------------------------------------------------ MAIL and RCPT
 
     def do_MAIL(self, rest: bytes) -> None:
-        refusal = self.mail_refusal()
+        refusal = self.credential_gone() or self.mail_refusal()
         if refusal is not None:
             self.reply(refusal)
             return
@@ -582,6 +584,20 @@ class RelayESMTP(ESMTP):
                  sender=sender.address, size=declared, client_ip=self.client_ip,
                  listener=self.listener.name, credential=self.credential)
         self.reply(Reply(250, "2.1.0", "Ok"))
+
+    def credential_gone(self) -> Reply | None:
+        """The login was removed or disabled since AUTH: the session's authentication ends
+        here, before it can send with none of the login's restrictions."""
+        if self.credential is None or self.context.credentials is None:
+            return None
+        login = self.context.credentials.get(self.credential)
+        if login is not None and login.enabled:
+            return None
+        log.info("auth revoked client={client_ip} listener={listener} credential={credential}"
+                 ": removed or disabled", client_ip=self.client_ip,
+                 listener=self.listener.name, credential=printable(self.credential))
+        self.credential, self.authenticated = None, False
+        return CREDENTIAL_REVOKED
 
     def mail_refusal(self) -> Reply | None:
         if self.helo is None:
@@ -745,12 +761,10 @@ class RelayESMTP(ESMTP):
         if credential is None or not credential.check_header_from:
             return None
         try:
-            domain = from_domain(parse_headers(body.header_block))
+            fields = parse_headers(body.header_block)
         except SigningError:
-            domain = None
-        if domain is not None and domain == txn.sender.address.rpartition("@")[2].lower():
-            return None
-        return HEADER_FROM_MISMATCH
+            return HEADER_FROM_MISMATCH
+        return header_sender_problem(fields, credential, txn.sender.address)
 
     def dkim_sign(self, writer: MessageWriter, body: BodyReader) -> Deferred:
         """Sign once, here (off the reactor thread); fires with the log note ("" when DKIM is
@@ -846,6 +860,10 @@ class RelayESMTP(ESMTP):
         return "\r\n".join(lines).encode("ascii", "replace") + b"\r\n"
 
 
+CREDENTIAL_REVOKED = Reply(530, "5.7.0", "Authentication no longer valid: the login was "
+                                         "removed or disabled")
+
+
 class LoginLockedError(Exception):
     """The login is locked out after repeated failures; no password is checked."""
 
@@ -854,8 +872,6 @@ class LoginLockedError(Exception):
         self.seconds = seconds
 
 
-HEADER_FROM_MISMATCH = Reply(550, "5.7.1", "Header From must be in the envelope sender's "
-                                           "domain for this login")
 
 
 def sanitize(text: str) -> str:

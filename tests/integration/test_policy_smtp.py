@@ -99,6 +99,46 @@ class QuotaTests(PolicyTestCase):
         self.assertEqual(self.queued(), 1)
 
 
+    async def test_every_from_mailbox_and_sender_must_be_allowed(self) -> None:
+        """M4: only the first From field and its first mailbox were looked at."""
+        password = self.store.add("strict2", allowed_sender_domains=["shop.example"],
+                                  check_header_from=True)
+        plain = MESSAGE.replace(b"From: a@shop.example\r\n", b"")
+        for headers in (b"From: a@shop.example, ceo@bank.example\r\n",
+                        b"From: a@shop.example\r\nFrom: ceo@bank.example\r\n",
+                        b"From: a@shop.example\r\nSender: ceo@bank.example\r\n",
+                        b"From: Group: a@shop.example, ceo@bank.example;\r\n"):
+            refused = await deferToThread(self.submit, "strict2", password, "a@shop.example",
+                                          ["x@dest.example"], headers + plain)
+            self.assertIsInstance(refused, smtplib.SMTPDataError, headers)
+            self.assertEqual(refused.smtp_code, 550)
+        good = b"From: a@shop.example, b@shop.example\r\nSender: a@shop.example\r\n" + plain
+        self.assertEqual(await deferToThread(self.submit, "strict2", password, "a@shop.example",
+                                             ["x@dest.example"], good), {})
+        self.assertEqual(self.queued(), 1)
+
+    async def test_a_removed_login_stops_relaying_at_the_next_mail(self) -> None:
+        """M3: after the credential was removed mid-session, MAIL FROM:<ceo@bank.example>
+        (outside its allowed domain) was queued: quota and header checks skipped too."""
+        def session() -> list[Any]:
+            with smtplib.SMTP("localhost", self.server.port("submission"), timeout=10) as s:
+                s.starttls(context=client_tls())
+                s.login("shop", self.password)
+                first = s.sendmail("a@shop.example", ["x@dest.example"], MESSAGE)
+                self.store.remove("shop")
+                try:
+                    s.sendmail("ceo@bank.example", ["x@dest.example"], MESSAGE)
+                except smtplib.SMTPException as e:
+                    return [first, e]
+                return [first, None]
+
+        first, refused = await deferToThread(session)
+        self.assertEqual(first, {})
+        self.assertIsInstance(refused, smtplib.SMTPSenderRefused)
+        self.assertEqual((refused.smtp_code, refused.smtp_error[:5]), (530, b"5.7.0"))
+        self.assertEqual(self.queued(), 1)
+
+
 class RecipientCountTests(PolicyTestCase):
     rate_limits = {"per_ip": {"hour": 3}, "count": "recipients"}
     smtp = {"max_message_size": 2000}
