@@ -6,10 +6,16 @@ Stored as JSON beside the body (never pickled), rewritten atomically on every ch
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+QUEUE_ID_RE = re.compile(r"[0-9A-Za-z]{1,40}")
+
+
+class EnvelopeError(ValueError):
+    """A stored envelope that is not one: wrong JSON shape or field types."""
 
 
 @dataclass
@@ -58,11 +64,55 @@ class Envelope:
 
     @classmethod
     def from_json(cls, data: bytes) -> Envelope:
+        """Parse and check a stored envelope; EnvelopeError names what is wrong."""
         raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise EnvelopeError(f"expected a JSON object, got {type(raw).__name__}")
+        check_fields(raw, _FIELD_TYPES, "")
+        if not QUEUE_ID_RE.fullmatch(raw["queue_id"]):
+            raise EnvelopeError("queue_id: not a queue ID")
+        recipients = raw.get("recipients")
+        if not isinstance(recipients, list) or not recipients:
+            raise EnvelopeError("recipients: expected a non-empty list")
+        for i, item in enumerate(recipients):
+            if not isinstance(item, dict):
+                raise EnvelopeError(f"recipients[{i}]: expected an object")
+            check_fields(item, _RECIPIENT_TYPES, f"recipients[{i}].")
+            if item.get("state", PENDING) not in (PENDING, DELIVERED, FAILED):
+                raise EnvelopeError(f"recipients[{i}].state: unknown state")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
-        values["recipients"] = [Recipient.from_dict(r) for r in raw.get("recipients", [])]
+        values["recipients"] = [Recipient.from_dict(r) for r in recipients]
         return cls(**values)
 
 
 _ENVELOPE_FIELDS = tuple(f.name for f in fields(Envelope))
+_NUMBER = (int, float)
+_OPTIONAL_STR = (str, type(None))
+_OPTIONAL_NUMBER = (int, float, type(None))
+# field -> (accepted types, required)
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "queue_id": ((str,), True), "sender": ((str,), True), "received_at": (_NUMBER, True),
+    "size": (_NUMBER, False), "client_ip": (_OPTIONAL_STR, False),
+    "helo": (_OPTIONAL_STR, False), "credential": (_OPTIONAL_STR, False),
+    "listener": (_OPTIONAL_STR, False), "protocol": ((str,), False),
+    "body_8bit": ((bool,), False), "attempts": (_NUMBER, False),
+    "next_attempt": (_NUMBER, False), "last_attempt": (_OPTIONAL_NUMBER, False),
+    "reason": (_OPTIONAL_STR, False), "extra": ((dict,), False),
+}
+_RECIPIENT_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "address": ((str,), True), "state": ((str,), False), "attempts": (_NUMBER, False),
+    "last_reply": (_OPTIONAL_STR, False), "transport": (_OPTIONAL_STR, False),
+}
+
+
+def check_fields(raw: dict[str, Any], types: dict[str, tuple[tuple[type, ...], bool]],
+                 prefix: str) -> None:
+    for name, (accepted, required) in types.items():
+        if name not in raw:
+            if required:
+                raise EnvelopeError(f"{prefix}{name}: missing")
+            continue
+        value = raw[name]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise EnvelopeError(f"{prefix}{name}: wrong type {type(value).__name__}")

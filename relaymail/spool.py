@@ -30,7 +30,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
-from relaymail.envelope import Envelope
+from relaymail.envelope import Envelope, EnvelopeError
 from relaymail.logs import Logger
 from relaymail.safeio import FileOps
 
@@ -230,6 +230,7 @@ class Spool:
         self._pending: list[_Pending] = []
         self._committing = False
         self.commit_listeners: list[Callable[[Envelope], None]] = []
+        self.quarantined: list[str] = []  # malformed envelopes moved to quarantine/
 
     def path(self, state: str, name: str = "") -> str:
         return os.path.join(self.root, state, name) if name else os.path.join(self.root, state)
@@ -241,8 +242,10 @@ class Spool:
 
         Runs once at startup, before any listener accepts mail.
         """
-        for name in DIRS:
+        for name in (*DIRS, "quarantine"):
             os.makedirs(self.path(name), mode=0o700, exist_ok=True)
+        self.quarantined = sorted(n for n in self.ops.listdir(self.path("quarantine"))
+                                  if n.endswith(".json"))
         for name in self.ops.listdir(self.path("incoming")):
             self.ops.unlink(self.path("incoming", name))
         committed = {n[:-5] for s in STATES for n in self.ops.listdir(self.path(s))
@@ -254,13 +257,40 @@ class Spool:
         return list(self.load_state("queue"))
 
     def load_state(self, state: str) -> Iterable[Envelope]:
+        """The envelopes in ``state``; a malformed one is quarantined, never fatal."""
         for name in sorted(self.ops.listdir(self.path(state))):
             if not name.endswith(".json"):
                 continue
             try:
-                yield Envelope.from_json(self.ops.read(self.path(state, name)))
-            except (OSError, ValueError, TypeError) as e:
+                envelope = Envelope.from_json(self.ops.read(self.path(state, name)))
+                if envelope.queue_id != name[:-5]:
+                    raise EnvelopeError("queue_id does not match the file name")
+            except OSError as e:
                 log.error("spool: unreadable envelope {name}: {error}", name=name, error=e)
+                continue
+            except (ValueError, TypeError) as e:  # EnvelopeError and bad JSON included
+                self.quarantine(state, name, str(e))
+                continue
+            yield envelope
+
+    def quarantine(self, state: str, name: str, why: str) -> None:
+        """Move a malformed envelope, and its body, to ``quarantine/`` for an operator to
+        look at; the rest of the spool goes on.  Counted in ``quarantined`` (health)."""
+        qid = name[:-5]
+        os.makedirs(self.path("quarantine"), mode=0o700, exist_ok=True)
+        moved = []
+        for source, target in ((self.path(state, name), self.path("quarantine", name)),
+                               (self.path("data", qid + ".eml"),
+                                self.path("quarantine", qid + ".eml"))):
+            try:
+                self.ops.rename(source, target)
+                moved.append(os.path.basename(target))
+            except OSError:
+                pass
+        self.quarantined.append(name)
+        log.error("spool: malformed envelope {state}/{name} quarantined ({why}); moved "
+                  "{moved} to {dir}", state=state, name=name, why=why, moved=moved,
+                  dir=self.path("quarantine"))
 
     # ------------------------------------------------------------------ receiving
 

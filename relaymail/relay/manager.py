@@ -391,7 +391,12 @@ class RelayManager(Service):
         if state is None:
             raise QueueError(f"no message {qid}")
         with open(self.spool.path(state, qid + ".json"), "rb") as f:
-            return state, Envelope.from_json(f.read())
+            data = f.read()
+        try:
+            return state, Envelope.from_json(data)
+        except (ValueError, TypeError) as e:
+            self.spool.quarantine(state, qid + ".json", str(e))
+            raise QueueError(f"{qid}: malformed envelope, moved to quarantine/") from None
 
     def list(self, state: str = "queue") -> list[Envelope]:
         if state == "queue":

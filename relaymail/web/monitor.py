@@ -76,7 +76,7 @@ class Monitor:
         if not disk.writable or free_mb < MIN_FREE_MB:
             status = "error"
         elif any(u.get("down") for u in upstreams) or \
-                self.stats.success_rate() < 90:
+                self.stats.success_rate() < 90 or self.manager.spool.quarantined:
             status = "degraded"
         else:
             status = "ok"
@@ -91,6 +91,7 @@ class Monitor:
                 "failed_emails": disk.failed,
                 "total_emails_processed": self.stats.total("sent") + self.stats.total("bounced"),
                 "success_rate": self.stats.success_rate(),
+                "quarantined_files": list(self.manager.spool.quarantined),
             },
         }
         return (503 if status == "error" else 200), body

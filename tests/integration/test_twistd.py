@@ -311,3 +311,42 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Any) -> None:
     print(f"crash test: {len(acked)} acknowledged, {len(maybe)} in flight at kills, "
           f"{twice} stored twice (delivered while killed)")
     assert len(acked) > 20, f"too little load to mean anything: {len(acked)} acknowledged"
+
+
+def test_malformed_envelopes_are_quarantined_and_twistd_starts(tmp_path: Any) -> None:
+    """M8: ``queue/X.json`` containing ``[]`` made twistd exit 1 (AttributeError), and the
+    same broke the hold and failed listings.  Now each malformed file is moved to
+    ``quarantine/`` with its body, logged, shown in /health, and the rest goes on."""
+    port, web_port = free_port(), free_port()
+    config = write_config(str(tmp_path), port,
+                          web={"endpoint": f"tcp:{web_port}:interface=127.0.0.1"})
+    spool = tmp_path / "spool"
+    for state in ("queue", "hold", "failed", "data"):
+        (spool / state).mkdir(parents=True)
+    bad = {"queue/AAA1.json": b"[]", "queue/AAA2.json": b"{not json",
+           "hold/AAA3.json": b'{"queue_id": "AAA3", "sender": 5, "recipients": []}',
+           "failed/AAA4.json": b'{"queue_id": "../x", "sender": "", "received_at": 0, '
+                               b'"recipients": [{"address": "a@b"}]}'}
+    for name, content in bad.items():
+        (spool / name).write_bytes(content)
+    (spool / "data" / "AAA1.eml").write_bytes(b"Subject: kept\r\n\r\nbody\r\n")
+    proc = twistd(config)
+    try:
+        wait_for_banner(port, proc)
+        for state in ("hold", "failed"):  # listings load the other states
+            done = subprocess.run([RELAYMAIL, "--config", config, "queue", "list", "--state",
+                                   state, "--json"], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+        with smtplib.SMTP("127.0.0.1", port) as s:  # the service works
+            s.sendmail("app@client.test", ["user@dest.test"], b"Subject: q\r\n\r\nx\r\n")
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=10) as r:
+            health = json.loads(r.read())
+    finally:
+        stop(proc)
+    quarantine = sorted(os.listdir(spool / "quarantine"))
+    assert quarantine == ["AAA1.eml", "AAA1.json", "AAA2.json", "AAA3.json", "AAA4.json"]
+    assert (spool / "quarantine" / "AAA1.eml").read_bytes() == b"Subject: kept\r\n\r\nbody\r\n"
+    assert health["status"] == "degraded"
+    assert sorted(health["details"]["quarantined_files"]) == sorted(
+        n for n in quarantine if n.endswith(".json"))
