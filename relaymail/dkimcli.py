@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from relaymail.policy.dkim import DkimKey
 from relaymail.queuecli import CommandError
+from relaymail.safeio import open_private
 
 
 def add_parser(sub: Any) -> None:
@@ -40,9 +41,9 @@ def write_private_key(path: str, key: Any, force: bool) -> None:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
-        fd = os.open(path, flags, 0o600)
+        fd = open_private(path, flags)
     except FileExistsError:
         raise CommandError(f"{path} exists; use --force to replace it") from None
     with os.fdopen(fd, "wb") as f:

@@ -8,6 +8,7 @@ one commit per batch, not per message.  Rows older than the retention are delete
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from relaymail.envelope import Envelope
 from relaymail.logs import Logger
+from relaymail.safeio import open_private
 
 log = Logger(namespace="relaymail.history")
 
@@ -95,6 +97,7 @@ class History(Service):
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     def _open(self) -> None:
+        os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: it names senders
         self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # history, not mail: no fsync per batch

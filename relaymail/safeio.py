@@ -8,6 +8,19 @@ from __future__ import annotations
 import os
 
 
+def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
+    """Open a file only its owner may read (0600), refusing to follow a symlink there (a
+    planted link would otherwise make us write a secret, or truncate a file, elsewhere);
+    an existing file's mode is narrowed too.  Blocking."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class FileOps:
     """Real filesystem operations with explicit durability (fsync of files and directories)."""
 

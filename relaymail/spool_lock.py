@@ -14,6 +14,8 @@ import fcntl
 import os
 import secrets
 
+from relaymail.safeio import open_private
+
 LOCK_NAME = "lock"
 TOKEN_NAME = "control.token"
 
@@ -58,7 +60,7 @@ def write_token(spool_dir: str) -> str:
     token = secrets.token_urlsafe(32)
     path = os.path.join(spool_dir, TOKEN_NAME)
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = open_private(tmp)
     try:
         os.write(fd, token.encode())
     finally:

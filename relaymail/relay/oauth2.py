@@ -35,6 +35,7 @@ from relaymail.credentials import write_json_atomically
 from relaymail.logs import Logger
 from relaymail.relay.outcome import SessionError
 from relaymail.relay.presets import PRESETS
+from relaymail.safeio import open_private
 
 log = Logger(namespace="relaymail.relay.oauth2")
 
@@ -161,7 +162,7 @@ class TokenStore:
     @contextlib.contextmanager
     def _locked(self) -> Any:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fd = os.open(self.path + ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = open_private(self.path + ".lock", os.O_WRONLY | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
