@@ -94,11 +94,17 @@ def store_for(args: argparse.Namespace) -> CredentialStore:
 
 
 def cmd_credentials_add(args: argparse.Namespace) -> int:
-    password = store_for(args).add(
+    """A name that is an address restricts the login to its domain unless domains are
+    given; a login left unrestricted says so."""
+    store = store_for(args)
+    password = store.add(
         args.name, allowed_sender_domains=args.domains, hourly_quota=args.hourly_quota,
         daily_quota=args.daily_quota, description=args.description,
         check_header_from=args.check_header_from)
     print(f"created {args.name}; password (shown once): {password}")
+    warning = store.unrestricted_warning(args.name)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -125,11 +125,21 @@ class CredentialStore:
         if self.get(name) is not None:
             raise CredentialsError(f"credential {name!r} already exists")
         password = password or generate_password()
+        if not limits.get("allowed_sender_domains") and "@" in name:
+            limits["allowed_sender_domains"] = [name.rpartition("@")[2].lower()]
         items = dict(self._items)
         items[name] = Credential(name=name, password_hash=hash_password(password),
                                  created=time.time(), **limits)
         self._write(items)
         return password
+
+    def unrestricted_warning(self, name: str) -> str | None:
+        """Said when a login may send as anyone: it is allowed, but rarely meant."""
+        credential = self.get(name)
+        if credential is None or credential.allowed_sender_domains:
+            return None
+        return (f"{name} may send as any address: give allowed sender domains "
+                "(--sender-domain, or allowed_sender_domains) to restrict it")
 
     def reset(self, name: str, password: str | None = None) -> str:
         credential = self._require(name)

@@ -87,3 +87,22 @@ def test_unknown_logins_cost_what_real_ones_cost(tmp_path: Any) -> None:
     real = min(seconds("app1", password + "wrong") for _ in range(2))
     unknown = min(seconds("nobody", "x") for _ in range(2))
     assert 0.5 < unknown / real < 2, (unknown, real)
+
+
+def test_new_credentials_are_restricted_or_say_they_are_not(tmp_path: Any,
+                                                             capsys: Any) -> None:
+    """Low: credentials had no sender restriction by default, silently."""
+    import json
+
+    from relaymail.cli import main
+
+    config = tmp_path / "relay.json"
+    config.write_text(json.dumps({"credentials_file": "credentials.json"}))
+    assert main(["--config", str(config), "credentials", "add", "noreply@shop.example"]) == 0
+    assert main(["--config", str(config), "credentials", "add", "app1"]) == 0
+    err = capsys.readouterr().err
+    store = CredentialStore(str(tmp_path / "credentials.json"))
+    assert store.get("noreply@shop.example").allowed_sender_domains == ["shop.example"]
+    assert store.get("app1").allowed_sender_domains == []
+    assert "warning: app1 may send as any address" in err
+    assert "noreply@shop.example may send" not in err

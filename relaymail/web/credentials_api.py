@@ -86,8 +86,12 @@ class CredentialsAPI:
             password = self.store.add(name, **fields)
             credential = self.store.get(name)
             assert credential is not None
-            return {"credential": credential.public(), "password": password,
-                    "note": "the password is shown only now"}
+            answer = {"credential": credential.public(), "password": password,
+                      "note": "the password is shown only now"}
+            warning = self.store.unrestricted_warning(name)
+            if warning:
+                answer["warning"] = warning
+            return answer
 
         return await self._change(request, create, 201)
 
