@@ -65,6 +65,8 @@ class SMTPConfig:
     bare_line_endings: str  # normalize | reject
     max_header_size: int = 1_048_576  # the client's header block; more: 552 5.3.4
     proxy_trusted_networks: tuple[IPNetwork, ...] = ()  # who may send a PROXY header
+    strip_characters: bytes = b"\x00"  # removed from DATA (Postfix message_strip_characters)
+    reject_characters: bytes = b""  # a message containing one is refused, 550 5.6.0
     fold_line_length: int = 998  # DATA lines longer than this are folded at acceptance
 
 
@@ -229,6 +231,8 @@ DEFAULTS: dict[str, Any] = {
         "max_header_size": 1_048_576,
         "fold_line_length": 998,
         "proxy_trusted_networks": [],
+        "strip_characters": "\u0000",
+        "reject_characters": "",
     },
     "credentials_file": "credentials.json",
     "routes": [{"domains": ["*"], "transport": "outbox"}],
@@ -510,7 +514,20 @@ def validate_smtp(c: _Check, s: dict[str, Any]) -> SMTPConfig:
         max_header_size=c.integer(s["max_header_size"], "smtp.max_header_size", 1024),
         fold_line_length=validate_fold_length(c, s["fold_line_length"]),
         proxy_trusted_networks=validate_proxy_trust(c, s["proxy_trusted_networks"], listeners),
+        strip_characters=control_characters(c, s["strip_characters"], "smtp.strip_characters"),
+        reject_characters=control_characters(c, s["reject_characters"],
+                                             "smtp.reject_characters"),
     )
+
+
+def control_characters(c: _Check, value: Any, key: str) -> bytes:
+    """Characters to strip from or refuse in DATA: C0 controls and DEL only (``"\\u0000"``
+    in JSON for NUL); CR and LF are the line ends' business (``bare_line_endings``)."""
+    if not isinstance(value, str) or any(not (ord(ch) < 32 or ord(ch) == 127) or ch in "\r\n"
+                                         for ch in value):
+        raise c.fail(key, "expected control characters other than CR and LF, e.g. "
+                     "\"\\u0000\"", value)
+    return value.encode("ascii")
 
 
 def validate_proxy_trust(c: _Check, value: Any, listeners: tuple[ListenerConfig, ...]

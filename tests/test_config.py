@@ -131,6 +131,8 @@ BAD_CONFIGS: list[tuple[Any, str, str]] = [
      "rate_limits.auth_failures.max_failures", '"5"'),
     ([1, 2], "", "JSON object"),
     ({"smtp": {"fold_line_length": 2000}}, "smtp.fold_line_length", "998"),
+    ({"smtp": {"strip_characters": "a"}}, "smtp.strip_characters", "control characters"),
+    ({"smtp": {"reject_characters": "\n"}}, "smtp.reject_characters", "CR and LF"),
     ({"smtp": {"listeners": [{"endpoint": "tcp:25", "proxy_protocol": True}]}},
      "smtp.proxy_trusted_networks", "proxies connect from"),
     ({"smtp": {"listeners": [{"endpoint": "tcp:25:interface=\\:\\:1"}]}},

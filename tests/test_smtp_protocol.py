@@ -580,3 +580,24 @@ class DataLines(SessionTestCase):
         self.assertEqual(self.replies()[-1], b"552 5.3.4 Message header exceeds the size limit")
         self.assertEqual(self.queued_files(), [])
         self.assertEqual(self.proto.body, None)
+
+
+class ControlCharacters(SessionTestCase):
+    smtp_overrides = {"max_line_length": 1000, "reject_characters": "\u001b"}
+    transaction = DataLines.transaction
+
+    def test_nul_is_stripped_so_no_receiver_sees_a_hidden_end_of_data(self) -> None:
+        """``CRLF NUL . CRLF`` was relayed as is: a receiver that drops NUL before looking
+        for the end of data ends the message there and runs the rest as commands."""
+        body = self.transaction(b"Subject: x\r\n\r\na\r\n\x00.\r\nMAIL FROM:<e@x.example>\r\n"
+                                b"b\x00c\r\n" + b"\x00" * 2000 + b"d\r\n")
+        self.assertEqual(body, b"Subject: x\r\n\r\na\r\n.\r\nMAIL FROM:<e@x.example>\r\nbc\r\n"
+                               b"d\r\n")
+
+    def test_a_reject_character_refuses_the_message(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n")
+        self.send(b"Subject: x\r\n\r\nescape \x1b[2J here\r\n.\r\n")
+        self.assertEqual(self.replies()[-1],
+                         b"550 5.6.0 Message contains a forbidden control character")
+        self.assertEqual(self.queued_files(), [])

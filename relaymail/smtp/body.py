@@ -27,6 +27,7 @@ MAX_HOPS = 50
 BARE_LINE_ENDING = Reply(550, "5.6.0", "Message contains bare CR or LF; send CRLF line ends")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many Received headers: mail loop?")
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header exceeds the size limit")
+FORBIDDEN_CHARACTER = Reply(550, "5.6.0", "Message contains a forbidden control character")
 WSP = b" \t"
 
 
@@ -35,7 +36,8 @@ class BodyReader:
 
     def __init__(self, writer: MessageWriter, max_size: int, reject_bare: bool,
                  body_hash: RelaxedBodyHash | None = None, fold_length: int = 998,
-                 max_header_size: int = 1_048_576) -> None:
+                 max_header_size: int = 1_048_576, strip: bytes = b"\x00",
+                 reject: bytes = b"") -> None:
         self.writer = writer
         self.max_size = max_size
         self.reject_bare = reject_bare
@@ -51,6 +53,8 @@ class BodyReader:
         self.body_hash = body_hash
         self._current = bytearray()  # the logical line being assembled (over-long or split)
         self._at_start = True  # nothing of the current line seen yet (dot-unstuffing)
+        self.strip, self.reject = strip, reject
+        self._controls = strip + reject
 
     # ------------------------------------------------------------------ input
 
@@ -60,6 +64,8 @@ class BodyReader:
                 and b"\n" not in line:  # the common case, kept short
             if line[:1] == b".":
                 line = line[1:]
+            if self._controls and self._has_control(line):
+                line = self._cleaned(line)  # after unstuffing: "NUL ." stays a "." line
             if self.problem is None:
                 self._store(line)
             return
@@ -82,6 +88,18 @@ class BodyReader:
             self._end_line()
             self._text(part)
 
+    def _has_control(self, data: bytes) -> bool:
+        return any(bytes((c,)) in data for c in self._controls)
+
+    def _cleaned(self, data: bytes) -> bytes:
+        """NUL (by default) removed, as Postfix's ``message_strip_characters`` does: a
+        receiver that drops NUL before looking for the end of data could otherwise see
+        ``CRLF NUL . CRLF`` as one; a ``reject_characters`` one refuses the message."""
+        if self.reject and any(bytes((c,)) in data for c in self.reject):
+            self._fail(FORBIDDEN_CHARACTER)
+            return b""
+        return data.translate(None, self.strip)
+
     # ------------------------------------------------------------------ logical lines
 
     def _text(self, data: bytes) -> None:
@@ -89,6 +107,8 @@ class BodyReader:
             self._at_start = False
             if data[:1] == b".":
                 data = data[1:]
+        if self._controls and self._has_control(data):
+            data = self._cleaned(data)
         self._current += data
         while len(self._current) > self.fold_length and self.problem is None:
             self._store(self._fold_off())

@@ -711,7 +711,9 @@ class RelayESMTP(ESMTP):
                                reject_bare=self.context.smtp.bare_line_endings == "reject",
                                body_hash=body_hash,
                                fold_length=self.context.smtp.fold_line_length,
-                               max_header_size=self.context.smtp.max_header_size)
+                               max_header_size=self.context.smtp.max_header_size,
+                               strip=self.context.smtp.strip_characters,
+                               reject=self.context.smtp.reject_characters)
         self.txn.writer.write(self.received_header(self.txn))
         self.txn.writer.on_pressure = self.spill_pressure
         self.mode = DATA
