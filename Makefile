@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test interop lint bench clean
+.PHONY: run test interop lint bench fuzz clean
 
 $(STAMP): setup.py pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/scale.py
+
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --inputs 1000000
 
 clean:
 	rm -rf $(VENV) var build *.egg-info twisted/plugins/dropin.cache

@@ -5,6 +5,7 @@ afterwards (on the same connection, or a new one if the server hung up as it sho
 
 from __future__ import annotations
 
+import base64
 import random
 import re
 from typing import Any
@@ -32,6 +33,20 @@ PIECES = st.one_of(
     st.sampled_from([b"\r", b"\n", b"\r\n", b"\x00", b".", b"\r\n.\r\n", b"=", b"*",
                      b"A" * 17000, b"MAIL FROM:<" + b"x" * 300 + b"@y>",
                      b"RCPT TO:<\xff\xfe@x>", b"AUTH PLAIN ====", b"Received: a\r\n" * 60]),
+)
+
+
+B64ISH = st.one_of(st.binary(max_size=120).map(lambda b: base64.b64encode(b)),
+                   st.binary(max_size=60), st.sampled_from([b"*", b"=", b"", b"====",
+                                                            b"AAAA" * 5000]))
+AUTH_STEPS = st.one_of(
+    st.tuples(st.sampled_from([b"AUTH PLAIN", b"AUTH LOGIN", b"AUTH plain", b"AUTH X",
+                               b"AUTH PLAIN =", b"AUTH LOGIN dXNlcg=="]), B64ISH)
+    .map(lambda t: t[0] + b" " + t[1]),
+    st.sampled_from([b"AUTH PLAIN", b"AUTH LOGIN", b"AUTH"]),
+    B64ISH,
+    st.builds(lambda u, p: b"AUTH PLAIN " + base64.b64encode(b"\0" + u + b"\0" + p),
+              st.binary(max_size=40), st.binary(max_size=40)),
 )
 
 
@@ -89,6 +104,15 @@ class FuzzTests(SessionTestCase):
         cuts = sorted(random.Random(seed).sample(range(len(data) + 1), min(3, len(data))))
         chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         self.run_input([c for c in chunks if c])
+
+    @settings(max_examples=1000, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(AUTH_STEPS, min_size=1, max_size=8))
+    def test_auth_exchanges(self, steps: list[bytes]) -> None:
+        """AUTH PLAIN/LOGIN with initial responses, challenge answers, cancellations and
+        garbage, after STARTTLS (where AUTH is offered)."""
+        self.run_input([b"EHLO c\r\nSTARTTLS\r\n", b"EHLO c\r\n" + b"\r\n".join(steps)
+                        + b"\r\n"])
 
     def test_mutations_of_a_real_transcript(self) -> None:
         rng = random.Random(20261122)
