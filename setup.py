@@ -8,7 +8,8 @@ setup(
     description="Store-and-forward SMTP relay (smart host) on Twisted",
     python_requires=">=3.11",
     packages=[*find_packages(include=["relaymail", "relaymail.*"]), "twisted.plugins"],
-    package_data={"relaymail": ["py.typed"], "relaymail.web": ["static/*"]},
+    package_data={"relaymail": ["py.typed"], "relaymail.smtp": ["ffdhe2048.pem"],
+                  "relaymail.web": ["static/*"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "pyopenssl",

@@ -12,6 +12,12 @@ TLS policies (the upstream's ``tls`` and ``verify``):
 Config validation lets an upstream with credentials use only ``starttls``/``implicit`` with
 ``verify`` unless it sets ``allow_insecure_auth`` (relaymail.config.check_auth_security).
 
+TLS versions and suites: the verified client (and the unverified one of an upstream with
+credentials) uses the listeners' profile, Mozilla's "intermediate" (relaymail.smtp.tls): TLS
+1.2+, AEAD suites only on 1.2.  Opportunistic TLS toward MX hosts without credentials keeps
+OpenSSL's broader defaults: a legacy server's CBC suite is still better than the plaintext
+RFC 7435 falls back to.
+
 An upstream with ``oauth2`` logs in with SASL XOAUTH2 or OAUTHBEARER: the access token is
 fetched from its token source before connecting, and when the server refuses it (535 or
 454) the token is dropped, a new one fetched and ONE more session tried.
@@ -41,6 +47,7 @@ from relaymail.logs import Logger
 from relaymail.relay.client import RelayClient
 from relaymail.relay.oauth2 import OAuth2Error, TokenRegistry, TokenSource, problem
 from relaymail.relay.outcome import SessionError
+from relaymail.smtp.tls import intermediate_profile
 
 log = Logger(namespace="relaymail.relay.connector")
 TOKEN_REFUSED = (535, 454)  # AUTH replies after which a fresh token is worth one more try
@@ -95,10 +102,12 @@ class Target:
 
 @implementer(IOpenSSLClientConnectionCreator)
 class UnverifiedClientTLS:
-    """TLS that sends SNI but checks nothing: opportunistic encryption toward MX hosts."""
+    """TLS that sends SNI but checks nothing: opportunistic encryption toward MX hosts.
+    ``strict``: the intermediate profile (an upstream with credentials)."""
 
-    def __init__(self, hostname: str) -> None:
-        self._context = ssl.CertificateOptions().getContext()
+    def __init__(self, hostname: str, strict: bool = False) -> None:
+        options = intermediate_profile() if strict else {}
+        self._context = ssl.CertificateOptions(**options).getContext()
         self._sni = None if is_ip(hostname) else hostname.encode("idna")
 
     def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
@@ -133,8 +142,9 @@ def tls_creator(target: Target) -> Any:
     if target.tls == "none":
         return None
     if target.tls == "opportunistic" or not target.verify:
-        return UnverifiedClientTLS(target.host)
-    return ssl.optionsForClientTLS(target.host, trustRoot=trust_root(target.ca_file))
+        return UnverifiedClientTLS(target.host, strict=target.has_credentials)
+    return ssl.optionsForClientTLS(target.host, trustRoot=trust_root(target.ca_file),
+                                   extraCertificateOptions=intermediate_profile())
 
 
 def endpoint_for(reactor: Any, target: Target, connect_timeout: float) -> Any:

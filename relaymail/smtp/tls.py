@@ -1,20 +1,50 @@
-"""Listener TLS material: load a PEM certificate chain and key, or make a self-signed pair.
+"""Listener TLS material: load a PEM certificate chain and key, or make a self-signed pair;
+and the TLS profile every listener and the verified outbound client use.
 
 Contexts are built from ``cryptography`` objects; the pyOpenSSL object path is deprecated.
+
+The profile is Mozilla's "intermediate" (https://wiki.mozilla.org/Security/Server_Side_TLS):
+TLS 1.2 and 1.3 only; on TLS 1.2 only forward-secret AEAD suites (ECDHE/DHE with AES-GCM or
+ChaCha20-Poly1305: no CBC, no SHA-1 MAC, no static RSA, no NULL/EXPORT/RC4); TLS 1.3 suites
+are OpenSSL's defaults (all AEAD).  DHE uses the RFC 7919 ffdhe2048 group (ffdhe2048.pem,
+checked against the RFC's formula in tests/test_tls_profile.py).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    CertificateOptions,
+    DiffieHellmanParameters,
+    TLSVersion,
+)
+from twisted.python.filepath import FilePath
 
 from relaymail.config import ConfigError, TLSConfig
+
+MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
+INTERMEDIATE_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+))
+FFDHE2048 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ffdhe2048.pem")
+
+
+def intermediate_profile() -> dict[str, Any]:
+    """CertificateOptions keywords for Mozilla's intermediate profile (client and server)."""
+    return {"raiseMinimumTo": MINIMUM_TLS_VERSION,
+            "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(
+                INTERMEDIATE_CIPHERS)}
 
 
 def server_tls_options(tls: TLSConfig, source: str) -> CertificateOptions | None:
@@ -25,7 +55,8 @@ def server_tls_options(tls: TLSConfig, source: str) -> CertificateOptions | None
     key = load_key(tls.private_key, source)
     return CertificateOptions(
         privateKey=key, certificate=chain[0], extraCertChain=chain[1:],
-        raiseMinimumTo=TLSVersion.TLSv1_2,
+        dhParameters=DiffieHellmanParameters.fromFile(FilePath(FFDHE2048)),
+        **intermediate_profile(),
     )
 
 
