@@ -1,10 +1,12 @@
 """``GET|POST /api/relay/config``: the upstream the catch-all route relays through, in the
 simple shape ``{enabled, host, port, username, password, use_tls}`` plus preset, TLS mode and
-the full upstream list.  Passwords are write-only: GET masks them, and a POST without one
-keeps the saved password of the same host and username.  So are an upstream's
-``oauth2.client_secret`` and ``oauth2.refresh_token``: GET says only ``client_secret_set``
-and ``refresh_token_set``, and a POST without them keeps the saved ones (same host, username
-and client_id).
+the full upstream list.  Passwords are write-only: GET masks them, and a POST (or a
+connection test) without one keeps the saved password of the same username, but only for
+the same host, port, TLS mode and certificate check: pointed anywhere else, the password
+must be sent again (400 otherwise).  So are an upstream's ``oauth2.client_secret`` and
+``oauth2.refresh_token``: GET says only ``client_secret_set`` and ``refresh_token_set``, and
+a POST without them keeps the saved ones (same username and client_id, same token_url and
+tenant, same destination).
 
 A change is applied to the config *document* (the JSON file as written, not the merged
 defaults), validated by the same code as startup, saved atomically with the previous
@@ -32,6 +34,7 @@ from relaymail.config import (
 )
 from relaymail.config import validate_upstream as check_upstream
 from relaymail.credentials import write_json_atomically
+from relaymail.relay.presets import PRESETS
 
 MASK = "********"
 PROVIDER = "provider"  # the transport the console creates when there is none
@@ -97,34 +100,84 @@ def upstream_from_simple(body: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def keep_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None:
-    """A password left out (or sent back masked) stays what it was for that host+user."""
+def destination(item: dict[str, Any], check: _Check) -> dict[str, Any]:
+    """Where an upstream's secrets would go: host, port, TLS mode and certificate check,
+    with a preset's values filled in the way validation fills them."""
+    preset = PRESETS.get(item["preset"]) if isinstance(item.get("preset"), str) else None
+    d = {**preset.as_upstream(), **item} if preset is not None else item
+    host, ca_file = d.get("host"), d.get("ca_file")
+    return {"host": host.lower().rstrip(".") if isinstance(host, str) else host,
+            "port": d.get("port", 587), "tls": d.get("tls", "starttls"),
+            "verify": d.get("verify", True) is not False,
+            "ca_file": check.path(ca_file, "ca_file") if isinstance(ca_file, str) and ca_file
+            else None}
+
+
+def same_destination(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """May a saved secret go where ``new`` points?  The same host, port and TLS mode, and a
+    certificate check no weaker than the saved one (the system's roots, or the saved
+    ca_file, when the saved upstream checks)."""
+    if any(new[k] != old[k] for k in ("host", "port", "tls")):
+        return False
+    if not old["verify"]:
+        return True
+    return new["verify"] and new["ca_file"] in (None, old["ca_file"])
+
+
+def keep_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]],
+                   check: _Check) -> None:
+    """A password left out (or sent back masked) stays what it was for the same username
+    at the same destination (``same_destination``).  For that username at another port,
+    with TLS off or the certificate unchecked, it must be sent again (ValueError): a
+    request must not send the saved password to a listener of its choosing."""
     for item in new:
         if item.get("password") in (None, "", MASK):
             item.pop("password", None)
-            same = next((o for o in old if o.get("host") == item.get("host")
-                         and o.get("username") == item.get("username")
-                         and o.get("password")), None)
+            where = destination(item, check)
+            logins = [o for o in old if o.get("password")
+                      and o.get("username") == item.get("username")
+                      and destination(o, check)["host"] == where["host"]]
+            same = next((o for o in logins if same_destination(where, destination(o, check))),
+                        None)
             if same is not None:
                 item["password"] = same["password"]
-        keep_oauth2_secrets(item, old)
+            elif logins:
+                raise ValueError(
+                    f"password: the saved password of {item.get('username')} at "
+                    f"{where['host']} is used only with the same port, TLS mode and "
+                    f"certificate check; send the password again to use it with port "
+                    f"{where['port']}, tls {where['tls']}"
+                    f"{'' if where['verify'] else ', verify false'}")
+        keep_oauth2_secrets(item, old, check)
 
 
-def keep_oauth2_secrets(item: dict[str, Any], old: list[dict[str, Any]]) -> None:
+def keep_oauth2_secrets(item: dict[str, Any], old: list[dict[str, Any]],
+                        check: _Check) -> None:
     """An oauth2 client_secret or refresh_token left out stays what it was for the same
-    host, username and client_id."""
+    username and client_id, token endpoint (token_url, tenant) and SMTP destination; for
+    the same username and client_id elsewhere it must be sent again (ValueError)."""
     conf = item.get("oauth2")
     if not isinstance(conf, dict):
         return
-    same = next((o["oauth2"] for o in old if isinstance(o.get("oauth2"), dict)
-                 and o.get("host") == item.get("host")
-                 and o.get("username") == item.get("username")
-                 and o["oauth2"].get("client_id") == conf.get("client_id")), None)
-    for key in OAUTH2_SECRETS:
-        if conf.get(key) in (None, "", MASK):
-            conf.pop(key, None)
-            if same is not None and same.get(key):
-                conf[key] = same[key]
+    missing = [k for k in OAUTH2_SECRETS if conf.get(k) in (None, "", MASK)]
+    for key in missing:
+        conf.pop(key, None)
+    where = destination(item, check)
+    logins = [o for o in old if isinstance(o.get("oauth2"), dict)
+              and o.get("username") == item.get("username")
+              and destination(o, check)["host"] == where["host"]
+              and o["oauth2"].get("client_id") == conf.get("client_id")]
+    same = next((o["oauth2"] for o in logins
+                 if same_destination(where, destination(o, check))
+                 and all(o["oauth2"].get(k) == conf.get(k) for k in ("token_url", "tenant"))),
+                None)
+    for key in missing:
+        if same is not None and same.get(key):
+            conf[key] = same[key]
+        elif any(o["oauth2"].get(key) for o in logins):
+            raise ValueError(
+                f"oauth2.{key}: the saved one is used only with the same token_url, tenant, "
+                f"port, TLS mode and certificate check; send it again to use it here")
 
 
 def saved_upstream(config: Config, transport: str | None = None,
@@ -145,12 +198,14 @@ def requested_upstream(body: dict[str, Any], config: Config) -> UpstreamConfig:
             raise ValueError("no upstream given and none configured")
         return saved
     item = upstream_from_simple(body)
+    check = _Check(config.path)
     if saved is not None:
-        keep_passwords([item], [{"host": saved.host, "username": saved.username,
-                                 "password": saved.password,
-                                 "oauth2": saved_oauth2_secrets(saved)}])
+        keep_passwords([item], [{"host": saved.host, "port": saved.port, "tls": saved.tls,
+                                 "verify": saved.verify, "ca_file": saved.ca_file,
+                                 "username": saved.username, "password": saved.password,
+                                 "oauth2": saved_oauth2_secrets(saved)}], check)
     try:
-        return check_upstream(_Check(config.path), item, "upstream")
+        return check_upstream(check, item, "upstream")
     except ConfigError as e:
         raise request_error(e) from None
 
@@ -159,7 +214,8 @@ def saved_oauth2_secrets(saved: UpstreamConfig) -> dict[str, Any] | None:
     """What keep_oauth2_secrets needs of a saved upstream's oauth2 settings."""
     if saved.oauth2 is None:
         return None
-    return {"client_id": saved.oauth2.client_id,
+    return {"client_id": saved.oauth2.client_id, "token_url": saved.oauth2.token_url,
+            "tenant": saved.oauth2.tenant,
             **{k: getattr(saved.oauth2, k) for k in OAUTH2_SECRETS}}
 
 
@@ -188,7 +244,7 @@ def changed_document(document: dict[str, Any], body: dict[str, Any],
         new = [upstream_from_simple(body), *old[1:]]  # the primary changes, backups stay
     else:
         new = old
-    keep_passwords(new, old)
+    keep_passwords(new, old, _Check(config.path))
     current["upstreams"] = new
     if "enabled" in body:
         set_enabled(routes, transports, name, bool(body["enabled"]))

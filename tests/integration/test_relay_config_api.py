@@ -151,14 +151,20 @@ class RelayConfigTests(RelayTestCase):
             self.assertNotIn("pw-1", answer["error"])
         self.assertEqual(self.document(), before)
         self.assertFalse(os.path.exists(self.path + ".bak"))
-        # saved with the password first, a later change to opportunistic keeps the saved
-        # password (same host and user) and so is refused too
+        # saved with the password first, a later change to opportunistic does not take the
+        # saved password along (another TLS mode): refused, asking for it again; sent
+        # again, the startup check refuses it
         code, view = await self.call({**login, "tls": "starttls"})
         self.assertEqual(code, 200, view)
+        saved_doc = self.document()
         code, answer = await self.call({"host": "mail.example", "port": 587,
                                         "username": "relay", "tls": "opportunistic"})
         self.assertEqual(code, 400)
+        self.assertIn("send the password again", answer["error"])
+        code, answer = await self.call({**login, "tls": "opportunistic"})
+        self.assertEqual(code, 400)
         self.assertIn('"opportunistic" with a password', answer["error"])
+        self.assertEqual(self.document(), saved_doc)
 
         code, view = await self.call({**login, "tls": "opportunistic",
                                       "allow_insecure_auth": True})

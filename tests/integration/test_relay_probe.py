@@ -115,3 +115,35 @@ class RelayProbeTests(RelayTestCase):
                          (200, False, "STARTTLS"))
         self.assertIn("does not offer STARTTLS", result["error"])
         self.assertFalse([c for c in stripped.sessions[0].commands if c.startswith("AUTH")])
+
+    async def test_saved_password_goes_only_where_it_was_saved_for(self) -> None:
+        """A saved password was reused when only host and username matched: a test pointed
+        at another port with TLS off sent it in clear to a local listener.  Now the request
+        must carry the password itself to test anything but the saved destination."""
+        import base64
+        import binascii
+        import contextlib
+
+        _, base, token = await self.api(self.provider())
+        listener = await self.scripted(Script(extensions=("PIPELINING", "AUTH PLAIN LOGIN")))
+        elsewhere = {"host": "localhost", "username": "relay", "port": listener.port}
+        for change in ({"tls": "none", "allow_insecure_auth": True},
+                       {"tls": "starttls", "verify": False, "allow_insecure_auth": True},
+                       {"tls": "starttls"}):
+            code, result = await self.post(base, token, {**elsewhere, **change})
+            self.assertEqual(code, 400, (change, result))
+            self.assertIn("password: the saved password of relay at localhost is used only "
+                          "with the same port, TLS mode and certificate check; send the "
+                          "password again", result["error"])
+        heard = b"".join(line.encode() for s in listener.sessions for line in s.commands)
+        for piece in heard.split():
+            with contextlib.suppress(binascii.Error, ValueError):
+                heard += base64.b64decode(piece + b"==")
+        self.assertNotIn(b"s3cret-pass", heard)
+        self.assertEqual(listener.sessions, [])  # not even connected to
+        # with its own password the request may test anything the config would take
+        code, result = await self.post(base, token, {**elsewhere, "tls": "none",
+                                                     "allow_insecure_auth": True,
+                                                     "password": "typed-again"})
+        self.assertEqual(code, 200, result)
+        self.assertTrue(any("AUTH" in c for c in listener.sessions[0].commands))
