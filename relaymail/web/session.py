@@ -15,11 +15,12 @@ import bcrypt
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
+from relaymail.credentials import dummy_hash
+
 COOKIE = b"relaymail_session"
 LIFETIME = 12 * 3600.0
 MAX_SESSIONS = 1000
 SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
-_DUMMY = bcrypt.hashpw(b"relaymail-dummy", bcrypt.gensalt(4))
 
 
 @dataclass
@@ -58,13 +59,14 @@ class Sessions:
 
 
 def password_matches(password: str, stored_hash: str | None) -> bool:
-    """Thread: bcrypt; a missing hash still costs one comparison (no timing oracle)."""
-    if not stored_hash:
-        bcrypt.checkpw(password.encode(), _DUMMY)
-        return False
+    """Thread: bcrypt; a missing hash still costs one comparison at the real cost (no
+    timing oracle)."""
     try:
+        if not stored_hash:
+            bcrypt.checkpw(password.encode(), dummy_hash())
+            return False
         return bcrypt.checkpw(password.encode(), stored_hash.encode())
-    except ValueError:
+    except ValueError:  # a malformed hash, or a password over bcrypt's 72 bytes
         return False
 
 
@@ -94,19 +96,31 @@ class WebAuth:
         return hmac.compare_digest(given, session.csrf.encode())
 
     async def login(self, ip: str, username: str, password: str) -> tuple[str, Any]:
-        """("ok", (token, session)), ("locked", seconds) or ("bad", None)."""
-        if self.lockout is not None:
-            locked = await self.lockout.locked_for("ip", ip)
+        """("ok", (token, session)), ("locked", seconds) or ("bad", None).
+
+        Accounted like SMTP AUTH (relaymail.policy.lockout): a locked address is refused
+        first; then the attempt is counted *before* the password is checked, so guesses
+        sent at once each take their place in the count and no more than max_failures are
+        checked; the address and the login+address lock; guesses at one login from many
+        addresses wait longer and longer before their check.  The admin's hash is checked
+        whatever the username, so an unknown name costs the same as the real one."""
+        lockout, attempt = self.lockout, None
+        if lockout is not None:
+            locked = await lockout.locked_for("ip", ip)
             if locked > 0:
                 return "locked", locked
+            attempt = await lockout.attempt(ip, username)
+            if attempt.locked > 0:
+                return "locked", attempt.locked
+            await lockout.wait(attempt)
         good_user = hmac.compare_digest(username.encode(), self.admin_user.encode())
         matches = await self.run_in_thread(password_matches, password, self.admin_hash)
         if good_user and matches:
-            if self.lockout is not None:
-                self.lockout.succeeded(username)
+            if attempt is not None:
+                lockout.attempt_succeeded(attempt)
             return "ok", self.sessions.create(username)
-        if self.lockout is not None:
-            await self.lockout.failed(ip, username)
+        if attempt is not None:
+            await lockout.attempt_failed(attempt)
         return "bad", None
 
 

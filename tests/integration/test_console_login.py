@@ -83,3 +83,62 @@ class ConsoleLoginTests(RelayTestCase):
         self.assertIn("too many failed logins", answer["error"])
         code, _, _ = await self.request("POST", "/login", {"username": "admin"})
         self.assertEqual(code, 400)
+
+
+class ConsoleLoginAccountingTests(RelayTestCase):
+    """M2 (web): every attempt is counted before its password is checked, and guesses at
+    one login from many addresses are held back, not only those from one address."""
+
+    async def start(self, max_failures: int) -> None:
+        self.web = free_port()
+        await self.relay(web={"enabled": True, "endpoint": f"tcp:{self.web}:interface=127.0.0.1",
+                              "admin_user": "admin",
+                              "admin_password_hash": hash_password(PASSWORD, rounds=4)},
+                         rate_limits={"auth_failures": {"max_failures": max_failures,
+                                                        "window": 600, "lockout": 60}})
+
+    def login_from(self, source: str, password: str) -> tuple[int, float]:
+        """Blocking (run in a thread): POST /login from ``source``; (status, seconds)."""
+        import socket
+        import time
+
+        body = json.dumps({"username": "admin", "password": password}).encode()
+        head = (f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{self.web}\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        start = time.monotonic()
+        with socket.socket() as s:
+            s.settimeout(30)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", self.web))
+            s.sendall(head.encode() + body)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return int(data.split(b" ", 2)[1]), time.monotonic() - start
+
+    async def from_(self, source: str, password: str = "guess") -> tuple[int, float]:
+        from twisted.internet.threads import deferToThreadPool
+
+        return await deferToThreadPool(reactor, self.clients, self.login_from, source,
+                                       password)
+
+    async def test_concurrent_guesses_are_counted_before_their_check(self) -> None:
+        from twisted.internet.defer import ensureDeferred, gatherResults
+
+        await self.start(max_failures=3)
+        results = await gatherResults([ensureDeferred(self.from_("127.0.0.1"))
+                                       for _ in range(10)])
+        codes = sorted(code for code, _ in results)
+        self.assertEqual(codes, [401] * 3 + [429] * 7)
+
+    async def test_guesses_at_admin_from_many_addresses_are_held_back(self) -> None:
+        await self.start(max_failures=2)
+        first = [await self.from_(f"127.0.0.{n}") for n in (2, 3)]
+        self.assertEqual([code for code, _ in first], [401, 401])
+        self.assertTrue(all(seconds < 0.9 for _, seconds in first), first)
+        code, seconds = await self.from_("127.0.0.4")
+        self.assertEqual(code, 401)
+        self.assertGreaterEqual(seconds, 1.0)  # the login's third failure waits 1 s
+        code, seconds = await self.from_("127.0.0.5")
+        self.assertEqual(code, 401)
+        self.assertGreaterEqual(seconds, 2.0)  # then 2 s, 4 s, ... (at most 30 s)
