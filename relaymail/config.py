@@ -189,6 +189,14 @@ class WebConfig:
     open_metrics_to_loopback: bool
     history_file: str | None = None  # SQLite delivery history; None: <spool_dir>/history.db
     history_retention_days: float = 30
+    # Host header names the console answers to (any port); the endpoint's own address and
+    # the address a connection arrived at are accepted too.  "*": any.
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    max_body_size: int = 65_536  # request bodies; /api/send: see relaymail.web.guard
+    tls: TLSConfig = TLSConfig(None, None)  # the console over HTTPS (certificate, private_key)
+    behind_tls_proxy: bool = False  # browsers reach it through a TLS proxy: Secure cookies
+    trusted_proxies: tuple[IPNetwork, ...] = (  # their X-Forwarded-Proto is believed
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 @dataclass(frozen=True)
@@ -269,6 +277,11 @@ DEFAULTS: dict[str, Any] = {
         "open_metrics_to_loopback": True,
         "history_file": None,
         "history_retention_days": 30,
+        "allowed_hosts": ["localhost", "127.0.0.1", "::1"],
+        "max_body_size": 65_536,
+        "tls": {"certificate": None, "private_key": None},
+        "behind_tls_proxy": False,
+        "trusted_proxies": ["127.0.0.0/8", "::1/128"],
     },
     "log": {"level": "info"},
 }
@@ -919,7 +932,43 @@ def validate_web(c: _Check, d: dict[str, Any]) -> WebConfig:
         history_file=c.path(d["history_file"], "web.history_file", allow_none=True),
         history_retention_days=c.number(d["history_retention_days"],
                                         "web.history_retention_days", 1),
+        allowed_hosts=validate_allowed_hosts(c, d["allowed_hosts"]),
+        max_body_size=c.integer(d["max_body_size"], "web.max_body_size", 1024),
+        tls=validate_web_tls(c, d["tls"]),
+        behind_tls_proxy=c.boolean(d["behind_tls_proxy"], "web.behind_tls_proxy"),
+        trusted_proxies=c.networks(d["trusted_proxies"], "web.trusted_proxies"),
     )
+
+
+def validate_allowed_hosts(c: _Check, value: Any) -> tuple[str, ...]:
+    """Host names or IP literals (``[::1]`` or ``::1``), without a port; ``*`` for any.
+    Kept normalized: lower case, no brackets, no trailing dot."""
+    out = []
+    for i, item in enumerate(c.array(value, "web.allowed_hosts")):
+        key = f"web.allowed_hosts[{i}]"
+        text = c.string(item, key).strip().lower().rstrip(".")
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        try:
+            text = str(ipaddress.ip_address(text))
+        except ValueError:
+            if text != "*" and not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+                                                r"(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*", text):
+                raise c.fail(key, "expected a host name or IP address without a port, or *",
+                             item) from None
+        out.append(text)
+    return tuple(out)
+
+
+def validate_web_tls(c: _Check, value: Any) -> TLSConfig:
+    tls = c.obj(value, "web.tls", {"certificate", "private_key"})
+    conf = TLSConfig(
+        certificate=c.path(tls.get("certificate"), "web.tls.certificate", allow_none=True),
+        private_key=c.path(tls.get("private_key"), "web.tls.private_key", allow_none=True),
+    )
+    if (conf.certificate is None) != (conf.private_key is None):
+        raise c.fail("web.tls", "certificate and private_key must be set together")
+    return conf
 
 
 # ---------------------------------------------------------------------------- startup checks

@@ -13,10 +13,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.web.server import Site
 
 from relaymail import logs, spool_lock
-from relaymail.config import Config, ListenerConfig, check_runtime
+from relaymail.config import Config, ConfigError, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
 from relaymail.history import History
 from relaymail.logs import Logger
@@ -29,6 +28,7 @@ from relaymail.smtp.tls import ensure_self_signed, server_tls_options
 from relaymail.spool import Spool
 from relaymail.web.api import ControlAPI
 from relaymail.web.credentials_api import CredentialsAPI
+from relaymail.web.guard import WebSite, gate_for
 from relaymail.web.monitor import Monitor
 from relaymail.web.session import Sessions, WebAuth
 
@@ -137,19 +137,33 @@ def web_auth(config: Config, reactor: Any, ctx: ServerContext) -> WebAuth:
                    thread_runner(reactor))
 
 
+def web_tls_options(config: Config) -> Any:
+    """The console's certificate (``web.tls``), or None for plain HTTP; errors name the
+    web keys."""
+    try:
+        return server_tls_options(config.web.tls, config.path)
+    except ConfigError as e:
+        raise ConfigError(e.source, e.key.replace("smtp.tls.", "web.tls."), e.problem,
+                          e.value) from None
+
+
 def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
                 ctx: ServerContext, history: History | None = None) -> ListenerService:
-    """The HTTP API on ``web.endpoint``, in the same reactor."""
+    """The HTTP API on ``web.endpoint``, in the same reactor; HTTPS with ``web.tls``, like
+    an implicit-TLS SMTP listener.  Requests are checked (Host, body size) by
+    relaymail.web.guard before their bodies are read."""
     monitor = Monitor(ctx.stats, manager, ctx.connections, ctx.policy.snapshot,
                       thread_runner(reactor), reactor.seconds)
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
                      CredentialsAPI(ctx.credentials, thread_runner(reactor)), ctx.signer,
                      history, web_auth(config, reactor, ctx))
-    site = Site(api.app.resource())
-    site.displayTracebacks = False
-    service = ListenerService(serverFromString(reactor, config.web.endpoint), site, config.path,
-                              "web.endpoint", config.web.endpoint)
+    factory: Any = WebSite(api.app.resource(), gate_for(config, api.may_send_body))
+    tls_options = web_tls_options(config)
+    if tls_options is not None:
+        factory = TLSMemoryBIOFactory(tls_options, False, factory)
+    service = ListenerService(serverFromString(reactor, config.web.endpoint), factory,
+                              config.path, "web.endpoint", config.web.endpoint)
     service.setName("web")
     return service
 

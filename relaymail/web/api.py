@@ -27,6 +27,7 @@ from relaymail.relay.transports import target_from_upstream
 from relaymail.smtp.access import is_loopback
 from relaymail.web.compose import compose, sign_whole
 from relaymail.web.console import CSP, PAGES, shell, static_file
+from relaymail.web.guard import forwarded, reached_over_tls
 from relaymail.web.http import json_reply
 from relaymail.web.i18n import choose_language
 from relaymail.web.openapi import docs_page
@@ -151,6 +152,20 @@ class ControlAPI:
 
     reply = staticmethod(json_reply)
 
+    def may_send_body(self, request: IRequest) -> bool:
+        """For relaymail.web.guard, when the headers are in: the bearer token or a live
+        session cookie (CSRF is checked by the route).  Only these may send large bodies."""
+        if self.authorized(request):
+            return True
+        return self.auth is not None and self.auth.session_of(request) is not None
+
+    def over_tls(self, request: IRequest) -> bool:
+        """The browser reaches us over HTTPS (here, or through a TLS proxy we believe)."""
+        web = getattr(self.config, "web", None)
+        if web is None:
+            return request.isSecure()
+        return reached_over_tls(request, web.behind_tls_proxy, web.trusted_proxies)
+
     def denied(self, request: IRequest) -> bytes | None:
         """None when the bearer token or a console session (with its CSRF token for
         changes) allows the request; else the 401 or 403 answer."""
@@ -230,7 +245,7 @@ class ControlAPI:
         if result != "ok":
             return self.reply(request, {"error": "wrong username or password"}, 401)
         token, session = value
-        request.setHeader(b"set-cookie", session_cookie(token, request.isSecure()))
+        request.setHeader(b"set-cookie", session_cookie(token, self.over_tls(request)))
         return self.reply(request, {"user": session.user, "csrf": session.csrf})
 
     @app.route("/logout", methods=["POST"])
@@ -252,9 +267,11 @@ class ControlAPI:
         return self.reply(request, {"user": session.user, "csrf": session.csrf})
 
     def monitor_denied(self, request: IRequest) -> bytes | None:
-        """/health and /metrics: open to loopback clients when configured, else the token."""
+        """/health and /metrics: open to loopback clients when configured, else the token.
+        A request a proxy on this host forwarded (it names whom for) is not a loopback
+        client: it may come from anywhere."""
         peer = getattr(request.getClientAddress(), "host", "")
-        if self.open_to_loopback and is_loopback(peer):
+        if self.open_to_loopback and is_loopback(peer) and not forwarded(request):
             return None
         return self.denied(request)
 
