@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -59,8 +61,26 @@ def add_parser(sub: Any) -> None:
 # ---------------------------------------------------------------------- back ends
 
 
+def pinned_context(certificate: str) -> ssl.SSLContext:
+    """TLS to our own console (``web.tls``): trust exactly its certificate, the first in
+    the configured file.  The command connects to an address, which the certificate need
+    not name, so the name is not checked; no other certificate is accepted."""
+    try:
+        with open(certificate, encoding="ascii") as f:
+            first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+                              f.read(), re.S)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"cannot read web.tls.certificate {certificate}: {e}") from None
+    if first is None:
+        raise CommandError(f"no certificate in web.tls.certificate {certificate}")
+    context = ssl.create_default_context(cadata=first.group(0))
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the anchor
+    return context
+
+
 class OnlineQueue:
-    """The running instance's API."""
+    """The running instance's API (over HTTPS with ``web.tls``)."""
 
     def __init__(self, config: Config) -> None:
         if not config.web.enabled:
@@ -70,14 +90,16 @@ class OnlineQueue:
         host = interface if interface and interface not in ("0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        self.base = f"http://{host}:{port}"
+        certificate = config.web.tls.certificate
+        self.context = None if certificate is None else pinned_context(certificate)
+        self.base = f"{'http' if certificate is None else 'https'}://{host}:{port}"
         self.token = spool_lock.read_token(config.spool_dir)
 
     def call(self, method: str, path: str) -> Any:
         request = urllib.request.Request(self.base + path, method=method,
                                          headers={"Authorization": f"Bearer {self.token}"})
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=60, context=self.context) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
             try:

@@ -302,6 +302,26 @@ class TLSTests(WebTestCase):
         with self.assertRaises((ConnectionError, OSError)):  # plain HTTP gets no answer
             await self.call("GET", "/health")
 
+    async def test_queue_command_over_https_trusts_only_the_console_certificate(self) -> None:
+        """``relaymail queue`` follows web.tls: HTTPS to the listener's address, trusting
+        the configured certificate (and no other: a different one is refused)."""
+        from relaymail.config import load_config
+        from relaymail.queuecli import CommandError, OnlineQueue, pinned_context
+
+        cert, key, _ = write_tls_files(self.dir)
+        await self.start(tls={"certificate": cert, "private_key": key})
+        config = load_config(os.path.join(self.dir, "relay.json"), environ={})
+        online = OnlineQueue(config)
+        self.assertTrue(online.base.startswith("https://127.0.0.1:"))
+        self.assertEqual(await self.thread(online.list, "queue"), [])
+        other = os.path.join(self.dir, "other")
+        os.mkdir(other)
+        other_cert, _, _ = write_tls_files(other)  # same CA, another certificate
+        online.context = pinned_context(other_cert)
+        with self.assertRaises(CommandError) as e:
+            await self.thread(online.list, "queue")
+        self.assertIn("cannot reach relaymail", str(e.exception))
+
     async def test_a_bad_certificate_stops_startup_naming_the_web_key(self) -> None:
         from relaymail.config import ConfigError
 
