@@ -6,11 +6,11 @@ RUN useradd --system --uid 10025 --home-dir /var/lib/relaymail relaymail \
     && chown relaymail: /var/lib/relaymail
 
 WORKDIR /opt/relaymail
-COPY setup.py pyproject.toml README.md ./
+COPY setup.py pyproject.toml README.md constraints.txt ./
 COPY relaymail ./relaymail
 COPY twisted ./twisted
 # Install, then let twistd write its plugin cache now, while site-packages is writable.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 COPY etc/container.json /etc/relaymail/relay.json

@@ -4,13 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test interop lint bench fuzz clean
+.PHONY: run test interop lint bench fuzz clean constraints
 
-$(STAMP): setup.py pyproject.toml
+# Every dependency at its version in constraints.txt (pip freeze of a working .venv).
+$(STAMP): setup.py pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
+
+# After a deliberate upgrade in .venv: write its versions (header kept); then test.
+constraints:
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt
 
 run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= relaymail --config etc/relay.json
