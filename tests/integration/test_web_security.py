@@ -14,11 +14,13 @@ import time
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 
 from relaymail.credentials import hash_password
 from tests.helpers import free_port, write_tls_files
 from tests.integration.test_relay import RelayTestCase
+from tests.upstreams import wait_until
 
 PASSWORD = "console-pass-123"
 
@@ -113,8 +115,18 @@ def exchange(port: int, method: str, path: str, body: bytes = b"", host: str | N
         return read_answer(s)
 
 
+def lingering() -> bool:
+    """A refused connection still waits to be closed (relaymail.web.guard.LINGER)."""
+    return any(getattr(call.func, "__name__", "") == "loseConnection" and call.active()
+               for call in reactor.getDelayedCalls())
+
+
 class WebTestCase(RelayTestCase):
     async def start(self, **web: Any) -> int:
+        # Last cleanup: the server sees the clients' sockets close (or closes them itself
+        # after LINGER) before the reactor is checked for leftovers.
+        self.addCleanup(lambda: ensureDeferred(wait_until(lambda: not lingering(), 5,
+                                                          "refused connections to close")))
         self.port = free_port()
         relay = await self.relay(web={"enabled": True,
                                       "endpoint": f"tcp:{self.port}:interface=127.0.0.1",
