@@ -88,7 +88,10 @@ def ensure_self_signed(tls: TLSConfig, hostname: str) -> bool:
     cert_pem, key_pem = make_self_signed(hostname)
     for path, data, mode in ((tls.private_key, key_pem, 0o600), (tls.certificate, cert_pem, 0o644)):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        # never through a symlink someone planted there; the key 0600, the certificate 0644
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     return True
