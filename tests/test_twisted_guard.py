@@ -109,3 +109,25 @@ def test_relaymail_private_names_do_not_collide_with_twisted() -> None:
     for name in ("_buffer", "_timer"):
         assert not hasattr(wrapper, name), f"ProtocolWrapper now has {name}"
     assert issubclass(ProxyHeaderReceiver, ProtocolWrapper)
+
+
+def test_http_channel_keeps_the_request_line_where_the_web_guard_reads_it() -> None:
+    """relaymail.web.guard reads HTTPChannel._command and _path when a body's length is
+    known, to apply the route's limit before a byte of the body is read."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http import HTTPChannel, Request
+
+    seen: dict[str, bytes] = {}
+
+    class Probe(Request):
+        def gotLength(self, length: int | None) -> None:
+            seen["command"] = self.channel._command
+            seen["path"] = self.channel._path
+            super().gotLength(length)
+
+    channel = HTTPChannel()
+    channel.requestFactory = Probe
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /api/send?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
+    assert seen == {"command": b"POST", "path": b"/api/send?x=1"}
+    channel.connectionLost(None)
