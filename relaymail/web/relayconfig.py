@@ -169,7 +169,7 @@ def keep_oauth2_secrets(item: dict[str, Any], old: list[dict[str, Any]],
               and o["oauth2"].get("client_id") == conf.get("client_id")]
     same = next((o["oauth2"] for o in logins
                  if same_destination(where, destination(o, check))
-                 and all(o["oauth2"].get(k) == conf.get(k) for k in ("token_url", "tenant"))),
+                 and token_endpoint(o["oauth2"]) == token_endpoint(conf)),
                 None)
     for key in missing:
         if same is not None and same.get(key):
@@ -178,6 +178,12 @@ def keep_oauth2_secrets(item: dict[str, Any], old: list[dict[str, Any]],
             raise ValueError(
                 f"oauth2.{key}: the saved one is used only with the same token_url, tenant, "
                 f"port, TLS mode and certificate check; send it again to use it here")
+
+
+def token_endpoint(conf: dict[str, Any]) -> str:
+    """Where the secrets go: the token_url when given, else the preset's URL, which the
+    tenant decides."""
+    return conf.get("token_url") or f"preset tenant {conf.get('tenant') or ''}"
 
 
 def saved_upstream(config: Config, transport: str | None = None,
