@@ -28,7 +28,7 @@ setup(
         "prometheus_client",
     ],
     extras_require={
-        "test": ["pytest", "aiosmtpd", "trustme", "hypothesis", "ruff", "mypy",
+        "test": ["pytest", "aiosmtpd", "trustme", "hypothesis", "ruff", "mypy", "mypy-zope",
                  "pynacl",  # dkimpy verifies Ed25519 signatures with it
                  "playwright"],  # drives Debian's chromium in the console test
     },
