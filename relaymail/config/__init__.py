@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 
-from relaymail.relay.presets import PRESETS
+from relaymail.config.presets import PRESETS
 
 ENV_PREFIX = "RELAYMAIL_"
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
