@@ -21,7 +21,8 @@ from twisted.internet.defer import ensureDeferred
 
 from relaymail import spool_lock
 from relaymail.config import Config, endpoint_address, load_config
-from relaymail.relay.manager import QueueError, RelayManager, read_headers
+from relaymail.relay.control import QueueControl, QueueError, read_headers
+from relaymail.relay.manager import RelayManager
 from relaymail.relay.router import Router
 from relaymail.spool import STATES, Spool, run_synchronously
 from relaymail.web.api import envelope_json
@@ -143,6 +144,7 @@ class OfflineQueue:
         spool = Spool(config.spool_dir, run_synchronously)
         self.manager = RelayManager(spool, Router(config.routes), {}, {}, config.delivery,
                                     config.hostname, _WallClock())
+        self.control: QueueControl = self.manager.control
 
     @staticmethod
     def _wait(coroutine: Any) -> Any:
@@ -158,25 +160,25 @@ class OfflineQueue:
         now = time.time()
         names = STATES if state == "all" else (state,)
         return [envelope_json(e, name, now, False)
-                for name in names for e in self.manager.spool.load_state(name)]
+                for name in names for e in self.control.spool.load_state(name)]
 
     def show(self, qid: str) -> dict[str, Any]:
         try:
-            state, envelope = self.manager.find(qid)
+            state, envelope = self.control.find(qid)
         except QueueError as e:
             raise CommandError(str(e)) from None
         out = envelope_json(envelope, state, time.time(), False)
-        out["headers"] = read_headers(self.manager.spool.path("data", qid + ".eml"))
+        out["headers"] = read_headers(self.control.spool.path("data", qid + ".eml"))
         return out
 
     def act(self, action: str, qid: str) -> str:
-        return self._wait(getattr(self.manager, action)(qid))
+        return self._wait(getattr(self.control, action)(qid))
 
     def flush(self) -> int:
-        return self._wait(self.manager.flush_offline())
+        return self._wait(self.control.flush_offline())
 
     def retry_failed(self) -> int:
-        return self._wait(self.manager.retry_failed())
+        return self._wait(self.control.retry_failed())
 
 
 def open_queue(args: argparse.Namespace) -> OnlineQueue | OfflineQueue:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import heapq
 import random
-import re
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -23,11 +21,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 
 from relaymail.config import DeliveryConfig
-from relaymail.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from relaymail.envelope import FAILED, PENDING, Envelope, Recipient
 from relaymail.logs import Logger
 from relaymail.relay.bounce import build_bounce
+from relaymail.relay.control import STATES, QueueControl, QueueError, read_head, read_headers
 from relaymail.relay.health import HealthBoard
-from relaymail.relay.outcome import PERMANENT, TEMPORARY, Outcome
+from relaymail.relay.outcome import COUNTERS, TEMPORARY, Outcome
 from relaymail.relay.pool import SessionPool
 from relaymail.relay.router import Router
 from relaymail.relay.transports import Transport
@@ -36,34 +35,12 @@ from relaymail.spool import Spool, SpoolError
 log = Logger(namespace="relaymail.relay")
 
 NO_ROUTE = Outcome(550, "5.4.4 no route for this recipient's domain")
-HEADER_BYTES = 256 * 1024
-STATES = ("queue", "hold", "failed")
 
-
-class QueueError(Exception):
-    """An operator's request that cannot be done (unknown ID, wrong state)."""
-
-
-QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,40}")
-
-
-def read_head(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(HEADER_BYTES)
-
-
-def read_headers(path: str) -> str:
-    """The header section of a stored message, as text (empty when unreadable)."""
-    try:
-        head = read_head(path)
-    except OSError:
-        return ""
-    end = head.find(b"\r\n\r\n")
-    return head[:end if end >= 0 else len(head)].decode("utf-8", "replace")
+__all__ = ["NO_ROUTE", "STATES", "QueueError", "RelayManager", "read_head", "read_headers"]
 
 
 class RelayManager(Service):
-    """Schedules and runs delivery attempts; also the queue's control surface."""
+    """Schedules and runs delivery attempts; ``control`` is the queue's control surface."""
 
     def __init__(self, spool: Spool, router: Router, transports: dict[str, Transport],
                  fallbacks: dict[str, str | None], delivery: DeliveryConfig, hostname: str,
@@ -86,12 +63,13 @@ class RelayManager(Service):
         self.heap: list[tuple[float, str]] = []
         self.active: dict[str, list[Deferred]] = {}
         self.observers: list[Callable[[dict[str, Any]], None]] = []
-        self.counters = {"delivered": 0, "deferred": 0, "failed": 0, "bounces": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)  # delivered, deferred, failed, bounces
         self.not_attempted = 0  # retries skipped because every upstream was marked down
         self.editor: Any = None  # relay.rewrite.HeaderEditor, kept for live config changes
         self._timer: Any = None
         self._soon: Any = None
         self.stopping = False
+        self.control = QueueControl(self)
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -124,9 +102,9 @@ class RelayManager(Service):
     def submit(self, envelope: Envelope) -> None:
         """A message entered ``queue/`` (committed, recovered, released or a bounce)."""
         self.queued[envelope.queue_id] = envelope
-        self._schedule(envelope, envelope.next_attempt)
+        self.schedule(envelope, envelope.next_attempt)
 
-    def _schedule(self, envelope: Envelope, when: float) -> None:
+    def schedule(self, envelope: Envelope, when: float) -> None:
         envelope.next_attempt = when
         heapq.heappush(self.heap, (when, envelope.queue_id))
         self._dispatch_soon()
@@ -169,7 +147,7 @@ class RelayManager(Service):
         log.failure("relay: attempt for {queue_id} failed unexpectedly", failure,
                     queue_id=envelope.queue_id)
         if envelope.queue_id in self.queued:
-            self._schedule(envelope, self.now() + self.delivery.retry_schedule[0])
+            self.schedule(envelope, self.now() + self.delivery.retry_schedule[0])
 
     def _attempt_finished(self, _: Any, qid: str) -> None:
         for waiter in self.active.pop(qid, []):
@@ -210,9 +188,9 @@ class RelayManager(Service):
             envelope.next_attempt = now + self.backoff(envelope.attempts)
             await self._save_or_keep(envelope)
             if envelope.queue_id in self.queued:
-                self._schedule(envelope, envelope.next_attempt)
+                self.schedule(envelope, envelope.next_attempt)
         else:
-            await self._finish(envelope)
+            await self.finish(envelope)
 
     def _not_attempted(self, envelope: Envelope, outcomes: dict[str, Outcome],
                        now: float) -> bool:
@@ -230,7 +208,7 @@ class RelayManager(Service):
         self.not_attempted += 1
         envelope.next_attempt = when
         if envelope.queue_id in self.queued:
-            self._schedule(envelope, when)
+            self.schedule(envelope, when)
         return True
 
     def lifetime_start(self, envelope: Envelope) -> float:
@@ -274,26 +252,23 @@ class RelayManager(Service):
             recipient.attempts += 1
             recipient.last_reply = outcome.reply
             recipient.transport = outcome.upstream
-            if outcome.kind == PERMANENT:
-                recipient.state = FAILED
+            recipient.state = outcome.disposition.recipient_state
+            if recipient.state == FAILED:
                 failed.append(recipient)
-            elif outcome.kind != TEMPORARY:
-                recipient.state = DELIVERED
         self._log_attempt(envelope, pending, outcomes, now)
         return failed
 
     def _log_attempt(self, envelope: Envelope, pending: list[Recipient],
                      outcomes: dict[str, Outcome], now: float) -> None:
-        groups: dict[tuple[str, Outcome], list[str]] = {}
+        groups: dict[Outcome, list[str]] = {}
         for recipient in pending:
             outcome = outcomes[recipient.address]
-            status = {"delivered": "sent", TEMPORARY: "deferred", PERMANENT: "bounced"}[
-                outcome.kind]
-            groups.setdefault((status, outcome), []).append(recipient.address)
+            groups.setdefault(outcome, []).append(recipient.address)
         delay = round(now - envelope.received_at, 3)
-        for (status, outcome), rcpts in groups.items():
-            self.counters[{"sent": "delivered", "deferred": "deferred",
-                           "bounced": "failed"}[status]] += len(rcpts)
+        for outcome, rcpts in groups.items():
+            disposition = outcome.disposition
+            status = disposition.log_status
+            self.counters[disposition.counter] += len(rcpts)
             log.info("{queue_id}: to={to} relay={relay} tls={tls} delay={delay} "
                      "status={status} ({reply})", queue_id=envelope.queue_id,
                      to=",".join(f"<{r}>" for r in rcpts), relay=outcome.upstream or "none",
@@ -330,7 +305,7 @@ class RelayManager(Service):
             log.error("{queue_id}: cannot save the envelope ({error}); keeping it in memory",
                       queue_id=envelope.queue_id, error=e)
 
-    async def _finish(self, envelope: Envelope) -> None:
+    async def finish(self, envelope: Envelope) -> None:
         """No recipient is pending: remove the message, or keep it in failed/."""
         qid = envelope.queue_id
         self.queued.pop(qid, None)
@@ -353,7 +328,7 @@ class RelayManager(Service):
             head = await self.spool.run_in_thread(read_head, path)
         except OSError:
             head = b""
-        report = build_bounce(envelope, failed, head, self.hostname, time.time())
+        report = build_bounce(envelope, failed, head, self.hostname, self.now())
         try:
             qid = await self.inject("", [envelope.sender], report,
                                     extra={"bounce_of": envelope.queue_id})
@@ -380,114 +355,34 @@ class RelayManager(Service):
         return await self.spool.commit(writer, envelope)
 
     # ------------------------------------------------------------------ queue control
+    # relaymail.relay.control.QueueControl does it; these stay for the web API's routes.
 
     def find(self, qid: str) -> tuple[str, Envelope]:
-        """Where a message is and its envelope (from memory when queued)."""
-        if not QUEUE_ID.fullmatch(qid):
-            raise QueueError(f"no message {qid!r}")
-        if qid in self.queued:
-            return "queue", self.queued[qid]
-        state = self.spool.find_state(qid)
-        if state is None:
-            raise QueueError(f"no message {qid}")
-        with open(self.spool.path(state, qid + ".json"), "rb") as f:
-            data = f.read()
-        try:
-            return state, Envelope.from_json(data)
-        except (ValueError, TypeError) as e:
-            self.spool.quarantine(state, qid + ".json", str(e))
-            raise QueueError(f"{qid}: malformed envelope, moved to quarantine/") from None
+        return self.control.find(qid)
 
     def list(self, state: str = "queue") -> list[Envelope]:
-        if state == "queue":
-            return sorted(self.queued.values(), key=lambda e: e.queue_id)
-        if state not in STATES:
-            raise QueueError(f"unknown state {state}")
-        return list(self.spool.load_state(state))
+        return self.control.list(state)
 
-    async def retry(self, qid: str) -> str:
-        await self.wait_idle(qid)
-        state, envelope = self.find(qid)
-        if state == "queue":
-            envelope.next_attempt = self.now()
-            await self.spool.save_envelope(envelope, "queue")
-            if self.running:
-                self.submit(envelope)
-            return "queue"
-        if state == "failed":
-            for recipient in envelope.recipients:
-                if recipient.state == FAILED:
-                    recipient.state = PENDING
-            envelope.reason = None
-        envelope.extra["requeued_at"] = self.now()
-        return await self._requeue(envelope, state)
+    def retry(self, qid: str) -> Coroutine[Any, Any, str]:
+        return self.control.retry(qid)
 
-    async def release(self, qid: str) -> str:
-        state, envelope = self.find(qid)
-        if state != "hold":
-            raise QueueError(f"{qid} is not on hold (it is in {state})")
-        return await self._requeue(envelope, state)
+    def release(self, qid: str) -> Coroutine[Any, Any, str]:
+        return self.control.release(qid)
 
-    async def _requeue(self, envelope: Envelope, state: str) -> str:
-        envelope.next_attempt = self.now()
-        await self.spool.save_envelope(envelope, state)
-        await self.spool.move(envelope.queue_id, state, "queue")
-        if self.running:
-            self.submit(envelope)
-        return "queue"
+    def hold(self, qid: str) -> Coroutine[Any, Any, str]:
+        return self.control.hold(qid)
 
-    async def hold(self, qid: str) -> str:
-        await self.wait_idle(qid)
-        state, _ = self.find(qid)
-        if state != "queue":
-            raise QueueError(f"{qid} is not in the queue (it is in {state})")
-        self.queued.pop(qid, None)
-        await self.spool.move(qid, "queue", "hold")
-        return "hold"
+    def delete(self, qid: str) -> Coroutine[Any, Any, str]:
+        return self.control.delete(qid)
 
-    async def delete(self, qid: str) -> str:
-        await self.wait_idle(qid)
-        state, _ = self.find(qid)
-        self.queued.pop(qid, None)
-        await self.spool.remove(qid, state)
-        log.info("{queue_id}: deleted by the operator", queue_id=qid)
-        return "deleted"
-
-    async def bounce(self, qid: str) -> str:
-        """Return the message to its sender now, for every recipient still pending."""
-        await self.wait_idle(qid)
-        state, envelope = self.find(qid)
-        if state == "failed":
-            raise QueueError(f"{qid} has already failed")
-        pending = [r for r in envelope.recipients if r.state == PENDING]
-        for recipient in pending:
-            recipient.state = FAILED
-            recipient.last_reply = "5.0.0 returned to the sender by the mail administrator"
-        if pending:
-            await self.send_bounce(envelope, pending)
-        if state == "hold":
-            await self.spool.move(qid, "hold", "queue")
-        await self._finish(envelope)
-        return "failed"
-
-    async def flush_offline(self) -> int:
-        """``flush`` for a stopped instance: the envelopes on disk become due now."""
-        envelopes = list(self.spool.load_state("queue"))
-        for envelope in envelopes:
-            envelope.next_attempt = self.now()
-            await self.spool.save_envelope(envelope, "queue")
-        return len(envelopes)
+    def bounce(self, qid: str) -> Coroutine[Any, Any, str]:
+        return self.control.bounce(qid)
 
     def flush(self) -> int:
-        """Every queued message is due now; returns how many."""
-        now = self.now()
-        for envelope in self.queued.values():
-            if envelope.queue_id not in self.active:
-                self._schedule(envelope, now)
-        return len(self.queued)
+        return self.control.flush()
 
-    async def retry_failed(self) -> int:
-        ids = [e.queue_id for e in self.spool.load_state("failed")]
-        for qid in ids:
-            await self.retry(qid)
-        return len(ids)
+    def flush_offline(self) -> Coroutine[Any, Any, int]:
+        return self.control.flush_offline()
+
+    def retry_failed(self) -> Coroutine[Any, Any, int]:
+        return self.control.retry_failed()

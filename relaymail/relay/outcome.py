@@ -8,7 +8,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relaymail.envelope import DELIVERED as RCPT_DELIVERED
+from relaymail.envelope import FAILED as RCPT_FAILED
+from relaymail.envelope import PENDING as RCPT_PENDING
+
 DELIVERED, TEMPORARY, PERMANENT = "delivered", "temporary", "permanent"
+
+
+@dataclass(frozen=True)
+class Disposition:
+    """The one row of the outcome table for one kind of outcome: each name the outcome has
+    in each place that records it."""
+
+    kind: str  # Outcome.kind: delivered, temporary, permanent
+    recipient_state: str  # the recipient's state in the envelope afterwards
+    log_status: str  # ``status=`` in the delivery log, and the observers' ``event``
+    counter: str  # the RelayManager.counters key it adds to
+
+
+# kind -> recipient state -> log status -> counter, the only translation between them.
+DISPOSITIONS: dict[str, Disposition] = {d.kind: d for d in (
+    Disposition(DELIVERED, RCPT_DELIVERED, "sent", "delivered"),
+    Disposition(TEMPORARY, RCPT_PENDING, "deferred", "deferred"),
+    Disposition(PERMANENT, RCPT_FAILED, "bounced", "failed"),
+)}
+COUNTERS: tuple[str, ...] = (*(d.counter for d in DISPOSITIONS.values()), "bounces")
 
 
 @dataclass(frozen=True)
@@ -30,6 +54,11 @@ class Outcome:
         if 500 <= self.code < 600:
             return PERMANENT
         return TEMPORARY
+
+    @property
+    def disposition(self) -> Disposition:
+        """What this outcome means for the recipient, the log and the counters."""
+        return DISPOSITIONS[self.kind]
 
     @property
     def reply(self) -> str:
