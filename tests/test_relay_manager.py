@@ -11,7 +11,7 @@ import tempfile
 from typing import Any
 
 import pytest
-from twisted.internet.defer import ensureDeferred, succeed
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from relaymail.config import DeliveryConfig, RouteConfig
@@ -21,30 +21,12 @@ from relaymail.relay.manager import QueueError, RelayManager
 from relaymail.relay.outcome import Outcome
 from relaymail.relay.router import Router
 from relaymail.spool import Spool, run_synchronously
+from relaymail.testing import ScriptedTransport
 
 OK = Outcome(250, "2.0.0 ok", "up")
 LATER = Outcome(451, "4.7.1 try later", "up")
 NO_USER = Outcome(550, "5.1.1 no such user", "up")
 MESSAGE = b"From: a@x.test\r\nSubject: s\r\n\r\nbody\r\n"
-
-
-class ScriptedTransport:
-    """Answers each recipient from ``script`` (address -> list of outcomes, last repeats)."""
-
-    def __init__(self, name: str, script: dict[str, list[Outcome]] | None = None,
-                 default: Outcome = OK) -> None:
-        self.name = name
-        self.script = script or {}
-        self.default = default
-        self.calls: list[tuple[str, list[str]]] = []
-
-    def deliver(self, envelope: Envelope, recipients: list[str], body_path: str) -> Any:
-        self.calls.append((envelope.queue_id, list(recipients)))
-        out = {}
-        for r in recipients:
-            queue = self.script.get(r)
-            out[r] = (queue.pop(0) if len(queue) > 1 else queue[0]) if queue else self.default
-        return succeed(out)
 
 
 def delivery(**kw: Any) -> DeliveryConfig:

@@ -7,64 +7,17 @@ import os
 import tempfile
 from typing import Any
 
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.mail.smtp import ESMTP
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from relaymail.config import load_config
 from relaymail.smtp.server import RelayESMTP, ServerContext
 from relaymail.spool import Spool
+from relaymail.testing import FakeChecker, ManualRunner, TLSCapableTransport
 from tests.helpers import base_config, write_config
-
-
-@implementer(ITLSTransport)
-class TLSCapableTransport(StringTransport):
-    """A StringTransport that records STARTTLS instead of doing it."""
-
-    tls_started_with: Any = None
-
-    def startTLS(self, contextFactory: Any) -> None:
-        self.tls_started_with = contextFactory
-
-
-class ManualRunner:
-    """A ``run_in_thread`` whose results the test releases, to hold replies outstanding."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, tuple[Any, ...], Deferred]] = []
-
-    def __call__(self, f: Any, *args: Any) -> Deferred:
-        d: Deferred = Deferred()
-        self.calls.append((f, args, d))
-        return d
-
-    def release(self) -> None:
-        calls, self.calls = self.calls, []
-        for f, args, d in calls:
-            d.callback(f(*args))
-
-
-class FakeChecker:
-    """Accepts user/secret; anything else is refused. ``pending`` holds answers back."""
-
-    def __init__(self) -> None:
-        self.pending: list[Deferred] | None = None
-
-    def requestAvatarId(self, creds: Any) -> Deferred:
-        ok = creds.username == b"user" and creds.password == b"secret"
-        result = succeed("user") if ok else fail(UnauthorizedLogin())
-        if self.pending is None:
-            return result
-        d: Deferred = Deferred()
-        self.pending.append(d)
-        result.addBoth(lambda r: self.pending.append(r))  # keep result to fire later
-        return d
 
 
 def b64(text: str) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 from typing import Any
@@ -12,26 +11,12 @@ from twisted.trial.unittest import TestCase
 from relaymail.envelope import Envelope, Recipient
 from relaymail.safeio import FileOps
 from relaymail.spool import Spool, SpoolError, new_queue_id, run_synchronously
-from tests.test_smtp_protocol import ManualRunner
+from relaymail.testing import FailingOps, ManualRunner
 
 
 def envelope(qid: str) -> Envelope:
     return Envelope(queue_id=qid, sender="a@b.example", recipients=[Recipient("c@d.example")],
                     received_at=1.0)
-
-
-class FailingOps(FileOps):
-    """FileOps that raise the given errno on the named operation."""
-
-    def __init__(self, operation: str, code: int = errno.ENOSPC) -> None:
-        self.operation, self.code = operation, code
-
-    def __getattribute__(self, name: str) -> Any:
-        if name == object.__getattribute__(self, "operation"):
-            def broken(*args: Any) -> None:
-                raise OSError(object.__getattribute__(self, "code"), os.strerror(errno.ENOSPC))
-            return broken
-        return object.__getattribute__(self, name)
 
 
 class SpoolTests(TestCase):
