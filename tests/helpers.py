@@ -171,8 +171,11 @@ def proxied_session(port: int, source: str, commands: bytes, header: bytes | Non
     Blocking: run it in a thread."""
     if header is None:
         header = f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=10,
-                                  source_address=(bind, 0)) as s:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(bind, 0))
+    except ConnectionResetError:  # refused at once: reset while connecting
+        return b""
+    with s:
         data = b""
         try:
             s.sendall(header + commands)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaymail.logs import Logger, printable
@@ -123,7 +125,9 @@ def parse_v2(data: bytes) -> tuple[Address, int] | None:
 class ProxyHeaderReceiver(ProtocolWrapper):
     """Reads the header, then starts the wrapped protocol with the client's address."""
 
-    def __init__(self, factory: ProxyWrappingFactory, wrapped: Any) -> None:
+    transport: Any  # the TCP transport: ITransport declares no abortConnection
+
+    def __init__(self, factory: Any, wrapped: Any) -> None:
         super().__init__(factory, wrapped)
         self.client: IPv4Address | IPv6Address | None = None
         self.started = False
@@ -171,7 +175,8 @@ class ProxyHeaderReceiver(ProtocolWrapper):
             self._timer.cancel()
         self.started = True
         self.factory.registerProtocol(self)
-        self.wrappedProtocol.makeConnection(self)
+        self.wrappedProtocol.makeConnection(cast(Any, self))  # provides the transport's
+        # interfaces since makeConnection (directlyProvides), which mypy cannot see
 
     def _refuse(self, why: str) -> None:
         peer = self.transport.getPeer()
@@ -187,7 +192,7 @@ class ProxyHeaderReceiver(ProtocolWrapper):
     def getPeer(self) -> Any:
         return self.client if self.client is not None else self.transport.getPeer()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.started:

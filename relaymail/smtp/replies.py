@@ -12,11 +12,13 @@ NO_ENHANCED = {220, 334, 354}
 
 @dataclass(frozen=True)
 class Reply:
-    """One reply: ``code`` with an ``enhanced`` status code and human text."""
+    """One reply: ``code`` with an ``enhanced`` status code and human text; ``close``: hang
+    up once it is sent."""
 
     code: int
     enhanced: str
     text: str
+    close: bool = False
 
     def encode(self) -> bytes:
         return f"{self.enhanced} {self.text}".encode()
@@ -27,6 +29,16 @@ class Reply:
 
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}"
+
+
+@dataclass(frozen=True)
+class Continue:
+    """A reply that carries the exchange on (334 for AUTH, 354 for DATA): no enhanced code,
+    and the session reads the next lines in ``mode`` ("auth" or "data")."""
+
+    code: int
+    text: bytes
+    mode: str
 
 
 def with_enhanced(code: int, message: bytes) -> bytes:

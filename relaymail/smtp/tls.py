@@ -54,7 +54,9 @@ def server_tls_options(tls: TLSConfig, source: str) -> CertificateOptions | None
     chain = load_chain(tls.certificate, source)
     key = load_key(tls.private_key, source)
     return CertificateOptions(
-        privateKey=key, certificate=chain[0], extraCertChain=chain[1:],
+        # Twisted takes cryptography objects here since 24.7; its annotation still says X509
+        privateKey=key, certificate=chain[0],  # type: ignore[arg-type]
+        extraCertChain=chain[1:],  # type: ignore[arg-type]
         dhParameters=DiffieHellmanParameters.fromFile(FilePath(FFDHE2048)),
         **intermediate_profile(),
     )

@@ -1,0 +1,349 @@
+"""The transaction layer of an inbound session: MAIL, RCPT and DATA decisions, rate-limit
+reservations, the envelope, DKIM signing and the commit, and our Received header.
+
+Each step returns what to answer (a Reply, the 354 ``Continue``, or a Deferred firing with
+one); DATA lines take a synchronous path (``line``) that writes to the spool writer with
+no Deferred per line, since that is the hot path.  One transaction is one spool writer,
+whatever the number of recipients, and one Received header.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from relaymail.envelope import Envelope, Recipient
+from relaymail.logs import Logger
+from relaymail.policy.dkim import (
+    RelaxedBodyHash,
+    SigningError,
+    from_domain,
+    parse_headers,
+)
+from relaymail.policy.limits import Reservation, Who
+from relaymail.smtp import replies
+from relaymail.smtp.access import (
+    HEADER_FROM_MISMATCH,
+    SENDER_NOT_ALLOWED,
+    header_sender_problem,
+    in_networks,
+    sender_allowed,
+)
+from relaymail.smtp.address import (
+    AddressError,
+    PathArgument,
+    mail_options,
+    parse_argument,
+    rcpt_options,
+)
+from relaymail.smtp.body import BodyReader
+from relaymail.smtp.replies import Continue, Reply
+from relaymail.smtp.state import SessionState
+from relaymail.spool import MessageWriter, SpoolError
+
+log = Logger(namespace="relaymail.smtp")
+
+Result = Reply | Continue | Deferred | None
+GO_AHEAD = Continue(354, b"End data with <CR><LF>.<CR><LF>", "data")
+
+
+@dataclass
+class Transaction:
+    """One MAIL ... DATA transaction."""
+
+    sender: PathArgument
+    writer: MessageWriter
+    declared_size: int | None
+    eight_bit: bool
+    recipients: list[str] = field(default_factory=list)
+    reservations: list[Reservation] = field(default_factory=list)  # rate-limit units taken
+
+    @property
+    def queue_id(self) -> str:
+        return self.writer.queue_id
+
+
+class TransactionLayer:
+    """MAIL/RCPT/DATA for one session.  ``pressure`` pauses and resumes reading while the
+    spool catches up; ``tls_comment`` describes the TLS session for the Received header."""
+
+    def __init__(self, state: SessionState, pressure: Callable[[bool], None],
+                 tls_comment: Callable[[], str]) -> None:
+        self.state = state
+        self.context = state.context
+        self.pressure = pressure
+        self.tls_comment = tls_comment
+        self.txn: Transaction | None = None
+        self.body: BodyReader | None = None
+
+    # ------------------------------------------------------------------ MAIL
+
+    def mail(self, rest: bytes) -> Result:
+        refusal = self.mail_refusal()
+        if refusal is not None:
+            return refusal
+        try:
+            sender = parse_argument(b"FROM", rest, allow_null=True)
+            declared, eight_bit = mail_options(sender.params, self.context.smtp.max_message_size)
+        except AddressError as e:
+            return e.reply
+        if not sender_allowed(self.state.login(), sender.address):
+            self.log_refused_sender(sender.address, SENDER_NOT_ALLOWED)
+            return SENDER_NOT_ALLOWED
+        limits = self.context.limits
+        if limits is None or limits.config.count != "messages":
+            return self.open_transaction(sender, declared, eight_bit, Reservation())
+        d = limits.reserve(Who(self.state.client_ip, self.state.login(), sender.address))
+        return d.addBoth(lambda r: self.open_transaction(sender, declared, eight_bit, r))
+
+    def open_transaction(self, sender: PathArgument, declared: int | None, eight_bit: bool,
+                         reserved: Any) -> Reply | None:
+        """MAIL's reply, once the rate limits have had their say."""
+        if not isinstance(reserved, Reservation):
+            return self.refuse_over_limit(sender.address, reserved)
+        if self.state.closed:
+            self.release(reserved)
+            return None  # nobody to tell
+        self.txn = Transaction(sender, self.context.spool.new_message(), declared, eight_bit,
+                               reservations=[reserved])
+        log.debug("{queue_id}: from=<{sender}> size={size} client={client_ip} "
+                  "listener={listener} credential={credential}", queue_id=self.txn.queue_id,
+                  sender=sender.address, size=declared, client_ip=self.state.client_ip,
+                  listener=self.state.listener.name, credential=self.state.credential)
+        return Reply(250, "2.1.0", "Ok")
+
+    def mail_refusal(self) -> Reply | None:
+        if self.state.helo is None:
+            return replies.BAD_SEQUENCE_HELO
+        if self.txn is not None:
+            return Reply(503, "5.5.1", "Error: nested MAIL command")
+        if self.state.listener.auth == "required" and self.state.credential is None:
+            return self.auth_required()
+        return None
+
+    def auth_required(self) -> Reply:
+        if self.state.can_start_tls and not self.state.started_tls:
+            return Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+        return replies.AUTH_REQUIRED
+
+    def refuse_over_limit(self, sender: str, reply: Any) -> Reply:
+        if isinstance(reply, Failure):
+            log.failure("smtp: rate limit check failed", failure=reply)
+            reply = replies.LOCAL_ERROR
+        self.log_refused_sender(sender, reply)
+        return reply
+
+    def release(self, reservation: Reservation) -> None:
+        if self.context.limits is not None:
+            self.context.limits.release(reservation)
+
+    def release_all(self, txn: Transaction) -> None:
+        """The transaction queued nothing: what it counted against the limits is given back."""
+        for reservation in txn.reservations:
+            self.release(reservation)
+        txn.reservations = []
+
+    def log_refused_sender(self, sender: str, reply: Reply) -> None:
+        log.info("refused from=<{sender}> client={client_ip} credential={credential} "
+                 "reply={reply}", sender=sender, client_ip=self.state.client_ip,
+                 credential=self.state.credential, reply=str(reply))
+
+    # ------------------------------------------------------------------ RCPT
+
+    def rcpt(self, rest: bytes) -> Result:
+        txn = self.txn
+        if txn is None:
+            return Reply(503, "5.5.1", "Error: need MAIL command")
+        try:
+            rcpt = parse_argument(b"TO", rest, allow_null=False)
+            rcpt_options(rcpt.params)
+        except AddressError as e:
+            return e.reply
+        refusal = self.rcpt_refusal(txn)
+        # Accepted recipients are logged at debug: the queued line counts them and the
+        # delivery lines name them; a log line each cost a tenth of the throughput.
+        emit = log.info if refusal else log.debug
+        emit("{queue_id}: to=<{rcpt}> {outcome} client={client_ip} credential={credential}"
+             "{why}", queue_id=txn.queue_id, rcpt=rcpt.address,
+             outcome="refused" if refusal else "accepted", client_ip=self.state.client_ip,
+             credential=self.state.credential, why=f" reply={refusal}" if refusal else "")
+        if refusal is not None:
+            return refusal
+        limits = self.context.limits
+        if limits is None or limits.config.count != "recipients":
+            return self.add_recipient(txn, rcpt.address, Reservation())
+        d = limits.reserve(Who(self.state.client_ip, self.state.login(), txn.sender.address))
+        return d.addBoth(lambda r: self.add_recipient(txn, rcpt.address, r))
+
+    def add_recipient(self, txn: Transaction, address: str, reserved: Any) -> Reply | None:
+        if not isinstance(reserved, Reservation):
+            return self.refuse_over_limit(txn.sender.address, reserved)
+        if txn is not self.txn:  # the session ended meanwhile: nobody to tell
+            self.release(reserved)
+            return None
+        txn.reservations.append(reserved)
+        txn.recipients.append(address)
+        return Reply(250, "2.1.5", "Ok")
+
+    def rcpt_refusal(self, txn: Transaction) -> Reply | None:
+        if not self.may_relay():
+            return self.auth_required()
+        if len(txn.recipients) >= self.context.smtp.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        return None
+
+    def may_relay(self) -> bool:
+        """Relaymail has no local mailboxes: every recipient is relaying, whatever its form."""
+        if self.state.credential is not None:
+            return True
+        return self.state.listener.auth != "required" and in_networks(
+            self.state.client_ip, self.context.smtp.trusted_networks)
+
+    # ------------------------------------------------------------------ DATA
+
+    def data(self, rest: bytes) -> Result:
+        txn = self.txn
+        if rest.strip():
+            return Reply(501, "5.5.4", "Syntax: DATA")
+        if txn is None:
+            return Reply(503, "5.5.1", "Error: need MAIL command")
+        if not txn.recipients:
+            return Reply(554, "5.5.1", "Error: no valid recipients")
+        smtp = self.context.smtp
+        body_hash = RelaxedBodyHash() if self.context.signer is not None else None
+        self.body = BodyReader(txn.writer, smtp.max_message_size,
+                               reject_bare=smtp.bare_line_endings == "reject",
+                               body_hash=body_hash, fold_length=smtp.fold_line_length,
+                               max_header_size=smtp.max_header_size,
+                               strip=smtp.strip_characters, reject=smtp.reject_characters)
+        txn.writer.write(self.received_header(txn))
+        txn.writer.on_pressure = self.pressure
+        return GO_AHEAD
+
+    def line(self, line: bytes) -> None:
+        assert self.body is not None
+        self.body.line(line)
+
+    def piece(self, piece: bytes) -> None:
+        assert self.body is not None
+        self.body.partial(piece)
+
+    def end(self) -> Result:
+        """The final ".": refuse, or sign, commit and answer 250 once durable."""
+        txn, body = self.txn, self.body
+        assert txn is not None and body is not None
+        self.txn, self.body = None, None
+        problem = body.problem or self.header_from_problem(txn, body)
+        if problem is not None:
+            log.info("{queue_id}: refused at end of data reply={reply}", queue_id=txn.queue_id,
+                     reply=str(problem))
+            txn.writer.discard()
+            self.release_all(txn)
+            return problem
+        envelope = self.envelope_for(txn)
+        envelope.body_8bit = envelope.body_8bit or body.eight_bit_seen
+        if body.body_hash is not None:  # for a signature made again at relay time
+            envelope.extra["body_hash"] = body.body_hash.digest_b64().decode()
+        d = self.dkim_sign(txn.writer, body)
+        d.addCallback(lambda signed: self.context.spool.commit(txn.writer, envelope)
+                      .addCallback(lambda _: signed))
+        return d.addBoth(lambda outcome: self.committed(txn, envelope, outcome))
+
+    def header_from_problem(self, txn: Transaction, body: BodyReader) -> Reply | None:
+        """A login may be required to send only with a header From in its sender's domain."""
+        credential = self.state.login()
+        if credential is None or not credential.check_header_from:
+            return None
+        try:
+            fields = parse_headers(body.header_block)
+        except SigningError:
+            return HEADER_FROM_MISMATCH
+        return header_sender_problem(fields, credential, txn.sender.address)
+
+    def dkim_sign(self, writer: MessageWriter, body: BodyReader) -> Deferred:
+        """Sign once, here (off the reactor thread); fires with the log note ("" when DKIM is
+        not configured).  Mail that cannot be signed is still accepted, unsigned."""
+        signer = self.context.signer
+        if signer is None or body.body_hash is None:
+            return succeed("")
+        try:
+            fields = parse_headers(body.header_block)
+        except SigningError:
+            return succeed(" dkim=unparsable-header")
+        keys = signer.keys_for(from_domain(fields))
+        if not keys:
+            return succeed(" dkim=none")
+        d = self.context.spool.run_in_thread(signer.sign, fields, body.body_hash.digest_b64(),
+                                             keys)
+
+        def signed(header: bytes) -> str:
+            writer.prepend(header)
+            return " dkim=" + ",".join(k.label for k in keys)
+
+        def failed(failure: Failure) -> str:
+            log.failure("{queue_id}: dkim signing failed", failure=failure,
+                        queue_id=writer.queue_id)
+            return " dkim=failed"
+
+        return d.addCallbacks(signed, failed)
+
+    def committed(self, txn: Transaction, envelope: Envelope, outcome: Any) -> Reply:
+        if isinstance(outcome, Failure):
+            self.release_all(txn)
+            storage = outcome.check(SpoolError) is not None
+            log.error("{queue_id}: not queued: {error}", queue_id=envelope.queue_id,
+                      error=outcome.getErrorMessage())
+            return replies.STORAGE_FAILED if storage else replies.LOCAL_ERROR
+        state = self.state
+        log.info("{queue_id}: queued from=<{sender}> nrcpt={nrcpt} size={size} "
+                 "client={client_ip} listener={listener} credential={credential}{dkim}",
+                 dkim=outcome, queue_id=envelope.queue_id, sender=envelope.sender,
+                 nrcpt=len(envelope.recipients), size=envelope.size, client_ip=state.client_ip,
+                 listener=state.listener.name, credential=state.credential)
+        return Reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
+
+    def envelope_for(self, txn: Transaction) -> Envelope:
+        now = self.context.clock()
+        state = self.state
+        return Envelope(
+            queue_id=txn.queue_id, sender=txn.sender.address,
+            recipients=[Recipient(address=a) for a in txn.recipients], received_at=now,
+            client_ip=state.client_ip, helo=state.helo, credential=state.credential,
+            listener=state.listener.name, protocol=state.protocol_name(),
+            body_8bit=txn.eight_bit, next_attempt=now,
+        )
+
+    def discard(self) -> None:
+        """Forget the open transaction (RSET, new EHLO, disconnect); nothing was committed."""
+        if self.txn is not None:
+            self.txn.writer.discard()
+            self.release_all(self.txn)
+        self.txn, self.body = None, None
+
+    # ------------------------------------------------------------------ Received header
+
+    def received_header(self, txn: Transaction) -> bytes:
+        state = self.state
+        date = email.utils.formatdate(self.context.clock(), localtime=True)
+        tls = self.tls_comment() if state.started_tls else ""
+        lines = [
+            f"Received: from {sanitize(state.helo or 'unknown')} ([{state.client_ip}])",
+            f"\tby {self.context.hostname} (relaymail) with {state.protocol_name()} "
+            f"id {txn.queue_id}{tls}",
+        ]
+        if len(txn.recipients) == 1:
+            lines.append(f"\tfor <{txn.recipients[0]}>; {date}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{date}")
+        return "\r\n".join(lines).encode("ascii", "replace") + b"\r\n"
+
+
+def sanitize(text: str) -> str:
+    """A HELO name as it may appear inside a header: printable ASCII, no parentheses."""
+    return "".join(c if 33 <= ord(c) < 127 and c not in "()" else "?" for c in text)[:255]

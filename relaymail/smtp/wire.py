@@ -1,0 +1,231 @@
+"""The wire layer of an inbound session: bytes to lines, handler results to replies.
+
+It knows nothing of mail.  It splits input on CRLF itself (a DATA line may be longer than
+``max_line_length`` and is handed on in pieces, in bounded memory; a command line that
+long is answered and the connection closed), holds further input while a reply waits on a
+Deferred (the pipelining fix: stock Twisted runs queued lines meanwhile, so replies come
+out of order or body lines run as commands), forgets plaintext pipelined behind STARTTLS,
+adds enhanced status codes, and counts errors.
+
+Handlers (``session.py`` dispatches to them) return what to say: a ``Reply``, a
+``Continue`` (334/354: the next lines belong to AUTH or DATA), a Deferred firing with one of
+those, or None when nothing is to be said.  ``answer`` is the one place that writes them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.mail.smtp import ESMTP, SMTP
+from twisted.python.failure import Failure
+
+from relaymail.logs import Logger
+from relaymail.smtp import replies
+from relaymail.smtp.replies import Continue, Reply
+
+log = Logger(namespace="relaymail.smtp")
+
+COMMAND, DATA, AUTH = "command", "data", "auth"
+Result = Reply | Continue | Deferred | None
+
+
+class WireProtocol(ESMTP):
+    """Lines in, replies out; subclasses provide ``command``, ``data_line``,
+    ``data_piece`` and ``auth_line``."""
+
+    # Twisted's concrete TCP/TLS transport: ITransport declares none of disconnecting,
+    # pauseProducing, resumeProducing, abortConnection, startTLS or getHandle.
+    transport: Any
+    timeout: float  # type: ignore[assignment]  # idle seconds; SMTP says int, fractions work
+    max_errors = 20
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.mode = COMMAND
+        self.errors = 0
+        self.count_refusal: Callable[[int, str], None] = lambda code, enhanced: None
+        self._backlog: deque[bytes] | None = None
+        self._blocked = False
+        self._in_data_received = False
+        self._discard_rest = False
+        self._pending = b""  # received bytes after the last CRLF
+        self._midline = False  # part of the current DATA line was already handed on
+        self.gone = False  # the connection is closed; a peer close leaves disconnecting False
+
+    # ------------------------------------------------------------------ input
+
+    def dataReceived(self, data: bytes) -> None:
+        self._in_data_received = True
+        try:
+            lines = (self._pending + data).split(b"\r\n")
+            self._pending = lines.pop()
+            for line in lines:
+                if self._discard_rest or self.transport.disconnecting:
+                    return
+                self.lineReceived(line)
+            if len(self._pending) > self.MAX_LENGTH and not self._discard_rest:
+                self.long_line_piece()
+        finally:
+            self._in_data_received = False
+            if self._discard_rest:
+                self._pending = b""
+            self._discard_rest = False
+
+    def long_line_piece(self) -> None:
+        """No CRLF within ``MAX_LENGTH``: in DATA, pass the piece on (keeping a final CR,
+        which may be half of a CRLF); anywhere else it is an over-long command line."""
+        if self.mode != DATA or self._blocked or self.transport.disconnecting:
+            if not self._blocked:
+                self.lineLengthExceeded(self._pending)
+            return
+        keep = 1 if self._pending.endswith(b"\r") else 0
+        piece, self._pending = self._pending[:len(self._pending) - keep], \
+            self._pending[len(self._pending) - keep:]
+        self.resetTimeout()
+        self.data_piece(piece)
+        self._midline = True
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._discard_rest:
+            return
+        if self._blocked:
+            assert self._backlog is not None
+            self._backlog.append(line)
+            return
+        self.dispatch(line)
+
+    def dispatch(self, line: bytes) -> None:
+        """One line, by mode: a DATA line (the sync fast path), an AUTH answer, a command."""
+        self.resetTimeout()
+        if self.mode == DATA:
+            if line == b"." and not self._midline:
+                self.mode = COMMAND
+                self.answer(self.end_of_data())
+            else:
+                self._midline = False
+                self.data_line(line)
+        elif len(line) > self.MAX_LENGTH:
+            self.lineLengthExceeded(line)
+        elif self.mode == AUTH:
+            result = self.auth_line(line)
+            if not isinstance(result, Continue):
+                self.mode = COMMAND
+            self.answer(result)
+        else:
+            self.command_line(line)
+
+    def command_line(self, line: bytes) -> None:
+        parts = line.strip().split(None, 1)
+        if not parts:
+            self.reply(Reply(500, "5.5.2", "Error: bad syntax"))
+            return
+        handler = self.command(parts[0].upper()) if parts[0].isalpha() else None
+        if handler is None:
+            self.reply(Reply(500, "5.5.2", "Error: command not recognized"))
+            return
+        self.answer(handler(parts[1] if len(parts) == 2 else b""))
+
+    # hooks for the session
+    def command(self, verb: bytes) -> Callable[[bytes], Result] | None:
+        raise NotImplementedError
+
+    def data_line(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def data_piece(self, piece: bytes) -> None:
+        raise NotImplementedError
+
+    def end_of_data(self) -> Result:
+        raise NotImplementedError
+
+    def auth_line(self, line: bytes) -> Result:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ answers
+
+    def answer(self, result: Result | Failure) -> None:
+        """Say what a handler returned; a Deferred holds input until it has fired."""
+        if isinstance(result, Deferred):
+            self.await_reply(result, self.answer)
+        elif isinstance(result, Reply):
+            self.reply(result)
+            if result.close and not self.gone:
+                self.transport.loseConnection()
+        elif isinstance(result, Continue):
+            self.mode = result.mode
+            SMTP.sendCode(self, result.code, result.text)
+        elif isinstance(result, Failure):
+            log.failure("smtp: a handler failed", failure=result)
+            self.mode = COMMAND
+            self.reply(replies.LOCAL_ERROR)
+
+    def await_reply(self, d: Deferred, handler: Callable[[Any], None]) -> None:
+        """Run ``handler`` with the result of ``d``; hold further input until it has run
+        (and until any wait the handler starts itself is over)."""
+        state = {"sync": True, "fired": False}
+
+        def finish(result: Any) -> None:
+            state["fired"] = True
+            if not state["sync"]:
+                self._blocked = False  # this wait is over; the handler may start another
+            try:
+                handler(result)
+            except Exception:
+                log.failure("smtp: reply handler failed")
+                self.reply(replies.LOCAL_ERROR)
+            if not state["sync"] and not self._blocked:
+                self.unblock()
+
+        d.addBoth(finish)
+        state["sync"] = False
+        if not state["fired"]:
+            self.block()
+
+    def block(self) -> None:
+        self._blocked = True
+        if self._backlog is None:
+            self._backlog = deque()
+        self.setTimeout(None)
+        self.transport.pauseProducing()
+
+    def unblock(self) -> None:
+        self._blocked = False
+        if self.gone or self.transport.disconnecting:
+            return
+        self.setTimeout(self.timeout)
+        while self._backlog and not self._blocked and not self.transport.disconnecting:
+            self.dispatch(self._backlog.popleft())
+        if not self._blocked and not self.transport.disconnecting:
+            self.transport.resumeProducing()
+
+    def forget_plaintext_input(self) -> None:
+        """Anything sent behind STARTTLS in plaintext must not run inside TLS (CVE-2011-0411)."""
+        self._pending = b""
+        if self._backlog:
+            self._backlog.clear()
+        if self._in_data_received:
+            self._discard_rest = True
+
+    def reply(self, r: Reply) -> None:
+        self.sendCode(r.code, r.encode())
+
+    def sendCode(self, code: int, message: bytes = b"") -> None:
+        if self.gone or self.transport is None or self.transport.disconnecting:
+            return
+        text = replies.with_enhanced(code, message)
+        SMTP.sendCode(self, code, text)
+        if code >= 400:
+            enhanced = text.split(b" ", 1)[0] if replies.ENHANCED_RE.match(text) else b""
+            self.count_refusal(code, enhanced.decode())
+        if code >= 500:
+            self.errors += 1
+            if self.errors >= self.max_errors:
+                self.too_many_errors()
+                SMTP.sendCode(self, 421, replies.TOO_MANY_ERRORS.encode())
+                self.transport.loseConnection()
+
+    def too_many_errors(self) -> None:
+        """Hook: the session logs it."""
