@@ -25,7 +25,7 @@ from relaymail.relay.control import QueueControl, QueueError, read_headers
 from relaymail.relay.manager import RelayManager
 from relaymail.relay.router import Router
 from relaymail.spool import STATES, Spool, run_synchronously
-from relaymail.web.api import envelope_json
+from relaymail.web.shapes import envelope_json
 
 ACTIONS = ("retry", "hold", "release", "delete", "bounce")
 

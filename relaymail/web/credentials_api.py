@@ -12,7 +12,13 @@ from twisted.web.iweb import IRequest
 
 from relaymail.credentials import CredentialsError, CredentialStore
 from relaymail.web.http import json_reply as reply
+from relaymail.web.routing import SubApp, route
 
+CREDENTIAL = {"type": "object", "properties": {
+    "name": {"type": "string"}, "enabled": {"type": "boolean"},
+    "allowed_sender_domains": {"type": "array", "items": {"type": "string"}},
+    "hourly_quota": {"type": ["integer", "null"]}, "daily_quota": {"type": ["integer", "null"]},
+    "check_header_from": {"type": "boolean"}, "description": {"type": "string"}}}
 EDITABLE = {"allowed_sender_domains", "hourly_quota", "daily_quota", "enabled",
             "check_header_from", "description"}
 
@@ -48,9 +54,8 @@ def status_of(error: CredentialsError) -> int:
     return 404 if text.startswith("no credential") else 409 if "already exists" in text else 400
 
 
-class CredentialsAPI:
-    """The handlers behind /api/smtp-credentials; ControlAPI routes to them after the token
-    check."""
+class CredentialsAPI(SubApp):
+    unavailable = "credentials are not managed here"
 
     def __init__(self, store: CredentialStore, run_in_thread: Callable[..., Deferred]) -> None:
         self.store = store
@@ -69,9 +74,12 @@ class CredentialsAPI:
         except ValueError:
             raise ValueError("the body is not JSON") from None
 
+    @route("get", "/api/smtp-credentials", "List SMTP AUTH credentials (never passwords)")
     def listing(self, request: IRequest) -> bytes:
         return reply(request, {"credentials": [c.public() for c in self.store.all()]})
 
+    @route("post", "/api/smtp-credentials", "Create; the answer holds the password, once",
+           body=CREDENTIAL)
     async def create(self, request: IRequest) -> bytes:
         try:
             body = self._body(request)
@@ -95,11 +103,14 @@ class CredentialsAPI:
 
         return await self._change(request, create, 201)
 
+    @route("post", "/api/smtp-credentials/{name}/reset-password", "New password, shown once")
     async def reset(self, request: IRequest, name: str) -> bytes:
         return await self._change(request, lambda: {
             "name": name, "password": self.store.reset(name),
             "note": "the password is shown only now"})
 
+    @route("patch", "/api/smtp-credentials/{name}", "Change quotas, sender domains, flags",
+           body=CREDENTIAL)
     async def update(self, request: IRequest, name: str) -> bytes:
         try:
             fields = checked_fields(self._body(request))
@@ -111,6 +122,10 @@ class CredentialsAPI:
                                   lambda: {"credential": self.store.update(name, **fields)
                                            .public()})
 
+    @route("delete", "/api/smtp-credentials/{name}", "Delete a credential")
     async def delete(self, request: IRequest, name: str) -> bytes:
-        return await self._change(request, lambda: (self.store.remove(name),
-                                                    {"deleted": name})[1])
+        def delete() -> dict[str, Any]:
+            self.store.remove(name)
+            return {"deleted": name}
+
+        return await self._change(request, delete)

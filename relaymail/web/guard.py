@@ -199,8 +199,12 @@ class GuardedRequest(Request):
     _head = (b"", b"")
     _linger: Any = None
 
+    def _gate(self) -> Gate | None:
+        """The checks of the Site this request came to (a WebSite has them)."""
+        return getattr(getattr(self.channel, "site", None), "gate", None)
+
     def gotLength(self, length: int | None) -> None:
-        gate: Gate | None = getattr(self.channel.site, "gate", None)
+        gate = self._gate()
         if gate is not None:
             # The method and target are known to the channel only until the body is in.
             method = bytes(getattr(self.channel, "_command", b"")).upper()
@@ -222,7 +226,8 @@ class GuardedRequest(Request):
             return
         self._received += len(data)
         if self.body_cap is not None and self._received > self.body_cap:
-            gate: Gate = self.channel.site.gate
+            gate = self._gate()
+            assert gate is not None  # body_cap is set by the gate
             self.refuse(gate.over_limit(*self._head, self.body_cap, self._unauthenticated,
                                         None))
             return
@@ -244,9 +249,11 @@ class GuardedRequest(Request):
         def drop(*_: Any) -> None:
             return None
 
-        channel.dataReceived = channel.lineReceived = channel.rawDataReceived = drop
+        for name in ("dataReceived", "lineReceived", "rawDataReceived"):
+            setattr(channel, name, drop)
         channel.setTimeout(None)
         transport = channel.transport
+        assert transport is not None  # still connected: it is the one sending the request
         transport.write(refusal.response())
         self._linger = channel.callLater(LINGER, transport.loseConnection)
         peer = getattr(self.getClientAddress(), "host", "?")

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 
 from relaymail.smtp.access import ConnectionTracker
 from relaymail.stats import LATENCY_BUCKETS, RelayStats
-from relaymail.web.api import iso
+from relaymail.web.shapes import iso
 
 MIN_FREE_MB = 100  # below this the spool is "low on disk": /health answers 503
 

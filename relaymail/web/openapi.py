@@ -1,127 +1,97 @@
 """``/api/openapi.json`` (OpenAPI 3.1) and ``/api/docs``, a readable page made from it.
 
-The table below is the single description of every route; a test checks it against the
-routes Klein actually serves, so the document cannot drift from the code."""
+The document is made from the route declarations (relaymail.web.routing.route) that Klein
+serves, so it cannot drift from the code; each operation says the access it needs
+(``x-access``, and ``security``)."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import Any
 
-OBJ: dict[str, Any] = {"type": "object"}
+from twisted.web.iweb import IRequest
+
+from relaymail.web.http import json_reply
+from relaymail.web.routing import Access, Route, SubApp, route
+
 ERROR = {"description": "bad request; `error` says which field", "content": {
     "application/json": {"schema": {"type": "object", "properties": {
         "error": {"type": "string"}}}}}}
-UPSTREAM = {"type": "object", "properties": {
-    "enabled": {"type": "boolean"}, "host": {"type": "string"},
-    "port": {"type": "integer"}, "username": {"type": ["string", "null"]},
-    "password": {"type": ["string", "null"], "description": "write-only; GET shows ********"},
-    "use_tls": {"type": "boolean"}, "preset": {"type": ["string", "null"]},
-    "tls": {"enum": ["starttls", "implicit", "opportunistic", "none"]},
-    "upstreams": {"type": "array", "items": OBJ}}}
-CREDENTIAL = {"type": "object", "properties": {
-    "name": {"type": "string"}, "enabled": {"type": "boolean"},
-    "allowed_sender_domains": {"type": "array", "items": {"type": "string"}},
-    "hourly_quota": {"type": ["integer", "null"]}, "daily_quota": {"type": ["integer", "null"]},
-    "check_header_from": {"type": "boolean"}, "description": {"type": "string"}}}
-SEND = {"type": "object", "required": ["from", "to"], "properties": {
-    "from": {"type": "string"}, "from_name": {"type": "string"},
-    "to": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-    "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": "string"}}}
+SECURITY: dict[Access, list[dict[str, list[str]]]] = {
+    Access.ADMIN: [{"bearer": []}, {"session": []}],
+    Access.LOCAL_OR_ADMIN: [{}, {"bearer": []}, {"session": []}],
+    Access.SESSION: [{"session": []}],
+}
+DENIED = {
+    Access.ADMIN: "token missing or wrong, and no console session",
+    Access.LOCAL_OR_ADMIN: "not a loopback client (or web.open_metrics_to_loopback is off), "
+                           "and no token or console session",
+    Access.SESSION: "not logged in",
+}
+SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "`<spool>/control.token`, as `relaymail queue` uses it"},
+    "session": {"type": "apiKey", "in": "cookie", "name": "relaymail_session",
+                "description": "the console's login (POST /login); changes also send the "
+                               "session's CSRF token as X-CSRF-Token"},
+}
+ACCESS_NOTE = {Access.PUBLIC: "", Access.ADMIN: " 🔒 admin",
+               Access.LOCAL_OR_ADMIN: " 🔒 admin or loopback",
+               Access.SESSION: " 🔒 console session"}
 
 
-def q(name: str, description: str, kind: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": {"type": kind}}
+def operation(r: Route) -> dict[str, Any]:
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in r.path_variables]
+    op: dict[str, Any] = {"summary": r.summary, "parameters": [*params, *r.query],
+                          "x-access": r.access.value,
+                          "responses": {"200": {"description": "OK"}, "400": ERROR}}
+    if r.access in SECURITY:
+        op["security"] = SECURITY[r.access]
+        op["responses"]["401"] = {"description": DENIED[r.access]}
+    if r.access is Access.ADMIN and r.method != "get":
+        op["responses"]["403"] = {"description": "console session without its CSRF token"}
+    if r.body is not None:
+        op["requestBody"] = {"content": {"application/json": {"schema": r.body}}}
+    return op
 
 
-def p(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def document(version: str, routes: Sequence[Route] | None = None) -> dict[str, Any]:
+    """The OpenAPI document of ``routes``; by default, of every route the API serves."""
+    if routes is None:
+        from relaymail.web.api import ControlAPI  # it imports this module
 
-
-# (method, path, summary, parameters, request body schema or None, public)
-ROUTES: list[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, bool]] = [
-    ("get", "/health", "Health: 200 ok/degraded, 503 error (spool not writable, disk low)",
-     [], None, True),
-    ("get", "/metrics", "Prometheus text; ?format=json for the simple JSON shape",
-     [q("format", "json for {total_emails, successful_emails, failed_emails, "
-                  "total_recipients, avg_processing_time_ms}")], None, True),
-    ("get", "/api/relay/config", "The relay upstream (simple shape, passwords masked)", [],
-     None, False),
-    ("post", "/api/relay/config", "Change the relay upstream; validated, saved with a .bak, "
-     "applied without restart", [], UPSTREAM, False),
-    ("post", "/api/relay/test", "Connect step by step (TCP, banner, EHLO, STARTTLS, AUTH, "
-     "QUIT) to the given or saved upstream", [], UPSTREAM, False),
-    ("get", "/api/relay/status", "Upstream health, queue counts, counters, policy", [], None,
-     False),
-    ("get", "/api/queue", "List queued, held or failed messages",
-     [q("state", "queue, hold or failed"), q("sender", "substring"),
-      q("recipient", "substring"), q("offset", "paging", "integer"),
-      q("limit", "paging", "integer")], None, False),
-    ("get", "/api/queue/{qid}", "One message: envelope, recipients' states, headers",
-     [p("qid")], None, False),
-    ("post", "/api/queue/{qid}/{action}", "retry, hold, release or bounce one message",
-     [p("qid"), p("action")], None, False),
-    ("delete", "/api/queue/{qid}", "Delete one message (no bounce)", [p("qid")], None, False),
-    ("post", "/api/queue/flush", "Retry every deferred message now", [], None, False),
-    ("post", "/admin/retry-failed", "Move every failed message back to the queue", [], None,
-     False),
-    ("get", "/api/smtp-credentials", "List SMTP AUTH credentials (never passwords)", [], None,
-     False),
-    ("post", "/api/smtp-credentials", "Create; the answer holds the password, once", [],
-     CREDENTIAL, False),
-    ("post", "/api/smtp-credentials/{name}/reset-password", "New password, shown once",
-     [p("name")], None, False),
-    ("patch", "/api/smtp-credentials/{name}", "Change quotas, sender domains, flags",
-     [p("name")], CREDENTIAL, False),
-    ("delete", "/api/smtp-credentials/{name}", "Delete a credential", [p("name")], None, False),
-    ("get", "/api/mail-logs", "Search the delivery history, newest first",
-     [q("sender", "substring"), q("recipient", "substring"), q("queue_id", "exact"),
-      q("status", "received, sent, deferred or bounced"),
-      q("since", "ISO 8601 or Unix seconds"), q("until", "ISO 8601 or Unix seconds"),
-      q("limit", "at most 1000", "integer"), q("offset", "paging", "integer")], None, False),
-    ("get", "/api/mail-logs/stats", "Totals, success rate, per hour, top senders",
-     [q("hours", "window, default 24", "integer")], None, False),
-    ("post", "/api/send", "Compose, DKIM-sign and queue a message; 202 with the queue ID",
-     [], SEND, False),
-    ("post", "/login", "Console login ({username, password} as JSON or a form): sets the "
-     "HttpOnly session cookie, answers the CSRF token; 429 when locked out", [], OBJ, True),
-    ("post", "/logout", "End the console session", [], None, False),
-    ("get", "/api/session", "The console session's user and CSRF token (send it as "
-     "X-CSRF-Token on changes)", [], None, True),
-    ("get", "/", "Console: dashboard (HTML; redirects to /login without a session)", [],
-     None, True),
-    ("get", "/{name}", "Console pages: relay, queue, failed, credentials, logs, send",
-     [p("name")], None, True),
-    ("get", "/login", "Console login page", [], None, True),
-    ("get", "/static/{name}", "The console's script and style sheet", [p("name")], None,
-     True),
-    ("get", "/api/openapi.json", "This document", [], None, True),
-    ("get", "/api/docs", "This document as a page", [], None, True),
-]
-
-
-def document(version: str) -> dict[str, Any]:
+        routes = ControlAPI.routes
     paths: dict[str, dict[str, Any]] = {}
-    for method, path, summary, params, body, public in ROUTES:
-        operation: dict[str, Any] = {"summary": summary, "parameters": params,
-                                     "responses": {"200": {"description": "OK"},
-                                                   "400": ERROR}}
-        if not public:
-            operation["security"] = [{"bearer": []}]
-            operation["responses"]["401"] = {"description": "token missing or wrong"}
-        if body is not None:
-            operation["requestBody"] = {"content": {"application/json": {"schema": body}}}
-        paths.setdefault(path, {})[method] = operation
+    for r in routes:
+        paths.setdefault(r.path, {})[r.method] = operation(r)
     return {
         "openapi": "3.1.0",
         "info": {"title": "relaymail", "version": version,
                  "description": "Queue, relay, credentials, history and monitoring of one "
                                 "relaymail instance. Scripts send `Authorization: Bearer "
                                 "<token>` (the local token is in `<spool>/control.token`)."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"securitySchemes": SCHEMES},
         "paths": paths,
     }
+
+
+class ApiDocs(SubApp):
+    def __init__(self, version: str, routes: Sequence[Route]) -> None:
+        self.version = version
+        self.routes_served = routes
+
+    @route("get", "/api/openapi.json", "This document", Access.PUBLIC)
+    def openapi(self, request: IRequest) -> bytes:
+        return json_reply(request, document(self.version, self.routes_served))
+
+    @route("get", "/api/docs", "This document as a page", Access.PUBLIC)
+    def api_docs(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", b"default-src 'none'; style-src "
+                                                       b"'unsafe-inline'")
+        return docs_page(document(self.version, self.routes_served))
 
 
 def docs_page(spec: dict[str, Any]) -> bytes:
@@ -131,7 +101,7 @@ def docs_page(spec: dict[str, Any]) -> bytes:
         for method, op in operations.items():
             params = ", ".join(f"<code>{html.escape(x['name'])}</code>"
                                for x in op["parameters"])
-            lock = "" if "security" not in op else " 🔒"
+            lock = ACCESS_NOTE[Access(op["x-access"])]
             rows.append(f"<tr><td><b>{method.upper()}</b></td><td><code>{html.escape(path)}"
                         f"</code>{lock}</td><td>{html.escape(op['summary'])}</td>"
                         f"<td>{params}</td></tr>")

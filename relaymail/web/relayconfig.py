@@ -28,13 +28,17 @@ from relaymail.config import (
     Config,
     ConfigError,
     UpstreamConfig,
-    _Check,
     config_from_document,
     read_json_file,
 )
 from relaymail.config import validate_upstream as check_upstream
 from relaymail.credentials import write_json_atomically
 from relaymail.relay.presets import PRESETS
+
+try:  # relaymail.config exports Check once it is a package; _Check until then
+    from relaymail.config import Check  # type: ignore[attr-defined, unused-ignore]
+except ImportError:
+    from relaymail.config import _Check as Check  # type: ignore[assignment, no-redef, unused-ignore]
 
 MASK = "********"
 PROVIDER = "provider"  # the transport the console creates when there is none
@@ -100,7 +104,7 @@ def upstream_from_simple(body: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def destination(item: dict[str, Any], check: _Check) -> dict[str, Any]:
+def destination(item: dict[str, Any], check: Check) -> dict[str, Any]:
     """Where an upstream's secrets would go: host, port, TLS mode and certificate check,
     with a preset's values filled in the way validation fills them."""
     preset = PRESETS.get(item["preset"]) if isinstance(item.get("preset"), str) else None
@@ -125,7 +129,7 @@ def same_destination(new: dict[str, Any], old: dict[str, Any]) -> bool:
 
 
 def keep_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]],
-                   check: _Check) -> None:
+                   check: Check) -> None:
     """A password left out (or sent back masked) stays what it was for the same username
     at the same destination (``same_destination``).  For that username at another port,
     with TLS off or the certificate unchecked, it must be sent again (ValueError): a
@@ -152,7 +156,7 @@ def keep_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]],
 
 
 def keep_oauth2_secrets(item: dict[str, Any], old: list[dict[str, Any]],
-                        check: _Check) -> None:
+                        check: Check) -> None:
     """An oauth2 client_secret or refresh_token left out stays what it was for the same
     username and client_id, token endpoint (token_url, tenant) and SMTP destination; for
     the same username and client_id elsewhere it must be sent again (ValueError)."""
@@ -204,7 +208,7 @@ def requested_upstream(body: dict[str, Any], config: Config) -> UpstreamConfig:
             raise ValueError("no upstream given and none configured")
         return saved
     item = upstream_from_simple(body)
-    check = _Check(config.path)
+    check = Check(config.path)
     if saved is not None:
         keep_passwords([item], [{"host": saved.host, "port": saved.port, "tls": saved.tls,
                                  "verify": saved.verify, "ca_file": saved.ca_file,
@@ -250,7 +254,7 @@ def changed_document(document: dict[str, Any], body: dict[str, Any],
         new = [upstream_from_simple(body), *old[1:]]  # the primary changes, backups stay
     else:
         new = old
-    keep_passwords(new, old, _Check(config.path))
+    keep_passwords(new, old, Check(config.path))
     current["upstreams"] = new
     if "enabled" in body:
         set_enabled(routes, transports, name, bool(body["enabled"]))

@@ -1,0 +1,68 @@
+"""``/api/mail-logs``: the delivery history (relaymail.history), searched and counted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from relaymail.history import History
+from relaymail.web.http import int_arg, json_reply, str_arg, time_arg
+from relaymail.web.routing import SubApp, query, route
+from relaymail.web.shapes import iso
+
+STATUSES = ("received", "sent", "deferred", "bounced")
+
+
+class MailLogsAPI(SubApp):
+    unavailable = "the delivery history is not kept here"
+
+    def __init__(self, history: History, clock: Callable[[], float]) -> None:
+        self.history = history
+        self.clock = clock
+
+    @route("get", "/api/mail-logs", "Search the delivery history, newest first",
+           query=[query("sender", "substring"), query("recipient", "substring"),
+                  query("queue_id", "exact"),
+                  query("status", "received, sent, deferred or bounced"),
+                  query("since", "ISO 8601 or Unix seconds"),
+                  query("until", "ISO 8601 or Unix seconds"),
+                  query("limit", "at most 1000", "integer"),
+                  query("offset", "paging", "integer")])
+    async def mail_logs(self, request: IRequest) -> bytes:
+        """Search: sender, recipient (substrings), queue_id, status, since/until (ISO 8601
+        or Unix seconds), limit (max 1000), offset; newest first."""
+        try:
+            filters: dict[str, Any] = {name: str_arg(request, name)
+                                       for name in ("sender", "recipient", "queue_id",
+                                                    "status")}
+            filters["since"] = time_arg(request, "since")
+            filters["until"] = time_arg(request, "until")
+        except ValueError as e:
+            return json_reply(request, {"error": str(e)}, 400)
+        total, rows = await self.history.search(filters, int_arg(request, "limit", 100),
+                                                int_arg(request, "offset", 0))
+        for row in rows:
+            row["time"] = iso(row["time"])
+        return json_reply(request, {"total": total, "items": rows})
+
+    @route("get", "/api/mail-logs/stats", "Totals, success rate, per hour, top senders",
+           query=[query("hours", "window, default 24", "integer")])
+    async def mail_log_stats(self, request: IRequest) -> bytes:
+        """Counts by status for the last ``hours`` (default 24) and per hour, for the
+        dashboard's chart."""
+        hours = max(1, min(int_arg(request, "hours", 24), 24 * 31))
+        now = self.clock()
+        start = (int(now) // 3600 - hours + 1) * 3600
+        raw = await self.history.stats(start)
+        per_hour = [{"hour": iso(h), **{s: raw["buckets"].get(h, {}).get(s, 0)
+                                        for s in STATUSES}}
+                    for h in range(start, int(now) + 1, 3600)]
+        totals = {s: raw["totals"].get(s, 0) for s in STATUSES}
+        final = totals["sent"] + totals["bounced"]
+        return json_reply(request, {
+            "hours": hours, "totals": totals,
+            "success_rate": round(100 * totals["sent"] / final, 2) if final else 100.0,
+            "per_hour": per_hour,
+            "top_senders": [{"sender": s, "messages": n} for s, n in raw["top_senders"]]})

@@ -1,0 +1,72 @@
+"""The console's pages and their static files (relaymail.web.console renders them); a
+page without a console session redirects to ``/login``."""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+
+from relaymail.relay.presets import PRESETS
+from relaymail.web.console import CSP, PAGES, shell, static_file
+from relaymail.web.i18n import choose_language
+from relaymail.web.routing import Access, SubApp, route
+from relaymail.web.session import WebAuth
+
+STATIC = {"console.js": b"text/javascript; charset=utf-8",
+          "console.css": b"text/css; charset=utf-8"}
+
+
+def page_headers(request: IRequest, content_type: bytes) -> None:
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-security-policy", CSP)
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"referrer-policy", b"no-referrer")
+    request.setHeader(b"x-frame-options", b"DENY")
+
+
+def preset_list() -> list[dict[str, object]]:
+    """The provider presets, for the relay page's form."""
+    return [{"name": p.name, "label": p.label, "host": p.host, "port": p.port, "tls": p.tls,
+             "oauth2": p.oauth2 is not None, "auth_note": p.auth_note}
+            for p in PRESETS.values()]
+
+
+class ConsolePages(SubApp):
+    unavailable = "console login is not configured"
+
+    def __init__(self, auth: WebAuth) -> None:
+        self.auth = auth
+
+    @route("get", "/static/{name}", "The console's script and style sheet", Access.PUBLIC)
+    def static(self, request: IRequest, name: str) -> bytes:
+        if name not in STATIC:
+            request.setResponseCode(404)
+            return b"not found"
+        page_headers(request, STATIC[name])
+        request.setHeader(b"cache-control", b"no-cache")
+        return static_file(name)
+
+    @route("get", "/login", "Console login page", Access.PUBLIC)
+    def login_page(self, request: IRequest) -> bytes:
+        page_headers(request, b"text/html; charset=utf-8")
+        return shell("login", choose_language(request), None, [])
+
+    @route("get", "/", "Console: dashboard (HTML; redirects to /login without a session)",
+           Access.PUBLIC)
+    def dashboard_page(self, request: IRequest) -> bytes:
+        return self.page(request, "dashboard")
+
+    @route("get", "/{name}", "Console pages: relay, queue, failed, credentials, logs, send",
+           Access.PUBLIC)
+    def console_page(self, request: IRequest, name: str) -> bytes:
+        return self.page(request, name)
+
+    def page(self, request: IRequest, name: str) -> bytes:
+        if name not in PAGES:
+            request.setResponseCode(404)
+            return b"not found"
+        session = self.auth.session_of(request)
+        if session is None:
+            request.redirect(b"/login")
+            return b""
+        page_headers(request, b"text/html; charset=utf-8")
+        return shell(name, choose_language(request), session.user, preset_list())

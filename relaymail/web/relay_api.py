@@ -1,0 +1,100 @@
+"""``/api/relay``: the upstream settings (read, change and apply live, test a connection)
+and the relay's status (upstream health, queue counts, counters, policy)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from relaymail.config import Config, UpstreamConfig
+from relaymail.relay.manager import RelayManager
+from relaymail.relay.oauth2 import registry_for
+from relaymail.relay.probe import Probe
+from relaymail.relay.transports import target_from_upstream
+from relaymail.web.applier import ConfigApplier
+from relaymail.web.http import json_body, json_reply
+from relaymail.web.relayconfig import relay_view, requested_upstream
+from relaymail.web.routing import SubApp, route
+
+OBJ: dict[str, Any] = {"type": "object"}
+UPSTREAM = {"type": "object", "properties": {
+    "enabled": {"type": "boolean"}, "host": {"type": "string"},
+    "port": {"type": "integer"}, "username": {"type": ["string", "null"]},
+    "password": {"type": ["string", "null"], "description": "write-only; GET shows ********"},
+    "use_tls": {"type": "boolean"}, "preset": {"type": ["string", "null"]},
+    "tls": {"enum": ["starttls", "implicit", "opportunistic", "none"]},
+    "upstreams": {"type": "array", "items": OBJ}}}
+
+
+async def probe(reactor: IReactorTime, config: Config,
+                upstream: UpstreamConfig) -> dict[str, Any]:
+    """Connect to ``upstream`` step by step (relaymail.relay.probe); the steps and the
+    upstream tried."""
+    result = await Probe(reactor, target_from_upstream(upstream), config.hostname,
+                         float(config.delivery.connect_timeout),
+                         registry_for(reactor, config.spool_dir)).run()
+    result["upstream"] = {"host": upstream.host, "port": upstream.port,
+                          "tls": upstream.tls, "username": upstream.username}
+    return result
+
+
+class RelayConfigAPI(SubApp):
+    unavailable = "relay settings are not managed here"
+
+    def __init__(self, applier: ConfigApplier, reactor: IReactorTime) -> None:
+        self.applier = applier
+        self.reactor = reactor  # for connection tests
+
+    @route("get", "/api/relay/config", "The relay upstream (simple shape, passwords masked)")
+    def relay_config(self, request: IRequest) -> bytes:
+        return json_reply(request, relay_view(self.applier.current()))
+
+    @route("post", "/api/relay/config", "Change the relay upstream; validated, saved with a "
+           ".bak, applied without restart", body=UPSTREAM)
+    async def relay_config_update(self, request: IRequest) -> bytes:
+        """Validate like startup, save atomically (previous file kept as .bak), apply to
+        the next delivery; no restart."""
+        try:
+            view = await self.applier.apply(json_body(request))
+        except ValueError as e:
+            return json_reply(request, {"error": str(e)}, 400)
+        return json_reply(request, {**view, "applied": True, "restart_required": []})
+
+    @route("post", "/api/relay/test", "Connect step by step (TCP, banner, EHLO, STARTTLS, "
+           "AUTH, QUIT) to the given or saved upstream", body=UPSTREAM)
+    async def relay_test(self, request: IRequest) -> bytes:
+        """Connect to the given (or saved) upstream step by step; 200 with the steps whether
+        or not it worked, 400 for an unusable request."""
+        config = self.applier.current()
+        try:
+            body = json_body(request)
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            upstream = requested_upstream(body, config)
+        except ValueError as e:
+            return json_reply(request, {"error": str(e)}, 400)
+        return json_reply(request, await probe(self.reactor, config, upstream))
+
+
+class RelayStatusAPI(SubApp):
+    def __init__(self, manager: RelayManager, policy: Callable[[], dict[str, Any]]) -> None:
+        self.manager = manager
+        self.policy = policy  # rate-limit and lockout counters
+
+    @route("get", "/api/relay/status", "Upstream health, queue counts, counters, policy")
+    def relay_status(self, request: IRequest) -> bytes:
+        manager = self.manager
+        health = manager.health.snapshot() if manager.health is not None else []
+        pool = manager.pool
+        return json_reply(request, {
+            "upstreams": health,
+            "queue": {"queued": len(manager.queued), "active": len(manager.active),
+                      "hold": manager.spool.count("hold"),
+                      "failed": manager.spool.count("failed")},
+            "counters": dict(manager.counters),
+            "connections_opened": pool.connections_opened if pool is not None else 0,
+            "policy": self.policy(),
+        })
