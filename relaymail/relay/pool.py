@@ -127,7 +127,9 @@ class SessionPool:
                     break
                 self._connect(dest)
             if not dest.jobs and not dest.sessions and not dest.connecting:
-                del self.destinations[dest.target.key]
+                # pop: a connect that failed at once (an unusable OAuth2 setting) pumped
+                # again from _connect_failed and may have removed it already
+                self.destinations.pop(dest.target.key, None)
 
     def _run(self, dest: Destination, client: RelayClient) -> None:
         job = dest.jobs.popleft()
