@@ -233,16 +233,17 @@ class CredentialChecker:
         self._key = secrets.token_bytes(32)
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred:
-        name = credentials.username
-        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
-        password = credentials.password
-        password = password if isinstance(password, bytes) else password.encode()
+        raw_name: bytes | str = credentials.username
+        name = raw_name.decode("utf-8", "replace") if isinstance(raw_name, bytes) else raw_name
+        raw_password: bytes | str = credentials.password
+        password = raw_password if isinstance(raw_password, bytes) else raw_password.encode()
         try:
             credential = self.store.get(name)
         except CredentialsError as e:
             return fail(e)
         usable = credential is not None and credential.enabled
-        stored = credential.password_hash.encode() if usable else None
+        stored = credential.password_hash.encode() if credential is not None and usable \
+            else None
         digest = hmac.new(self._key, b"\0".join([name.encode(), password, stored or b""]),
                           hashlib.sha256).digest()
         if usable and self._cached(digest):

@@ -156,7 +156,7 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
                       thread_runner(reactor), reactor.seconds)
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
-                     CredentialsAPI(ctx.credentials, thread_runner(reactor)), ctx.signer,
+                     CredentialsAPI(credentials_of(ctx), thread_runner(reactor)), ctx.signer,
                      history, web_auth(config, reactor, ctx))
     factory: Any = WebSite(api.app.resource(), gate_for(config, api.may_send_body))
     tls_options = web_tls_options(config)
@@ -166,6 +166,12 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
                               config.path, "web.endpoint", config.web.endpoint)
     service.setName("web")
     return service
+
+
+def credentials_of(ctx: ServerContext) -> CredentialStore:
+    """The context's credential store (build_context always makes one)."""
+    assert ctx.credentials is not None
+    return ctx.credentials
 
 
 def build_history(config: Config, reactor: Any) -> History:

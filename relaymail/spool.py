@@ -144,7 +144,11 @@ class MessageWriter:
     def flushed(self) -> Deferred:
         """Fires once every spill write so far has finished."""
         d: Deferred = Deferred()
-        self._tail.addBoth(lambda result: (d.callback(None), result)[1])
+        def passed(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._tail.addBoth(passed)
         return d
 
     def open_complete_in_thread(self) -> int:

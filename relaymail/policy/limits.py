@@ -135,7 +135,7 @@ class RateLimiter:
         self.stats["backend_errors"] += 1
         allow = self.config.on_backend_error == "allow"
         log.warn("rate limit backend failed ({error}); {action}",
-                 error=failure.getErrorMessage() or failure.type.__name__,
+                 error=failure.getErrorMessage() or type(failure.value).__name__,
                  action="accepting without limits" if allow else "deferring mail")
         return Reservation() if allow else BACKEND_UNAVAILABLE
 

@@ -99,7 +99,7 @@ class AuthLockout:
     def _backend_failed(self, failure: Failure) -> float:
         self.stats["backend_errors"] += 1
         log.warn("auth lockout backend failed ({error}); {action}",
-                 error=failure.getErrorMessage() or failure.type.__name__,
+                 error=failure.getErrorMessage() or type(failure.value).__name__,
                  action="not locking" if self.fail_open else "refusing AUTH for now")
         return 0.0 if self.fail_open else 60.0
 

@@ -45,7 +45,8 @@ def header_block(body: bytes) -> bytes:
     head = body if end < 0 else body[:end + 2]
     if not head.endswith(b"\r\n"):  # read cut it mid-line
         head = head[:head.rfind(b"\r\n") + 2]
-    out, size = [], 0
+    out: list[bytes] = []
+    size = 0
     for line in head.split(b"\r\n")[:-1]:
         for piece in fold_line(line):
             size += len(piece) + 2

@@ -41,6 +41,8 @@ class ProbeFailedError(Exception):
 class ProbeProtocol(LineReceiver):
     """Collects complete (multi-line) replies; ``next_reply`` waits for the next one."""
 
+    transport: Any  # the TCP or TLS transport: ITransport has no abortConnection, startTLS
+
     delimiter = b"\r\n"
     MAX_LENGTH = 65536
 
@@ -233,7 +235,7 @@ class Probe:
             token = base64.b64encode(f"\0{self.target.username}\0{self.target.password}"
                                      .encode()).decode()
             return self._say(f"AUTH PLAIN {token}")
-        return self._login()
+        return ensureDeferred(self._login())
 
     async def _login(self) -> tuple[int, str]:
         assert self.target.username is not None and self.target.password is not None
