@@ -31,6 +31,7 @@ interop: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy relaymail
 
 bench: $(STAMP)
 	WITH_POSTFIX=1 scripts/system-deps
