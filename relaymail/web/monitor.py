@@ -20,7 +20,9 @@ from prometheus_client.core import (
 )
 from twisted.internet.defer import Deferred
 
+from relaymail.relay.manager import RelayManager
 from relaymail.smtp.access import ConnectionTracker
+from relaymail.spool import Spool
 from relaymail.stats import LATENCY_BUCKETS, RelayStats
 from relaymail.web.shapes import iso
 
@@ -38,14 +40,14 @@ class DiskState:
 @dataclass
 class Monitor:
     stats: RelayStats
-    manager: Any  # RelayManager
+    manager: RelayManager
     connections: ConnectionTracker
     policy: Callable[[], dict[str, Any]]
     run_in_thread: Callable[..., Deferred]
     clock: Callable[[], float]
 
     @property
-    def spool(self) -> Any:
+    def spool(self) -> Spool:
         return self.manager.spool
 
     def disk_state(self) -> DiskState:
@@ -174,12 +176,12 @@ def latency(stats: RelayStats) -> HistogramMetricFamily:
     return family
 
 
-def upstream_families(manager: Any) -> Iterator[Any]:
+def upstream_families(manager: RelayManager) -> Iterator[Any]:
     snapshot = manager.health.snapshot() if manager.health else []
     up = GaugeMetricFamily("relaymail_upstream_up", "1 when the upstream is usable (its "
                            "circuit breaker is closed).", labels=["upstream"])
     for u in snapshot:
-        up.add_metric([u["upstream"]], int(not u.get("down")))
+        up.add_metric([str(u["upstream"])], int(not u.get("down")))
     yield up
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from relaymail.config import (
     DEFAULTS,
     UPSTREAM_KEYS,
+    Check,
     Config,
     ConfigError,
     UpstreamConfig,
@@ -34,11 +35,6 @@ from relaymail.config import (
 from relaymail.config import validate_upstream as check_upstream
 from relaymail.credentials import write_json_atomically
 from relaymail.relay.presets import PRESETS
-
-try:  # relaymail.config exports Check once it is a package; _Check until then
-    from relaymail.config import Check  # type: ignore[attr-defined, unused-ignore]
-except ImportError:
-    from relaymail.config import _Check as Check  # type: ignore[assignment, no-redef, unused-ignore]
 
 MASK = "********"
 PROVIDER = "provider"  # the transport the console creates when there is none

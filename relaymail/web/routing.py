@@ -83,7 +83,10 @@ def route(method: str, path: str, summary: str, access: Access = Access.ADMIN,
 
 class SubApp:
     """One area of the console and API.  Subclasses declare handlers with ``@route``; each
-    gets ``app`` (its Klein app) and ``routes`` (the declarations, in order)."""
+    gets ``app`` (its Klein app) and ``routes`` (the declarations, in order).
+
+    A sub-app's own ``app`` runs its handlers without the access check: serve it only
+    through ``mount``, which checks first."""
 
     app: ClassVar[Klein]
     routes: ClassVar[tuple[Route, ...]]
