@@ -101,7 +101,7 @@ from relaymail.config.web import (
     validate_web_tls,
 )
 
-_Check = Check  # the old private name; relaymail.web.relayconfig still uses it
+_Check = Check  # the old private name, kept for its importers (tests/test_web_security.py)
 
 __all__ = [
     "ADDRESS_RE", "AUTH_MODES", "DEFAULTS", "DOMAIN_PATTERN", "ENDPOINT_KINDS", "ENV_PREFIX",

@@ -25,6 +25,7 @@ class OAuth2Defaults:
         tenant = tenant or self.tenant or ""
 
         def fill(url: str | None) -> str | None:
+            """``url`` with the tenant put in."""
             return None if url is None else url.replace("{tenant}", tenant)
 
         return {"token_url": fill(self.token_url), "authorize_url": fill(self.authorize_url),
@@ -76,6 +77,7 @@ class Preset:
     max_connections: int | None = None  # a documented cap on sessions at once
 
     def as_upstream(self) -> dict[str, object]:
+        """The upstream keys this preset fills in (the upstream's own keys win)."""
         fields: dict[str, object] = {"host": self.host, "port": self.port, "tls": self.tls}
         if self.max_connections is not None:
             fields["max_connections"] = self.max_connections
