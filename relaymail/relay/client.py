@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from relaymail.netutil import disable_nagle
 from relaymail.relay.dotstuff import DotStuffer
-from relaymail.relay.outcome import Outcome, SessionError
+from relaymail.relay.outcome import DELIVERED, Outcome, SessionError
 
 MAIL, RCPT, DATA, DATA_END, DISCARD_END, RSET, QUIT = (
     "mail", "rcpt", "data", "data-end", "discard-end", "rset", "quit")
@@ -162,7 +162,7 @@ class RelayClient(smtp.ESMTPClient):
         super().__init__(password.encode() if password else None, tls_context,
                          identity.encode("idna"))
         self.label = label
-        self.timeout = timeout
+        self.timeout: float = timeout  # type: ignore[assignment]  # the stock None: no timeout
         self.requireTransportSecurity = require_tls
         self.requireAuthentication = username is not None
         self.oauth2: OAuth2Authenticator | None = None
@@ -234,11 +234,17 @@ class RelayClient(smtp.ESMTPClient):
 
     def smtpState_from(self, code: int, resp: bytes) -> None:
         """The stock handshake ends here: from now on every reply is ours to route."""
-        self._expected = range(0, 1000)
+        self._expected = range(0, 1000)  # type: ignore[assignment]  # every code
         self._okresponse = self._failresponse = self._on_reply
         self.tls = self._describe_tls()
         if not self.ready.called:
             self.ready.callback(self)
+
+    @property
+    def wire(self) -> Any:
+        """The connection (TCP, TLS or a test's): ``ITransport`` names neither
+        ``abortConnection`` nor ``getHandle``, so the calls go through this view."""
+        return self.transport
 
     @property
     def pipelining(self) -> bool:
@@ -256,7 +262,7 @@ class RelayClient(smtp.ESMTPClient):
         if not self._tlsMode:
             return None
         try:
-            handle = self.transport.getHandle()
+            handle = self.wire.getHandle()
             return f"{handle.get_protocol_version_name()} {handle.get_cipher_name()}"
         except Exception:
             return "TLS"
@@ -273,7 +279,7 @@ class RelayClient(smtp.ESMTPClient):
 
     def _cancel_ready(self, _: Deferred) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.wire.abortConnection()
 
     def _fail_session(self, error: SessionError) -> None:
         if self.error is None:
@@ -283,7 +289,7 @@ class RelayClient(smtp.ESMTPClient):
         if self.job is not None:
             self._fail_job(error)
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.wire.abortConnection()
 
     def connectionLost(self, reason: Failure = smtp.protocol.connectionDone) -> None:
         super().connectionLost(reason)
@@ -308,7 +314,7 @@ class RelayClient(smtp.ESMTPClient):
         self._queued.clear()
         for address in job.recipients:
             outcome = self._results.get(address)
-            if outcome is None or outcome.kind == "delivered":
+            if outcome is None or outcome.kind == DELIVERED:
                 self._results[address] = error.outcome(self.label)
         job.deferred.callback(dict(self._results))
 
@@ -327,12 +333,13 @@ class RelayClient(smtp.ESMTPClient):
             self._results = dict.fromkeys(job.recipients, refused)
             self._finish()
             return job.deferred
-        commands = [(self._mail_command(job, size), MAIL, None)]
+        commands: list[tuple[bytes, str, str | None]] = [
+            (self._mail_command(job, size), MAIL, None)]
         commands += [(b"RCPT TO:<" + r.encode() + b">", RCPT, r) for r in job.recipients]
         commands.append((b"DATA", DATA, None))
         if self.pipelining:
             self._expecting.extend((kind, addr) for _, kind, addr in commands)
-            self.transport.writeSequence([line + b"\r\n" for line, _, _ in commands])
+            self.wire.writeSequence([line + b"\r\n" for line, _, _ in commands])
         else:
             self._queued.extend(commands)
             self._send_next()
@@ -362,7 +369,7 @@ class RelayClient(smtp.ESMTPClient):
         if not self._expecting:
             # Unsolicited (a 421 while idle, say): the server is going away.
             self.error = self.error or SessionError("connection", f"{code} {reply_text(resp)}")
-            self.transport.loseConnection()
+            self.wire.loseConnection()
             return
         kind, addr = self._expecting.popleft()
         text = reply_text(resp)
@@ -393,7 +400,7 @@ class RelayClient(smtp.ESMTPClient):
         return Outcome(code, text, self.label, self.tls)
 
     def _on_mail(self, outcome: Outcome) -> None:
-        if outcome.kind != "delivered":
+        if outcome.kind != DELIVERED:
             self._mail_failed = outcome
             self._queued.clear()
 
@@ -401,7 +408,7 @@ class RelayClient(smtp.ESMTPClient):
         assert address is not None
         if self._mail_failed is not None:
             self._results[address] = self._mail_failed
-        elif outcome.kind == "delivered":
+        elif outcome.kind == DELIVERED:
             self._accepted.append(address)
         else:
             self._results[address] = outcome
@@ -416,7 +423,7 @@ class RelayClient(smtp.ESMTPClient):
         assert self.job is not None
         if not self._accepted:
             self._expecting.appendleft((DISCARD_END, None))
-            self.transport.write(b".\r\n")
+            self.wire.write(b".\r\n")
             return
         try:
             body = open(self.job.body_path, "rb")  # noqa: SIM115 (closed when sent)
@@ -427,14 +434,18 @@ class RelayClient(smtp.ESMTPClient):
         stuffer = DotStuffer()
         if self.job.head is not None:  # a changed header block, then the stored rest
             body.seek(self.job.body_offset)
-            self.transport.write(stuffer.stuff(self.job.head))
+            self.wire.write(stuffer.stuff(self.job.head))
 
         def transform(chunk: bytes) -> bytes:
             self.resetTimeout()
             return stuffer.stuff(chunk)
 
         sent = FileSender().beginFileTransfer(body, self.transport, transform)
-        sent.addBoth(lambda result: (body.close(), result)[1])
+        def close(result: Any) -> Any:
+            body.close()
+            return result
+
+        sent.addBoth(close)
         sent.addCallbacks(lambda _: self._body_sent(stuffer), lambda _: None)
 
     def _body_sent(self, stuffer: DotStuffer) -> None:
@@ -442,7 +453,7 @@ class RelayClient(smtp.ESMTPClient):
             return
         self._streaming = False
         self._expecting.appendleft((DATA_END, None))
-        self.transport.write(stuffer.end())
+        self.wire.write(stuffer.end())
 
     def _finish(self) -> None:
         job, self.job = self.job, None
@@ -460,7 +471,7 @@ class RelayClient(smtp.ESMTPClient):
 
     def _after_reset(self, kind: str) -> None:
         if kind == QUIT:
-            self.transport.loseConnection()
+            self.wire.loseConnection()
         else:
             self._became_idle()
 

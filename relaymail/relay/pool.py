@@ -225,8 +225,14 @@ class SessionPool:
         d = self.opener(self.reactor, dest.target, self.identity, self.connect_timeout,
                         self.command_timeout)
         dest.opening.add(d)
-        d.addBoth(lambda result: (dest.opening.discard(d), result)[1])
-        d.addCallbacks(self._connected, self._connect_failed, (dest,), None, (dest,))
+
+        def opened(result: Any) -> Any:
+            dest.opening.discard(d)
+            return result
+
+        d.addBoth(opened)
+        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(dest,),
+                       errbackArgs=(dest,))
 
     def _connected(self, client: RelayClient, dest: Destination) -> None:
         dest.connecting -= 1
@@ -310,5 +316,5 @@ class SessionPool:
                 if client.job is None:
                     client.quit()
                 else:
-                    client.transport.abortConnection()
+                    client.wire.abortConnection()
         return DeferredList(waits)

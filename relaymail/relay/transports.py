@@ -70,7 +70,9 @@ class Failover:
                       targets: Sequence[Target],
                       policies: Mapping[Any, SendPolicy] | None = None) -> dict[str, Outcome]:
         """``policies`` (by target key) say how each upstream wants the message changed."""
-        remaining, results, last = list(recipients), {}, {}
+        remaining = list(recipients)
+        results: dict[str, Outcome] = {}
+        last: dict[str, Outcome] = {}
         health = self.pool.health
         for target in targets:
             if not remaining:
