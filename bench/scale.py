@@ -20,8 +20,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import BIN, free_port, idle_connection_cost, relaymail, rss_kib
 
-from relaymail.envelope import Envelope, Recipient
 from relaymail.spool import new_queue_id
+from relaymail.spool.envelope import Envelope, Recipient
 
 
 def peak_rss_during(pid: int, action: object) -> tuple[int, float]:

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import string
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +26,8 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
+
+from relaymail.spool.safeio import write_json_atomically
 
 BCRYPT_ROUNDS = 12
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+")
@@ -176,30 +177,6 @@ class CredentialStore:
         data = {"credentials": [asdict(c) for c in sorted(items.values(), key=lambda c: c.name)]}
         write_json_atomically(self.path, data)
         self._items, self._stamp = items, None
-
-
-def write_json_atomically(path: str, data: Any, mode: int = 0o600) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 @functools.cache

@@ -19,9 +19,9 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from relaymail.envelope import Envelope
 from relaymail.logs import Logger
-from relaymail.safeio import open_private
+from relaymail.spool.envelope import Envelope
+from relaymail.spool.safeio import open_private
 
 log = Logger(namespace="relaymail.history")
 

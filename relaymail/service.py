@@ -14,7 +14,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from relaymail import logs, spool_lock
+from relaymail import logs
 from relaymail.config import Config, ConfigError, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
 from relaymail.history import History
@@ -26,6 +26,7 @@ from relaymail.smtp.proxy import TrustedProxyEndpoint
 from relaymail.smtp.server import RelaySMTPFactory, ServerContext
 from relaymail.smtp.tls import ensure_self_signed, server_tls_options
 from relaymail.spool import Spool
+from relaymail.spool import lock as spool_lock
 from relaymail.web.api import ControlAPI
 from relaymail.web.credentials_api import CredentialsAPI
 from relaymail.web.guard import WebSite, gate_for

@@ -8,7 +8,7 @@ import bisect
 from collections import Counter
 from typing import Any
 
-from relaymail.envelope import Envelope
+from relaymail.spool.envelope import Envelope
 
 # Accept-to-delivered seconds: a relay to a provider takes 0.05 s to minutes (retries).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14400)

@@ -28,11 +28,11 @@ from twisted.protocols.basic import LineReceiver
 from twisted.test import iosim
 from zope.interface import implementer
 
-from relaymail.envelope import Envelope
 from relaymail.relay.client import RelayClient
 from relaymail.relay.connector import Target
 from relaymail.relay.outcome import Outcome, SessionError
-from relaymail.safeio import FileOps
+from relaymail.spool.envelope import Envelope
+from relaymail.spool.safeio import FileOps
 
 # ---------------------------------------------------------------------- transports, threads
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from relaymail.safeio import open_private
-from relaymail.spool_lock import write_token
+from relaymail.spool.lock import write_token
+from relaymail.spool.safeio import open_private
 
 
 def mode(path: str) -> int:
@@ -37,10 +37,24 @@ def test_control_token_is_private_and_not_written_through_a_link(tmp_path: Any) 
     assert mode(str(tmp_path / "control.token")) == 0o600
     victim = tmp_path / "victim"
     victim.write_text("keep me")
-    (tmp_path / "control.token.tmp").symlink_to(victim)
-    with pytest.raises(OSError):
-        write_token(str(tmp_path))
+    (tmp_path / "control.token.tmp").symlink_to(victim)  # the temp name it used to have
+    token = write_token(str(tmp_path))
     assert victim.read_text() == "keep me"
+    assert (tmp_path / "control.token").read_text() == token
+    assert not os.path.islink(tmp_path / "control.token")
+
+
+def test_one_atomic_write_helper_leaves_no_temp_file_on_failure(tmp_path: Any) -> None:
+    from relaymail.spool.safeio import write_atomically
+
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(OSError):
+        write_atomically(str(tmp_path / "sub"), b"x")  # renaming over a directory fails
+    write_atomically(str(target), b"new")
+    assert target.read_bytes() == b"new" and mode(str(target)) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["state.json", "sub"]
 
 
 def test_history_database_is_private(tmp_path: Any) -> None:

@@ -12,13 +12,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from relaymail.common.replies import Reply
 from relaymail.config import load_config
 from relaymail.credentials import Credential
 from relaymail.policy.counters import MemoryCounters
 from relaymail.policy.limits import RateLimiter, Reservation, Who
 from relaymail.policy.lockout import AuthLockout
 from relaymail.policy.settings import RateLimitConfig
-from relaymail.smtp.replies import Reply
 
 HOUR_START = 1_795_338_000  # 2026-11-22 09:00:00 UTC, a whole hour
 

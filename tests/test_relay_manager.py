@@ -15,12 +15,12 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from relaymail.config import DeliveryConfig, RouteConfig
-from relaymail.envelope import Envelope
 from relaymail.relay.health import HealthBoard
 from relaymail.relay.manager import QueueError, RelayManager
 from relaymail.relay.outcome import Outcome
 from relaymail.relay.router import Router
 from relaymail.spool import Spool, run_synchronously
+from relaymail.spool.envelope import Envelope
 from relaymail.testing import ScriptedTransport
 
 OK = Outcome(250, "2.0.0 ok", "up")

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relaymail.config import RouteConfig
-from relaymail.envelope import Envelope, Recipient
 from relaymail.relay.bounce import build_bounce, status_of
 from relaymail.relay.dotstuff import DotStuffer, unstuff
 from relaymail.relay.maildir import deliver_to_maildir
 from relaymail.relay.router import Router
+from relaymail.spool.envelope import Envelope, Recipient
 
 ROUTES = [
     RouteConfig(domains=("corp.example",), transport="internal"),

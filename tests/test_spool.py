@@ -8,9 +8,9 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from relaymail.envelope import Envelope, Recipient
-from relaymail.safeio import FileOps
 from relaymail.spool import Spool, SpoolError, new_queue_id, run_synchronously
+from relaymail.spool.envelope import Envelope, Recipient
+from relaymail.spool.safeio import FileOps
 from relaymail.testing import FailingOps, ManualRunner
 
 

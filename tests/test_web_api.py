@@ -76,7 +76,7 @@ class MonitorAccessTests(TestCase):
     """Without ``open_metrics_to_loopback``, /health and /metrics need the token too."""
 
     def setUp(self) -> None:
-        from relaymail.smtp.access import ConnectionTracker
+        from relaymail.common.networks import ConnectionTracker
         from relaymail.spool import run_synchronously
         from relaymail.stats import RelayStats
         from relaymail.web.monitor import Monitor

@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
-from relaymail.config import _Check
+from relaymail.config import Check
 from relaymail.credentials import BCRYPT_ROUNDS, hash_password
 from relaymail.policy.counters import MemoryCounters
 from relaymail.policy.lockout import AuthLockout
@@ -325,7 +325,7 @@ SAVED = {"host": "smtp.example", "port": 587, "tls": "starttls", "username": "u"
 
 def kept(item: dict[str, Any], old: list[dict[str, Any]] | None = None) -> str | None:
     item = dict(item)
-    keep_passwords([item], [dict(o) for o in old or [SAVED]], _Check("/etc/relay.json"))
+    keep_passwords([item], [dict(o) for o in old or [SAVED]], Check("/etc/relay.json"))
     return item.get("password")
 
 
@@ -365,14 +365,14 @@ def test_saved_oauth2_secrets_follow_the_same_rule() -> None:
                            **oauth2}}
 
     same = item()
-    keep_passwords([same], [old], _Check("/etc/relay.json"))
+    keep_passwords([same], [old], Check("/etc/relay.json"))
     assert (same["oauth2"]["client_secret"], same["oauth2"]["refresh_token"]) == ("cs", "rt")
     for changed in (item(token_url="https://attacker.example/token"),
                     {**item(), "port": 2525}):
         with pytest.raises(ValueError, match="send it again"):
-            keep_passwords([changed], [old], _Check("/etc/relay.json"))
+            keep_passwords([changed], [old], Check("/etc/relay.json"))
     other_client = item(client_id="d")
-    keep_passwords([other_client], [old], _Check("/etc/relay.json"))
+    keep_passwords([other_client], [old], Check("/etc/relay.json"))
     assert "client_secret" not in other_client["oauth2"]
 
 

@@ -101,8 +101,6 @@ from relaymail.config.web import (
     validate_web_tls,
 )
 
-_Check = Check  # the old private name, kept for its importers (tests/test_web_security.py)
-
 __all__ = [
     "ADDRESS_RE", "AUTH_MODES", "DEFAULTS", "DOMAIN_PATTERN", "ENDPOINT_KINDS", "ENV_PREFIX",
     "LISTENER_KEYS", "LOG_LEVELS", "OAUTH2_KEYS", "PRESETS", "RATE_UNITS",

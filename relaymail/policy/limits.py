@@ -18,12 +18,12 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
+from relaymail.common.networks import in_networks
+from relaymail.common.replies import Reply
 from relaymail.credentials import Credential
 from relaymail.logs import Logger
 from relaymail.policy.counters import Bucket, Counters
 from relaymail.policy.settings import WINDOWS, Quota, RateLimitConfig
-from relaymail.smtp.access import in_networks
-from relaymail.smtp.replies import Reply
 
 log = Logger(namespace="relaymail.policy")
 

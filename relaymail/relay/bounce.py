@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Sequence
 
-from relaymail.envelope import Envelope, Recipient
+from relaymail.spool.envelope import Envelope, Recipient
 
 # RFC 3463: the enhanced code opens the reply text, right after the reply code, and has the
 # reply code's class.  Our own notes ("4.4.7 message expired ...") open with the code.

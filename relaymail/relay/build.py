@@ -7,7 +7,6 @@ from functools import partial
 from typing import Any
 
 from relaymail.config import Config, TransportConfig
-from relaymail.envelope import Envelope
 from relaymail.policy.dkim import Signer
 from relaymail.relay.connector import open_session
 from relaymail.relay.health import HealthBoard
@@ -25,6 +24,7 @@ from relaymail.relay.transports import (
     Transport,
 )
 from relaymail.spool import Spool
+from relaymail.spool.envelope import Envelope
 
 
 def build_transport(config: TransportConfig, failover: Failover, reactor: Any,

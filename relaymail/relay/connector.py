@@ -42,12 +42,12 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
+from relaymail.common.tls import intermediate_profile
 from relaymail.config import OAuth2Config
 from relaymail.logs import Logger
 from relaymail.relay.client import RelayClient
 from relaymail.relay.oauth2 import OAuth2Error, TokenRegistry, TokenSource, problem
 from relaymail.relay.outcome import SessionError
-from relaymail.smtp.tls import intermediate_profile
 
 log = Logger(namespace="relaymail.relay.connector")
 TOKEN_REFUSED = (535, 454)  # AUTH replies after which a fresh token is worth one more try

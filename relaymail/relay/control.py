@@ -11,8 +11,8 @@ import builtins
 import re
 from typing import TYPE_CHECKING
 
-from relaymail.envelope import FAILED, PENDING, Envelope
 from relaymail.logs import Logger
+from relaymail.spool.envelope import FAILED, PENDING, Envelope
 
 if TYPE_CHECKING:
     from relaymail.relay.manager import RelayManager

@@ -21,7 +21,6 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 
 from relaymail.config import DeliveryConfig
-from relaymail.envelope import FAILED, PENDING, Envelope, Recipient
 from relaymail.logs import Logger
 from relaymail.relay.bounce import build_bounce
 from relaymail.relay.control import STATES, QueueControl, QueueError, read_head, read_headers
@@ -31,6 +30,7 @@ from relaymail.relay.pool import SessionPool
 from relaymail.relay.router import Router
 from relaymail.relay.transports import Transport
 from relaymail.spool import Spool, SpoolError
+from relaymail.spool.envelope import FAILED, PENDING, Envelope, Recipient
 
 log = Logger(namespace="relaymail.relay")
 

@@ -31,11 +31,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from relaymail.config import OAuth2Config, UpstreamConfig
-from relaymail.credentials import write_json_atomically
 from relaymail.logs import Logger
 from relaymail.relay.outcome import SessionError
 from relaymail.relay.presets import PRESETS
-from relaymail.safeio import open_private
+from relaymail.spool.safeio import open_private, write_json_atomically
 
 log = Logger(namespace="relaymail.relay.oauth2")
 

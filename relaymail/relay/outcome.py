@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relaymail.envelope import DELIVERED as RCPT_DELIVERED
-from relaymail.envelope import FAILED as RCPT_FAILED
-from relaymail.envelope import PENDING as RCPT_PENDING
+from relaymail.spool.envelope import DELIVERED as RCPT_DELIVERED
+from relaymail.spool.envelope import FAILED as RCPT_FAILED
+from relaymail.spool.envelope import PENDING as RCPT_PENDING
 
 DELIVERED, TEMPORARY, PERMANENT = "delivered", "temporary", "permanent"
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from relaymail.config import SenderRewrite
-from relaymail.envelope import Envelope
 from relaymail.policy.dkim import RelaxedBodyHash, Signer, from_domain, parse_headers
+from relaymail.spool.envelope import Envelope
 
 HEAD_LIMIT = 2 * 1024 * 1024  # the header block is capped at acceptance (smtp.max_header_size)
 OUR_RECEIVED_FROM = re.compile(rb"^Received: from [^\r\n]*\r\n[ \t]+by ", re.IGNORECASE)

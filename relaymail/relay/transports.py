@@ -15,7 +15,6 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybe
 from twisted.internet.task import deferLater
 
 from relaymail.config import TransportConfig, UpstreamConfig
-from relaymail.envelope import Envelope
 from relaymail.relay.client import Job
 from relaymail.relay.connector import Target
 from relaymail.relay.maildir import deliver_to_maildir
@@ -24,6 +23,7 @@ from relaymail.relay.outcome import TEMPORARY, Outcome, temporary
 from relaymail.relay.pool import SessionPool
 from relaymail.relay.rewrite import Edit, HeaderEditor, SendPolicy
 from relaymail.relay.router import recipient_domain
+from relaymail.spool.envelope import Envelope
 
 
 class Transport(Protocol):

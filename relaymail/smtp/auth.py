@@ -17,10 +17,10 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
+from relaymail.common.networks import is_loopback
+from relaymail.common.replies import Continue, Reply
 from relaymail.logs import Logger, printable
 from relaymail.policy.lockout import Attempt
-from relaymail.smtp.access import is_loopback
-from relaymail.smtp.replies import Continue, Reply
 from relaymail.smtp.sasl import MECHANISMS, Exchange, SASLError, challenge_line
 from relaymail.smtp.state import SessionState
 

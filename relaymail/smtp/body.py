@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import re
 
+from relaymail.common.replies import MESSAGE_TOO_BIG, Reply
 from relaymail.policy.dkim import RelaxedBodyHash
-from relaymail.smtp.replies import MESSAGE_TOO_BIG, Reply
 from relaymail.spool import MessageWriter
 
 BARE_CR_OR_LF = re.compile(rb"\r\n?|\n")

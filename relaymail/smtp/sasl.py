@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from relaymail.smtp.replies import Reply
+from relaymail.common.replies import Reply
 
 CANNOT_DECODE = Reply(501, "5.5.2", "Cannot decode response")
 MALFORMED = Reply(501, "5.5.2", "Malformed authentication response")

@@ -24,13 +24,13 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.mail.smtp import SMTP
 from twisted.python.failure import Failure
 
+from relaymail.common import replies
+from relaymail.common.replies import Reply
 from relaymail.config import ListenerConfig
 from relaymail.logs import Logger
 from relaymail.netutil import disable_nagle
-from relaymail.smtp import replies
 from relaymail.smtp.auth import AuthLayer
 from relaymail.smtp.body import BodyReader
-from relaymail.smtp.replies import Reply
 from relaymail.smtp.sasl import MECHANISMS
 from relaymail.smtp.state import ServerContext, SessionState
 from relaymail.smtp.transaction import Transaction, TransactionLayer

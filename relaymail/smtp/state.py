@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from relaymail.common.networks import ConnectionTracker
 from relaymail.config import ListenerConfig, SMTPConfig
 from relaymail.credentials import Credential, CredentialStore
 from relaymail.policy.dkim import Signer
 from relaymail.policy.limits import RateLimiter
 from relaymail.policy.lockout import AuthLockout
-from relaymail.smtp.access import ConnectionTracker
 from relaymail.spool import Spool
 from relaymail.stats import RelayStats
 

@@ -14,37 +14,21 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.ssl import (
-    AcceptableCiphers,
     CertificateOptions,
     DiffieHellmanParameters,
-    TLSVersion,
 )
 from twisted.python.filepath import FilePath
 
+from relaymail.common.tls import intermediate_profile
 from relaymail.config import ConfigError, TLSConfig
 
-MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
-INTERMEDIATE_CIPHERS = ":".join((
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
-))
 FFDHE2048 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ffdhe2048.pem")
-
-
-def intermediate_profile() -> dict[str, Any]:
-    """CertificateOptions keywords for Mozilla's intermediate profile (client and server)."""
-    return {"raiseMinimumTo": MINIMUM_TLS_VERSION,
-            "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(
-                INTERMEDIATE_CIPHERS)}
 
 
 def server_tls_options(tls: TLSConfig, source: str) -> CertificateOptions | None:

@@ -17,7 +17,16 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from relaymail.envelope import Envelope, Recipient
+from relaymail.common import replies
+from relaymail.common.addresses import (
+    AddressError,
+    PathArgument,
+    mail_options,
+    parse_argument,
+    rcpt_options,
+)
+from relaymail.common.networks import in_networks
+from relaymail.common.replies import Continue, Reply
 from relaymail.logs import Logger
 from relaymail.policy.dkim import (
     RelaxedBodyHash,
@@ -26,25 +35,16 @@ from relaymail.policy.dkim import (
     parse_headers,
 )
 from relaymail.policy.limits import Reservation, Who
-from relaymail.smtp import replies
 from relaymail.smtp.access import (
     HEADER_FROM_MISMATCH,
     SENDER_NOT_ALLOWED,
     header_sender_problem,
-    in_networks,
     sender_allowed,
 )
-from relaymail.smtp.address import (
-    AddressError,
-    PathArgument,
-    mail_options,
-    parse_argument,
-    rcpt_options,
-)
 from relaymail.smtp.body import BodyReader
-from relaymail.smtp.replies import Continue, Reply
 from relaymail.smtp.state import SessionState
 from relaymail.spool import MessageWriter, SpoolError
+from relaymail.spool.envelope import Envelope, Recipient
 
 log = Logger(namespace="relaymail.smtp")
 

@@ -22,9 +22,9 @@ from twisted.internet.defer import Deferred
 from twisted.mail.smtp import ESMTP, SMTP
 from twisted.python.failure import Failure
 
+from relaymail.common import replies
+from relaymail.common.replies import Continue, Reply
 from relaymail.logs import Logger
-from relaymail.smtp import replies
-from relaymail.smtp.replies import Continue, Reply
 
 log = Logger(namespace="relaymail.smtp")
 

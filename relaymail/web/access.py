@@ -3,7 +3,7 @@ logged-in console session, a loopback monitor) against what the route declares i
 (relaymail.web.routing.Access).
 
 Scripts authenticate with ``Authorization: Bearer <token>``; the local control token (see
-``relaymail.spool_lock``) is what ``relaymail queue`` uses."""
+``relaymail.spool.lock``) is what ``relaymail queue`` uses."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from twisted.web.iweb import IRequest
 
-from relaymail.smtp.access import is_loopback
+from relaymail.common.networks import is_loopback
 from relaymail.web.guard import forwarded
 from relaymail.web.http import json_reply
 from relaymail.web.routing import Access

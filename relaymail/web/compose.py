@@ -9,8 +9,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Any
 
+from relaymail.common.addresses import AddressError, normalize_path
 from relaymail.policy.dkim import RelaxedBodyHash, Signer, SigningError, from_domain, parse_headers
-from relaymail.smtp.address import AddressError, normalize_path
 
 MAX_TEXT = 1_000_000
 

@@ -20,8 +20,8 @@ from prometheus_client.core import (
 )
 from twisted.internet.defer import Deferred
 
+from relaymail.common.networks import ConnectionTracker
 from relaymail.relay.manager import RelayManager
-from relaymail.smtp.access import ConnectionTracker
 from relaymail.spool import Spool
 from relaymail.stats import LATENCY_BUCKETS, RelayStats
 from relaymail.web.shapes import iso

@@ -8,8 +8,8 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from relaymail.envelope import Envelope
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
+from relaymail.spool.envelope import Envelope
 from relaymail.web.http import int_arg, json_reply, str_arg
 from relaymail.web.routing import SubApp, query, route
 from relaymail.web.shapes import envelope_json

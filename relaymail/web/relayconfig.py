@@ -33,8 +33,8 @@ from relaymail.config import (
     read_json_file,
 )
 from relaymail.config import validate_upstream as check_upstream
-from relaymail.credentials import write_json_atomically
 from relaymail.relay.presets import PRESETS
+from relaymail.spool.safeio import write_json_atomically
 
 MASK = "********"
 PROVIDER = "provider"  # the transport the console creates when there is none

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from relaymail.envelope import Envelope
+from relaymail.spool.envelope import Envelope
 
 
 def iso(ts: float | None) -> str | None:

@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from relaymail.envelope import Envelope, Recipient
 from relaymail.history import History
+from relaymail.spool.envelope import Envelope, Recipient
 from tests.helpers import free_port, start_relay
 from tests.integration.test_relay import RelayTestCase, plain, smarthost
 from tests.upstreams import Script, wait_until

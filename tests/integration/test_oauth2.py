@@ -24,8 +24,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
 from twisted.web.client import HTTPConnectionPool
 
+from relaymail.cli.oauth2 import authorize
 from relaymail.config import load_config
-from relaymail.oauth2cli import authorize
 from relaymail.relay.oauth2 import TokenStore, registry_for, resolve, store_path
 from tests.helpers import free_port
 from tests.integration.test_relay import RelayTestCase, smarthost

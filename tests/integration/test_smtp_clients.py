@@ -23,7 +23,7 @@ from twisted.mail.smtp import ESMTPSenderFactory
 from twisted.trial.unittest import TestCase
 
 from relaymail.credentials import CredentialStore
-from relaymail.safeio import FileOps
+from relaymail.spool.safeio import FileOps
 from tests.helpers import (
     RunningServer,
     base_config,

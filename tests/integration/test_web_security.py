@@ -317,8 +317,8 @@ class TLSTests(WebTestCase):
     async def test_queue_command_over_https_trusts_only_the_console_certificate(self) -> None:
         """``relaymail queue`` follows web.tls: HTTPS to the listener's address, trusting
         the configured certificate (and no other: a different one is refused)."""
+        from relaymail.cli.queue import CommandError, OnlineQueue, pinned_context
         from relaymail.config import load_config
-        from relaymail.queuecli import CommandError, OnlineQueue, pinned_context
 
         cert, key, _ = write_tls_files(self.dir)
         await self.start(tls={"certificate": cert, "private_key": key})

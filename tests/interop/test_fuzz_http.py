@@ -5,6 +5,7 @@ login, and the server still answers a normal request afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -61,10 +62,8 @@ def relay(tmp_path_factory: Any) -> Iterator[int]:
 
 def request(port: int, raw: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        try:
+        with contextlib.suppress(OSError):
             s.sendall(raw)
-        except OSError:
-            pass
         data = b""
         try:
             while chunk := s.recv(65536):

@@ -23,7 +23,7 @@ import trustme
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from relaymail.smtp.tls import INTERMEDIATE_CIPHERS
+from relaymail.common.tls import INTERMEDIATE_CIPHERS
 from tests.helpers import base_config, start_server
 from tests.peers import require
 from tests.test_tls_profile import write_pair

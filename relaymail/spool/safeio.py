@@ -5,7 +5,11 @@ Everything here blocks: call it from a thread, never from the reactor thread (ex
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
+from typing import Any
 
 
 def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
@@ -19,6 +23,45 @@ def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) 
         os.close(fd)
         raise
     return fd
+
+
+def write_atomically(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` all at once: a private temp file beside it (never
+    through a symlink), written, fsync'd when ``durable``, renamed over ``path``, and the
+    directory fsync'd when ``durable``; a reader sees the old file or the new one, never
+    half of one.  The one atomic-write helper (credentials, config saves, OAuth2 tokens,
+    the control token).  Blocking."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}-{secrets.token_hex(6)}")
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_json_atomically(path: str, data: Any, mode: int = 0o600) -> None:
+    """``data`` as indented, sorted JSON, durably and atomically (write_atomically)."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomically(path, text.encode("utf-8"), mode)
 
 
 class FileOps:

@@ -19,12 +19,12 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 
-from relaymail import spool_lock
 from relaymail.config import Config, endpoint_address, load_config
 from relaymail.relay.control import QueueControl, QueueError, read_headers
 from relaymail.relay.manager import RelayManager
 from relaymail.relay.router import Router
 from relaymail.spool import STATES, Spool, run_synchronously
+from relaymail.spool import lock as spool_lock
 from relaymail.web.shapes import envelope_json
 
 ACTIONS = ("retry", "hold", "release", "delete", "bounce")

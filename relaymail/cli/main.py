@@ -8,13 +8,13 @@ import json
 import sys
 from collections.abc import Sequence
 
+from relaymail.cli.dkim import add_parser as add_dkim_parser
+from relaymail.cli.oauth2 import add_parser as add_oauth2_parser
+from relaymail.cli.queue import CommandError
+from relaymail.cli.queue import add_parser as add_queue_parser
 from relaymail.config import Config, ConfigError, check_runtime, load_config
 from relaymail.credentials import CredentialsError, CredentialStore, hash_password
-from relaymail.dkimcli import add_parser as add_dkim_parser
 from relaymail.dnscheck import add_parser as add_dns_check_parser
-from relaymail.oauth2cli import add_parser as add_oauth2_parser
-from relaymail.queuecli import CommandError
-from relaymail.queuecli import add_parser as add_queue_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,7 +162,3 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         return 2
     print(hash_password(password))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,9 +10,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from relaymail.cli.queue import CommandError
 from relaymail.policy.dkim import DkimKey
-from relaymail.queuecli import CommandError
-from relaymail.safeio import open_private
+from relaymail.spool.safeio import open_private
 
 
 def add_parser(sub: Any) -> None:

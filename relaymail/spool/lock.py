@@ -14,7 +14,7 @@ import fcntl
 import os
 import secrets
 
-from relaymail.safeio import open_private
+from relaymail.spool.safeio import write_atomically
 
 LOCK_NAME = "lock"
 TOKEN_NAME = "control.token"
@@ -58,14 +58,7 @@ def is_locked(spool_dir: str) -> bool:
 
 def write_token(spool_dir: str) -> str:
     token = secrets.token_urlsafe(32)
-    path = os.path.join(spool_dir, TOKEN_NAME)
-    tmp = path + ".tmp"
-    fd = open_private(tmp)
-    try:
-        os.write(fd, token.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomically(os.path.join(spool_dir, TOKEN_NAME), token.encode(), durable=False)
     return token
 
 

@@ -27,8 +27,8 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from relaymail.cli.queue import CommandError
 from relaymail.config import Config, OAuth2Config, UpstreamConfig, load_config
-from relaymail.queuecli import CommandError
 from relaymail.relay.oauth2 import (
     DEFAULT_TIMEOUT,
     OAuth2Error,
