@@ -17,12 +17,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from relaymail.config import ConfigError, OAuth2Config, config_from_document
-from relaymail.relay.client import (
-    OAuth2Authenticator,
-    oauthbearer_response,
-    sasl_name,
-    xoauth2_response,
-)
 from relaymail.relay.connector import Target
 from relaymail.relay.oauth2 import (
     OAuth2Error,
@@ -32,6 +26,12 @@ from relaymail.relay.oauth2 import (
     pick_refresh_token,
     problem,
     resolve,
+)
+from relaymail.relay.sasl import (
+    OAuth2Authenticator,
+    oauthbearer_response,
+    sasl_name,
+    xoauth2_response,
 )
 
 URL = "https://login.example/token"

@@ -17,9 +17,6 @@ No error text here ever carries an access token, a refresh token or a client sec
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -32,13 +29,19 @@ from twisted.python.failure import Failure
 
 from relaymail.config import OAuth2Config, UpstreamConfig
 from relaymail.logs import Logger
+from relaymail.relay.oauth2store import (  # noqa: F401 (importers use these names here)
+    STORE_NAME,
+    TokenStore,
+    fingerprint,
+    pick_refresh_token,
+    store_key,
+    store_path,
+)
 from relaymail.relay.outcome import SessionError
 from relaymail.relay.presets import PRESETS
-from relaymail.spool.safeio import open_private, write_json_atomically
 
 log = Logger(namespace="relaymail.relay.oauth2")
 
-STORE_NAME = "oauth2-tokens.json"
 EXPIRY_MARGIN = 60.0  # a cached token is used until this many seconds before it expires
 DEFAULT_LIFETIME = 300.0  # when the token endpoint gives no expires_in
 DEFAULT_TIMEOUT = 30.0  # seconds for one token request, connect to last byte
@@ -111,78 +114,6 @@ def problem(settings: OAuth2Config, username: str | None) -> str | None:
         return ("the client_credentials grant needs oauth2.tenant: your directory (tenant) "
                 "ID or domain, not common")
     return None
-
-
-def store_key(settings: OAuth2Config, username: str) -> str:
-    """Which stored refresh token belongs to these settings."""
-    return f"{settings.token_url} {settings.client_id} {username}"
-
-
-def fingerprint(secret: str | None) -> str:
-    """A short one-way tag of a configured refresh token (so the store knows which one a
-    stored token was derived from without keeping it twice)."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:16] if secret else ""
-
-
-def store_path(spool_dir: str) -> str:
-    return os.path.join(spool_dir, STORE_NAME)
-
-
-# ---------------------------------------------------------------------------- the store
-
-
-class TokenStore:
-    """Refresh tokens by store key in one JSON file (0600).  Blocking: call the methods
-    from a thread (the CLI may call them directly)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def load(self, key: str) -> dict[str, Any] | None:
-        """The entry for ``key``: {"refresh_token", "seed", "updated"}, or None."""
-        return self._read().get(key)
-
-    def save(self, key: str, refresh_token: str, seed: str, updated: float) -> None:
-        """Record ``refresh_token`` for ``key``, under a lock against a concurrent CLI."""
-        with self._locked():
-            tokens = self._read()
-            tokens[key] = {"refresh_token": refresh_token, "seed": seed, "updated": updated}
-            write_json_atomically(self.path, {"version": 1, "tokens": tokens})
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return {}
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        return tokens if isinstance(tokens, dict) else {}
-
-    @contextlib.contextmanager
-    def _locked(self) -> Any:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fd = open_private(self.path + ".lock", os.O_WRONLY | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-
-def pick_refresh_token(configured: str | None, entry: dict[str, Any] | None,
-                       remembered: str | None = None) -> str | None:
-    """The refresh token to use: the stored one unless the config now holds a different
-    one than it was derived from (edited by hand), then one rotated in memory, then the
-    configured one."""
-    entry = entry or {}
-    stored = entry.get("refresh_token")
-    if isinstance(stored, str) and stored and (
-            not configured or entry.get("seed") == fingerprint(configured)):
-        return stored
-    return remembered or configured
-
-
-# ---------------------------------------------------------------------------- HTTP
 
 
 def make_http(reactor: Any) -> Any:

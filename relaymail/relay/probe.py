@@ -20,9 +20,9 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from relaymail.relay.client import OAuth2Authenticator
 from relaymail.relay.connector import Target, default_registry, endpoint_for, tls_creator
 from relaymail.relay.oauth2 import OAuth2Error, TokenRegistry, TokenSource, problem
+from relaymail.relay.sasl import OAuth2Authenticator
 
 
 @dataclass
