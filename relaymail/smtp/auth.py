@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from relaymail.common.networks import is_loopback
@@ -83,16 +83,22 @@ class AuthLayer:
             return Reply(504, "5.5.4", "Unsupported authentication mechanism")
         exchange = Exchange(mechanism)
         initial = parts[1] if len(parts) == 2 else None
-        lockout = self.state.context.lockout
-        if lockout is None:
+        if self.state.context.lockout is None:
             return self.start(exchange, initial, 0.0)
-        d = lockout.locked_for("ip", self.state.client_ip)
-        return d.addBoth(lambda seconds: self.start(exchange, initial, seconds))
+        return ensureDeferred(self.begin_after_lockout_check(exchange, initial))
 
-    def start(self, exchange: Exchange, initial: bytes | None, locked: Any) -> Result:
+    async def begin_after_lockout_check(self, exchange: Exchange, initial: bytes | None
+                                        ) -> Result:
+        lockout = self.state.context.lockout
+        assert lockout is not None
+        locked = await lockout.locked_for("ip", self.state.client_ip)  # its own fallbacks
+        result = self.start(exchange, initial, locked)
+        return await result if isinstance(result, Deferred) else result
+
+    def start(self, exchange: Exchange, initial: bytes | None, locked: float) -> Result:
         """Begin the exchange unless the client's network is locked out (then hang up)."""
-        if isinstance(locked, Failure) or locked > 0:
-            wait = 60 if isinstance(locked, Failure) else int(locked) + 1
+        if locked > 0:
+            wait = int(locked) + 1
             log.info("auth refused client={client_ip} listener={listener}: address locked "
                      "for {wait} s", client_ip=self.state.client_ip,
                      listener=self.state.listener.name, wait=wait)
@@ -117,8 +123,15 @@ class AuthLayer:
             return Continue(334, challenge_line(result), "auth")
         self.exchange = None
         username, password = result
-        return self.check_login(username, password).addBoth(
-            lambda outcome: self.finished(username, outcome))
+        return ensureDeferred(self.authenticate(username, password))
+
+    async def authenticate(self, username: str, password: str) -> Reply:
+        """The check, then its reply (and its log line)."""
+        try:
+            avatar = await self.check_login(username, password)
+        except Exception:
+            return self.finished(username, Failure())
+        return self.finished(username, avatar)
 
     def check_login(self, username: str, password: str) -> Deferred:
         """The credential check, with the lockout's accounting around it: the attempt is

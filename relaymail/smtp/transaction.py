@@ -12,9 +12,8 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
 from relaymail.common import replies
@@ -98,14 +97,28 @@ class TransactionLayer:
         limits = self.context.limits
         if limits is None or limits.config.count != "messages":
             return self.open_transaction(sender, declared, eight_bit, Reservation())
-        d = limits.reserve(Who(self.state.client_ip, self.state.login(), sender.address))
-        return d.addBoth(lambda r: self.open_transaction(sender, declared, eight_bit, r))
+        who = Who(self.state.client_ip, self.state.login(), sender.address)
+        return ensureDeferred(self.reserve_then(
+            who, lambda r: self.open_transaction(sender, declared, eight_bit, r),
+            sender.address))
+
+    async def reserve_then(self, who: Who, step: Callable[[Reservation], Reply | None],
+                           sender: str) -> Reply | None:
+        """Reserve units for ``who``; a refusal (or a broken backend) is the reply."""
+        limits = self.context.limits
+        assert limits is not None
+        try:
+            reserved = await limits.reserve(who)
+        except Exception:
+            log.failure("smtp: rate limit check failed")
+            return self.refuse_over_limit(sender, replies.LOCAL_ERROR)
+        if not isinstance(reserved, Reservation):
+            return self.refuse_over_limit(sender, reserved)
+        return step(reserved)
 
     def open_transaction(self, sender: PathArgument, declared: int | None, eight_bit: bool,
-                         reserved: Any) -> Reply | None:
+                         reserved: Reservation) -> Reply | None:
         """MAIL's reply, once the rate limits have had their say."""
-        if not isinstance(reserved, Reservation):
-            return self.refuse_over_limit(sender.address, reserved)
         if self.state.closed:
             self.release(reserved)
             return None  # nobody to tell
@@ -131,10 +144,7 @@ class TransactionLayer:
             return Reply(530, "5.7.0", "Must issue a STARTTLS command first")
         return replies.AUTH_REQUIRED
 
-    def refuse_over_limit(self, sender: str, reply: Any) -> Reply:
-        if isinstance(reply, Failure):
-            log.failure("smtp: rate limit check failed", failure=reply)
-            reply = replies.LOCAL_ERROR
+    def refuse_over_limit(self, sender: str, reply: Reply) -> Reply:
         self.log_refused_sender(sender, reply)
         return reply
 
@@ -177,12 +187,12 @@ class TransactionLayer:
         limits = self.context.limits
         if limits is None or limits.config.count != "recipients":
             return self.add_recipient(txn, rcpt.address, Reservation())
-        d = limits.reserve(Who(self.state.client_ip, self.state.login(), txn.sender.address))
-        return d.addBoth(lambda r: self.add_recipient(txn, rcpt.address, r))
+        who = Who(self.state.client_ip, self.state.login(), txn.sender.address)
+        return ensureDeferred(self.reserve_then(
+            who, lambda r: self.add_recipient(txn, rcpt.address, r), txn.sender.address))
 
-    def add_recipient(self, txn: Transaction, address: str, reserved: Any) -> Reply | None:
-        if not isinstance(reserved, Reservation):
-            return self.refuse_over_limit(txn.sender.address, reserved)
+    def add_recipient(self, txn: Transaction, address: str, reserved: Reservation
+                      ) -> Reply | None:
         if txn is not self.txn:  # the session ended meanwhile: nobody to tell
             self.release(reserved)
             return None
@@ -249,10 +259,20 @@ class TransactionLayer:
         envelope.body_8bit = envelope.body_8bit or body.eight_bit_seen
         if body.body_hash is not None:  # for a signature made again at relay time
             envelope.extra["body_hash"] = body.body_hash.digest_b64().decode()
-        d = self.dkim_sign(txn.writer, body)
-        d.addCallback(lambda signed: self.context.spool.commit(txn.writer, envelope)
-                      .addCallback(lambda _: signed))
-        return d.addBoth(lambda outcome: self.committed(txn, envelope, outcome))
+        return ensureDeferred(self.sign_and_commit(txn, body, envelope))
+
+    async def sign_and_commit(self, txn: Transaction, body: BodyReader, envelope: Envelope
+                              ) -> Reply:
+        """DKIM (once, in a thread), then the durable commit; 250 only after it."""
+        note = await self.dkim_sign(txn.writer, body)
+        try:
+            await self.context.spool.commit(txn.writer, envelope)
+        except Exception as e:
+            self.release_all(txn)
+            log.error("{queue_id}: not queued: {error}", queue_id=envelope.queue_id,
+                      error=str(e) or type(e).__name__)
+            return replies.STORAGE_FAILED if isinstance(e, SpoolError) else replies.LOCAL_ERROR
+        return self.committed(envelope, note)
 
     def header_from_problem(self, txn: Transaction, body: BodyReader) -> Reply | None:
         """A login may be required to send only with a header From in its sender's domain."""
@@ -292,17 +312,11 @@ class TransactionLayer:
 
         return d.addCallbacks(signed, failed)
 
-    def committed(self, txn: Transaction, envelope: Envelope, outcome: Any) -> Reply:
-        if isinstance(outcome, Failure):
-            self.release_all(txn)
-            storage = outcome.check(SpoolError) is not None
-            log.error("{queue_id}: not queued: {error}", queue_id=envelope.queue_id,
-                      error=outcome.getErrorMessage())
-            return replies.STORAGE_FAILED if storage else replies.LOCAL_ERROR
+    def committed(self, envelope: Envelope, dkim_note: str) -> Reply:
         state = self.state
         log.info("{queue_id}: queued from=<{sender}> nrcpt={nrcpt} size={size} "
                  "client={client_ip} listener={listener} credential={credential}{dkim}",
-                 dkim=outcome, queue_id=envelope.queue_id, sender=envelope.sender,
+                 dkim=dkim_note, queue_id=envelope.queue_id, sender=envelope.sender,
                  nrcpt=len(envelope.recipients), size=envelope.size, client_ip=state.client_ip,
                  listener=state.listener.name, credential=state.credential)
         return Reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
