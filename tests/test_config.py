@@ -132,6 +132,7 @@ BAD_CONFIGS: list[tuple[Any, str, str]] = [
     ([1, 2], "", "JSON object"),
     ({"smtp": {"fold_line_length": 2000}}, "smtp.fold_line_length", "998"),
     ({"smtp": {"strip_characters": "a"}}, "smtp.strip_characters", "control characters"),
+    ({"smtp": {"max_header_size": 3_000_000}}, "smtp.max_header_size", "at most"),
     ({"smtp": {"reject_characters": "\n"}}, "smtp.reject_characters", "CR and LF"),
     ({"smtp": {"listeners": [{"endpoint": "tcp:25", "proxy_protocol": True}]}},
      "smtp.proxy_trusted_networks", "proxies connect from"),

@@ -54,6 +54,7 @@ def test_incomplete_headers_wait() -> None:
     b"PROXY TCP4 not-an-ip 127.0.0.1 1 25\r\n", b"PROXY TCP6 10.0.0.1 ::1 1 25\r\n",
     b"PROXY TCP4 10.0.0.1 127.0.0.1 99999 25\r\n", b"PROXY TCP4 10.0.0.1 127.0.0.1 -1 25\r\n",
     b"PROXY TCP4 10.0.0.1 127.0.0.1 1\r\n", b"PROXY UDP4 10.0.0.1 127.0.0.1 1 25\r\n",
+    b"PROXY TCP6 fe80::1%\nX-Injected:yes ::1 25 25\r\n", b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n",
     b"PROXY TCP4 " + b"1" * 200, b"PROXY TCP4 10.0.0.1  127.0.0.1 1 25\r\n",
     v2(family=0x12), v2(command=2), v2(block=bytes(3)), v2(block=bytes(600)),
     V2_SIGNATURE[:11] + b"X" + bytes(8),

@@ -199,3 +199,24 @@ def test_bounce_never_quotes_a_line_over_998_octets_nor_a_cut_one() -> None:
     quoted = raw.split(b"text/rfc822-headers\r\n\r\n")[1]
     assert quoted.replace(b"\r\n ", b" ").startswith(to + b"\r\n")
     assert b"A" * 997 in quoted and b"Subject: cut" not in quoted
+
+
+def test_hostile_from_headers_neither_crash_nor_grow_past_998_octets() -> None:
+    """A From of 600 nested parentheses made parseaddr raise RecursionError (delivery
+    crashed on every retry); a 2,000-octet From was rewritten as one line of 1,600+."""
+    from relaymail.config import SenderRewrite
+    from relaymail.policy.dkim import from_domain
+    from relaymail.relay.rewrite import rewrite_from, split_fields
+
+    rewrite = SenderRewrite(address="me@qq.test")
+    nested = b"From: a@b.example " + b"(" * 600 + b"\r\n"
+    fields, changed = rewrite_from(split_fields(nested + b"Subject: x\r\n\r\n"), rewrite)
+    assert changed and fields[0] == b"From: <me@qq.test>\r\n"
+    assert from_domain([(b"From", nested[6:])]) is None
+    name = " ".join(f"word{i}" for i in range(300))
+    long_from = f'From: "{name}" <root@nas.local>'.encode()
+    head = b"\r\n".join([long_from[:990], b" " + long_from[990:], b"Subject: x", b""])
+    fields, changed = rewrite_from(split_fields(head), rewrite)
+    assert changed
+    assert all(len(line) <= 998 for f in fields for line in f.split(b"\r\n"))
+    assert b"".join(fields).count(b"root@nas.local") == 2  # X-Original-From and Reply-To

@@ -554,3 +554,26 @@ class ControlCharacters(SessionTestCase):
         self.assertEqual(self.replies()[-1],
                          b"550 5.6.0 Message contains a forbidden control character")
         self.assertEqual(self.queued_files(), [])
+
+
+class Closing(SessionTestCase):
+    """Once we said goodbye nothing more is read, run or answered, and a peer that will not
+    let go (a TLS peer never answering our close_notify) is aborted after 5 s."""
+
+    def test_nothing_runs_after_quit_in_the_same_packet(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nQUIT\r\nMAIL FROM:<a@b.example>\r\nNOOP\r\n")
+        self.assertEqual(self.replies()[-1], b"221 2.0.0 Bye")
+        self.assertEqual(self.codes(), [])
+
+    def test_input_after_a_long_line_is_dropped_and_the_peer_aborted(self) -> None:
+        self.replies()
+        self.send(b"EHLO c\r\nNOOP " + b"x" * 20000)
+        self.assertEqual(self.replies()[-1], b"500 5.5.2 Error: line too long")
+        for _ in range(50):  # a peer that keeps sending: no buffer, no reply, no log storm
+            self.send(b"y" * 16384)
+        self.assertEqual(self.proto._pending, b"")
+        self.assertEqual(self.replies(), [])
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(5)
+        self.assertTrue(self.transport.disconnected)  # aborted

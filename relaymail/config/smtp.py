@@ -89,7 +89,7 @@ def validate_smtp(c: Check, s: dict[str, Any]) -> SMTPConfig:
         max_line_length=c.integer(s["max_line_length"], "smtp.max_line_length", 1000),
         bare_line_endings=c.choice(s["bare_line_endings"], "smtp.bare_line_endings",
                                    ("normalize", "reject")),
-        max_header_size=c.integer(s["max_header_size"], "smtp.max_header_size", 1024),
+        max_header_size=validate_header_size(c, s["max_header_size"]),
         fold_line_length=validate_fold_length(c, s["fold_line_length"]),
         proxy_trusted_networks=validate_proxy_trust(c, s["proxy_trusted_networks"], listeners),
         strip_characters=control_characters(c, s["strip_characters"], "smtp.strip_characters"),
@@ -134,6 +134,17 @@ def validate_proxy_trust(c: Check, value: Any, listeners: tuple[ListenerConfig, 
                      "proxy_protocol: list the networks your proxies connect from, e.g. "
                      "[\"127.0.0.1/32\"]; a PROXY header from anyone else is refused", [])
     return networks
+
+
+MAX_HEADER_SIZE = 1_900_000  # below what the relay reads to edit a header block (2 MiB)
+
+
+def validate_header_size(c: Check, value: Any) -> int:
+    """1 KiB to about 1.9 MB: the relay edits header blocks it reads whole (rewrite.py)."""
+    n = c.integer(value, "smtp.max_header_size", 1024)
+    if n > MAX_HEADER_SIZE:
+        raise c.fail("smtp.max_header_size", f"at most {MAX_HEADER_SIZE}", value)
+    return n
 
 
 def validate_fold_length(c: Check, value: Any) -> int:

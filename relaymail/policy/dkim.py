@@ -152,7 +152,11 @@ def from_domain(header_fields: Sequence[tuple[bytes, bytes]]) -> str | None:
     for name, value in header_fields:
         if name.lower() == b"from":
             text = value.decode("utf-8", "replace")
-            for _, address in email.utils.getaddresses([text]):
+            try:
+                addresses = email.utils.getaddresses([text])
+            except Exception:  # e.g. RecursionError on "((((...": no domain to sign for
+                return None
+            for _, address in addresses:
                 if "@" in address:
                     return address.rpartition("@")[2].strip().rstrip(".").lower() or None
             return None

@@ -27,9 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from relaymail.config import SenderRewrite
+from relaymail.logs import Logger
 from relaymail.policy.dkim import RelaxedBodyHash, Signer, from_domain, parse_headers
+from relaymail.relay.bounce import fold_line
 from relaymail.spool.envelope import Envelope
 
+log = Logger(namespace="relaymail.relay.rewrite")
 HEAD_LIMIT = 2 * 1024 * 1024  # the header block is capped at acceptance (smtp.max_header_size)
 OUR_RECEIVED_FROM = re.compile(rb"^Received: from [^\r\n]*\r\n[ \t]+by ", re.IGNORECASE)
 
@@ -90,6 +93,8 @@ def read_head(path: str) -> tuple[bytes, int]:
     with open(path, "rb") as f:
         data = f.read(HEAD_LIMIT)
     end = data.find(b"\r\n\r\n")
+    if end < 0 and len(data) == HEAD_LIMIT:  # cut mid-header: editing it could smuggle one
+        raise ValueError(f"header block longer than {HEAD_LIMIT} bytes")
     if end < 0:
         return data, len(data)
     return data[:end + 2], end + 2
@@ -125,7 +130,11 @@ class HeaderEditor:
         mail_from = policy.mail_from(envelope.sender)
         if not policy.edits_headers:
             return Edit(mail_from)
-        head, offset = await self.run_in_thread(read_head, body_path)
+        try:
+            head, offset = await self.run_in_thread(read_head, body_path)
+        except ValueError as e:
+            log.warn("{queue_id}: sent unchanged: {why}", queue_id=envelope.queue_id, why=e)
+            return Edit(mail_from)
         fields = split_fields(head)
         fields = received_policy(fields, policy, envelope.queue_id)
         fields, changed_from = rewrite_from(fields, policy.sender_rewrite)
@@ -176,20 +185,30 @@ def rewrite_from(fields: list[bytes], rewrite: SenderRewrite | None
     index = next((i for i, f in enumerate(fields) if field_name(f) == b"from"), None)
     if index is None:
         return [*fields, b"From: <" + rewrite.address.encode() + b">\r\n"], True
-    original = fields[index].split(b":", 1)[1].strip()
-    name, address = email.utils.parseaddr(original.decode("utf-8", "replace"))
+    original = unfold(fields[index].split(b":", 1)[1].strip())
+    try:
+        name, address = email.utils.parseaddr(original.decode("utf-8", "replace"))
+    except Exception:  # e.g. RecursionError on "((((..." : unparsable, so not the login
+        name, address = "", ""
     if address and rewrite.keeps(address):
         return fields, False
+    name = "".join(ch for ch in name if ch not in "\r\n")
     new_from = email.utils.formataddr((name, rewrite.address)) if name else \
         f"<{rewrite.address}>"
     out = list(fields)
-    out[index] = b"From: " + new_from.encode("utf-8") + b"\r\n"
-    extra = [b"X-Original-From: " + unfold(original) + b"\r\n"]
+    out[index] = folded(b"From: " + new_from.encode("utf-8"))
+    extra = [folded(b"X-Original-From: " + original)]
     has_reply_to = any(field_name(f) == b"reply-to" for f in fields)
     if rewrite.reply_to and not has_reply_to and address:
-        extra.append(b"Reply-To: " + unfold(original) + b"\r\n")
+        extra.append(folded(b"Reply-To: " + original))
     return out[:index + 1] + extra + out[index + 1:], True
 
 
+def folded(line: bytes) -> bytes:
+    """A header field we write, folded to lines of at most 998 octets (CRLF ended)."""
+    return b"\r\n".join(fold_line(line)) + b"\r\n"
+
+
 def unfold(value: bytes) -> bytes:
+    """A field value on one line: each CRLF before white space removed (RFC 5322 2.2.3)."""
     return re.sub(rb"\r\n([ \t])", rb"\1", value)

@@ -41,7 +41,10 @@ def header_sender_problem(fields: Sequence[tuple[bytes, bytes]],
         return ONE_FROM_ONLY
     values = froms + [value for name, value in fields if name.lower() == b"sender"]
     text = [v.decode("utf-8", "replace").replace("\r\n", "") for v in values]
-    mailboxes = [address for _, address in email.utils.getaddresses(text)]
+    try:
+        mailboxes = [address for _, address in email.utils.getaddresses(text)]
+    except Exception:  # e.g. RecursionError on "((((...": nothing we can allow
+        return HEADER_FROM_MISMATCH
     domain = envelope_sender.rpartition("@")[2].lower()
     for address in mailboxes or [""]:
         mailbox_domain = address.rpartition("@")[2].strip().rstrip(".").lower()

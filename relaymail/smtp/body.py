@@ -55,6 +55,8 @@ class BodyReader:
         self._at_start = True  # nothing of the current line seen yet (dot-unstuffing)
         self.strip, self.reject = strip, reject
         self._controls = strip + reject
+        self._control_bytes = tuple(bytes((c,)) for c in self._controls)
+        self._one_control = self._control_bytes[0] if len(self._control_bytes) == 1 else None
 
     # ------------------------------------------------------------------ input
 
@@ -89,7 +91,9 @@ class BodyReader:
             self._text(part)
 
     def _has_control(self, data: bytes) -> bool:
-        return any(bytes((c,)) in data for c in self._controls)
+        if self._one_control is not None:  # the usual case: NUL only
+            return self._one_control in data
+        return any(c in data for c in self._control_bytes)
 
     def _cleaned(self, data: bytes) -> bytes:
         """NUL (by default) removed, as Postfix's ``message_strip_characters`` does: a

@@ -80,6 +80,8 @@ def parse_v1(data: bytes) -> tuple[Address, int] | None:
 
 
 def ip_of(text: bytes, version: int) -> str:
+    if b"%" in text:  # an IPv6 scope ID would carry any bytes into headers and logs
+        raise ProxyHeaderError("v1 header: address with a scope ID")
     try:
         address = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):

@@ -117,7 +117,7 @@ class RelayESMTP(WireProtocol):
             log.info("refused client={client_ip} listener={listener} reason={reason}",
                      client_ip=self.client_ip, listener=self.listener.name, reason=refusal.text)
             self.reply(refusal)
-            self.transport.loseConnection()
+            self.close()
             return False
         self.admitted = True
         self.context.connections.per_listener[self.listener.name] += 1
@@ -125,6 +125,7 @@ class RelayESMTP(WireProtocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.gone = self.state.closed = True
+        self.forget_abort()
         self.setTimeout(None)
         self.discard_transaction()
         if self.admitted:
@@ -139,14 +140,14 @@ class RelayESMTP(WireProtocol):
         log.info("timeout client={client_ip} listener={listener}", client_ip=self.client_ip,
                  listener=self.listener.name)
         self.reply(replies.TIMEOUT)
-        self.transport.loseConnection()
+        self.close()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         log.info("line too long client={client_ip} listener={listener}",
                  client_ip=self.client_ip, listener=self.listener.name)
         self.discard_transaction()
         self.reply(replies.LINE_TOO_LONG)
-        self.transport.loseConnection()
+        self.close()
 
     def too_many_errors(self) -> None:
         log.info("too many errors client={client_ip}", client_ip=self.client_ip)
@@ -240,7 +241,7 @@ class RelayESMTP(WireProtocol):
 
     def spill_pressure(self, waiting: bool) -> None:
         """Stop reading while the spool catches up with a fast sender (bounded memory)."""
-        if self.gone or self.transport.disconnecting:
+        if self.gone or self.closing:
             return
         if waiting:
             self.transport.pauseProducing()

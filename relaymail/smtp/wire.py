@@ -29,6 +29,7 @@ from relaymail.logs import Logger
 log = Logger(namespace="relaymail.smtp")
 
 COMMAND, DATA, AUTH = "command", "data", "auth"
+ABORT_AFTER = 5.0  # seconds a peer gets to close once we said goodbye
 Result = Reply | Continue | Deferred | None
 
 
@@ -54,16 +55,20 @@ class WireProtocol(ESMTP):
         self._pending = b""  # received bytes after the last CRLF
         self._midline = False  # part of the current DATA line was already handed on
         self.gone = False  # the connection is closed; a peer close leaves disconnecting False
+        self.closing = False  # we said goodbye: nothing more is read, run or answered
+        self._abort_call: Any = None
 
     # ------------------------------------------------------------------ input
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing:  # TLS keeps delivering after its close until the peer agrees
+            return
         self._in_data_received = True
         try:
             lines = (self._pending + data).split(b"\r\n")
             self._pending = lines.pop()
             for line in lines:
-                if self._discard_rest or self.transport.disconnecting:
+                if self._discard_rest or self.closing:
                     return
                 self.lineReceived(line)
             if len(self._pending) > self.MAX_LENGTH and not self._discard_rest:
@@ -77,7 +82,7 @@ class WireProtocol(ESMTP):
     def long_line_piece(self) -> None:
         """No CRLF within ``MAX_LENGTH``: in DATA, pass the piece on (keeping a final CR,
         which may be half of a CRLF); anywhere else it is an over-long command line."""
-        if self.mode != DATA or self._blocked or self.transport.disconnecting:
+        if self.mode != DATA or self._blocked or self.closing:
             if not self._blocked:
                 self.lineLengthExceeded(self._pending)
             return
@@ -89,7 +94,7 @@ class WireProtocol(ESMTP):
         self._midline = True
 
     def lineReceived(self, line: bytes) -> None:
-        if self._discard_rest:
+        if self._discard_rest or self.closing:
             return
         if self._blocked:
             assert self._backlog is not None
@@ -152,8 +157,8 @@ class WireProtocol(ESMTP):
             self.await_reply(result, self.answer)
         elif isinstance(result, Reply):
             self.reply(result)
-            if result.close and not self.gone:
-                self.transport.loseConnection()
+            if result.close:
+                self.close()
         elif isinstance(result, Continue):
             self.mode = result.mode
             SMTP.sendCode(self, result.code, result.text)
@@ -193,12 +198,12 @@ class WireProtocol(ESMTP):
 
     def unblock(self) -> None:
         self._blocked = False
-        if self.gone or self.transport.disconnecting:
+        if self.gone or self.closing:
             return
         self.setTimeout(self.timeout)
-        while self._backlog and not self._blocked and not self.transport.disconnecting:
+        while self._backlog and not self._blocked and not self.closing:
             self.dispatch(self._backlog.popleft())
-        if not self._blocked and not self.transport.disconnecting:
+        if not self._blocked and not self.closing:
             self.transport.resumeProducing()
 
     def forget_plaintext_input(self) -> None:
@@ -213,7 +218,7 @@ class WireProtocol(ESMTP):
         self.sendCode(r.code, r.encode())
 
     def sendCode(self, code: int, message: bytes = b"") -> None:
-        if self.gone or self.transport is None or self.transport.disconnecting:
+        if self.gone or self.closing or self.transport is None:
             return
         text = replies.with_enhanced(code, message)
         SMTP.sendCode(self, code, text)
@@ -225,7 +230,32 @@ class WireProtocol(ESMTP):
             if self.errors >= self.max_errors:
                 self.too_many_errors()
                 SMTP.sendCode(self, 421, replies.TOO_MANY_ERRORS.encode())
-                self.transport.loseConnection()
+                self.close()
 
     def too_many_errors(self) -> None:
         """Hook: the session logs it."""
+
+    def close(self, grace: float = ABORT_AFTER) -> None:
+        """Say goodbye: stop reading, running and answering at once, close politely, and
+        abort if the peer does not let go (a TLS peer that never answers our close_notify
+        keeps the connection, and its input, coming otherwise)."""
+        if self.closing or self.gone:
+            return
+        self.closing = True
+        self._pending = b""
+        if self._backlog:
+            self._backlog.clear()
+        self.setTimeout(None)
+        self.transport.loseConnection()
+        self._abort_call = self.callLater(grace, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if not self.gone:
+            self.transport.abortConnection()
+
+    def forget_abort(self) -> None:
+        """The connection is gone: no abort is due."""
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None

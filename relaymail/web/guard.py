@@ -33,7 +33,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 
 from relaymail.config import Config, IPNetwork, endpoint_address
-from relaymail.logs import Logger
+from relaymail.logs import Logger, printable
 
 log = Logger(namespace="relaymail.web")
 
@@ -252,13 +252,13 @@ class GuardedRequest(Request):
         for name in ("dataReceived", "lineReceived", "rawDataReceived"):
             setattr(channel, name, drop)
         channel.setTimeout(None)
-        transport = channel.transport
+        transport: Any = channel.transport  # TCP or TLS: ITransport has no abortConnection
         assert transport is not None  # still connected: it is the one sending the request
         transport.write(refusal.response())
-        self._linger = channel.callLater(LINGER, transport.loseConnection)
+        self._linger = channel.callLater(LINGER, transport.abortConnection)  # TLS would wait
         peer = getattr(self.getClientAddress(), "host", "?")
         log.info("web: refused {code} to {peer}: {why}", code=refusal.code, peer=peer,
-                 why=refusal.why)
+                 why=printable(refusal.why))
 
     def connectionLost(self, reason: Any) -> None:
         if self._linger is not None and self._linger.active():
