@@ -85,6 +85,17 @@ class ListenerService(StreamServerEndpointService):
             raise SystemExit(1) from None
 
 
+class SessionCloser(Service):
+    """Stopped after the listeners: aborts the SMTP sessions still open."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.ctx.close_sessions()
+
+
 def thread_runner(reactor: Any) -> Any:
     """``run_in_thread`` backed by the reactor's thread pool."""
     return partial(deferToThreadPool, reactor, reactor.getThreadPool())
@@ -189,6 +200,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     top = MultiService()
     spool_service = SpoolService(ctx.spool)
     spool_service.setName("spool")
+    SessionCloser(ctx).setServiceParent(top)  # first in, so stopped after the listeners
     spool_service.setServiceParent(top)
     PolicyService(ctx.policy).setServiceParent(top)
     for i, listener in enumerate(config.smtp.listeners):

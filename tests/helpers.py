@@ -89,6 +89,8 @@ class RunningServer:
             if self.ctx.connections.total == 0:
                 break
             await deferLater(reactor, 0.02, lambda: None)
+        self.ctx.close_sessions()
+        await deferLater(reactor, 0, lambda: None)
 
 
 async def start_server(data: dict[str, Any], directory: str | None = None,

@@ -96,6 +96,7 @@ class RelayESMTP(WireProtocol):
     # ------------------------------------------------------------------ connection
 
     def connectionMade(self) -> None:
+        self.context.sessions.add(self)
         disable_nagle(self.transport)
         self.state.started_tls = self.listener.tls == "implicit"
         self.state.can_start_tls = (ITLSTransport.providedBy(self.transport)
@@ -125,6 +126,7 @@ class RelayESMTP(WireProtocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.gone = self.state.closed = True
+        self.context.sessions.discard(self)
         self.forget_abort()
         self.setTimeout(None)
         self.discard_transaction()

@@ -35,6 +35,14 @@ class ServerContext:
     limits: RateLimiter | None = None  # rate limits and quotas, when configured
     lockout: AuthLockout | None = None  # AUTH brute-force protection
     policy: Any = None  # relaymail.policy.build.Policy: the above and their counters
+    sessions: set[Any] = field(default_factory=set)  # live sessions, closed at shutdown
+
+    def close_sessions(self) -> None:
+        """Shutdown: abort every session still open (one we said goodbye to included: a
+        TLS peer may never answer our close_notify)."""
+        for session in list(self.sessions):
+            session.forget_abort()
+            session.transport.abortConnection()
 
 
 @dataclass
