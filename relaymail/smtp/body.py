@@ -66,7 +66,9 @@ class BodyReader:
                 and b"\n" not in line:  # the common case, kept short
             if line[:1] == b".":
                 line = line[1:]
-            if self._controls and self._has_control(line):
+            one = self._one_control
+            if (one is not None and one in line) or (one is None and self._controls
+                                                     and self._has_control(line)):
                 line = self._cleaned(line)  # after unstuffing: "NUL ." stays a "." line
             if self.problem is None:
                 self._store(line)

@@ -17,6 +17,7 @@ loopback if configured); an over-long command line is answered and the connectio
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.internet import protocol
@@ -57,16 +58,6 @@ class RelayESMTP(WireProtocol):
         self.auth = AuthLayer(self.state)
         self.mail = TransactionLayer(self.state, self.spill_pressure, self.tls_comment)
         self.admitted = False
-        self.commands: dict[bytes, Callable[[bytes], Result]] = {
-            b"HELO": lambda rest: self.hello(rest, esmtp=False),
-            b"EHLO": lambda rest: self.hello(rest, esmtp=True),
-            b"MAIL": lambda rest: self.auth.revoked() or self.mail.mail(rest),
-            b"RCPT": self.mail.rcpt, b"DATA": self.mail.data,
-            b"AUTH": lambda rest: self.auth.begin(rest, self.mail.txn is not None),
-            b"STARTTLS": self.starttls, b"RSET": self.rset, b"NOOP": lambda rest: replies.OK,
-            b"VRFY": self.vrfy, b"EXPN": lambda rest: NOT_IMPLEMENTED, b"HELP": self.help,
-            b"QUIT": lambda rest: Reply(221, "2.0.0", "Bye", close=True),
-        }
 
     # what tests and logs read of the layers
     @property
@@ -163,7 +154,8 @@ class RelayESMTP(WireProtocol):
     # ------------------------------------------------------------------ dispatch
 
     def command(self, verb: bytes) -> Callable[[bytes], Result] | None:
-        return self.commands.get(verb)
+        handler = COMMANDS.get(verb)
+        return None if handler is None else partial(handler, self)
 
     def data_line(self, line: bytes) -> None:
         self.mail.line(line)
@@ -252,6 +244,21 @@ class RelayESMTP(WireProtocol):
 
 
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+BYE = Reply(221, "2.0.0", "Bye", close=True)
+
+# verb -> handler(session, rest); one table for all sessions (no per-connection copies)
+COMMANDS: dict[bytes, Callable[[RelayESMTP, bytes], Result]] = {
+    b"HELO": lambda s, rest: s.hello(rest, esmtp=False),
+    b"EHLO": lambda s, rest: s.hello(rest, esmtp=True),
+    b"MAIL": lambda s, rest: s.auth.revoked() or s.mail.mail(rest),
+    b"RCPT": lambda s, rest: s.mail.rcpt(rest),
+    b"DATA": lambda s, rest: s.mail.data(rest),
+    b"AUTH": lambda s, rest: s.auth.begin(rest, s.mail.txn is not None),
+    b"STARTTLS": RelayESMTP.starttls, b"RSET": RelayESMTP.rset,
+    b"NOOP": lambda s, rest: replies.OK, b"VRFY": RelayESMTP.vrfy,
+    b"EXPN": lambda s, rest: NOT_IMPLEMENTED, b"HELP": RelayESMTP.help,
+    b"QUIT": lambda s, rest: BYE,
+}
 
 
 class RelaySMTPFactory(protocol.ServerFactory):
