@@ -18,7 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.test_fuzz_smtp import TRANSCRIPT, VERBS, FuzzTests
+from tests.test_fuzz_smtp import VERBS, FuzzTests
+from tests.test_fuzz_smtp import mutation as mutate
 
 SPECIALS = [b"\r", b"\n", b"\r\n", b"\x00", b".", b"\r\n.\r\n", b"=", b"*", b"A" * 17000,
             b"Received: a\r\n" * 60, b"\r\nDATA\r\n", b"\xff" * 5]
@@ -48,17 +49,7 @@ def auth_exchange(rng: random.Random) -> bytes:
 
 
 def mutation(rng: random.Random) -> bytes:
-    data = bytearray(TRANSCRIPT)
-    for _ in range(rng.randint(1, 8)):
-        where = rng.randrange(len(data))
-        action = rng.random()
-        if action < 0.4:
-            data[where] = rng.randrange(256)
-        elif action < 0.7:
-            del data[where:where + rng.randint(1, 20)]
-        else:
-            data[where:where] = rng.choice(SPECIALS)
-    return bytes(data)
+    return mutate(rng, SPECIALS)
 
 
 def empty_spool(spool: object) -> None:

@@ -50,6 +50,24 @@ AUTH_STEPS = st.one_of(
 )
 
 
+INSERTS = [b"\r", b"\n", b"\x00", b"\r\n.\r\n", b"\r\nDATA\r\n", b"\xff" * 5]
+
+
+def mutation(rng: random.Random, inserts: list[bytes] = INSERTS) -> bytes:
+    """The real transcript with 1 to 8 random byte changes, cuts and insertions."""
+    data = bytearray(TRANSCRIPT)
+    for _ in range(rng.randint(1, 8)):
+        where = rng.randrange(len(data))
+        action = rng.random()
+        if action < 0.4:
+            data[where] = rng.randrange(256)
+        elif action < 0.7:
+            del data[where:where + rng.randint(1, 20)]
+        else:
+            data[where:where] = rng.choice(inserts)
+    return bytes(data)
+
+
 class FuzzTests(SessionTestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -117,16 +135,5 @@ class FuzzTests(SessionTestCase):
     def test_mutations_of_a_real_transcript(self) -> None:
         rng = random.Random(20261122)
         for _ in range(3000):
-            data = bytearray(TRANSCRIPT)
-            for _ in range(rng.randint(1, 8)):
-                where = rng.randrange(len(data))
-                action = rng.random()
-                if action < 0.4:
-                    data[where] = rng.randrange(256)
-                elif action < 0.7:
-                    del data[where:where + rng.randint(1, 20)]
-                else:
-                    data[where:where] = rng.choice([b"\r", b"\n", b"\x00", b"\r\n.\r\n",
-                                                    b"\r\nDATA\r\n", b"\xff" * 5])
-            self.run_input([bytes(data)])
+            self.run_input([mutation(rng)])
         self.assertEqual(self.inputs, 3000)

@@ -197,26 +197,22 @@ async def open_oauth2_session(reactor: Any, target: Target, identity: str,
     if unusable is not None:
         raise SessionError("oauth2", unusable, 454)
     source = tokens.source(target.oauth2, target.username or "")
-    token = await access_token(source)
-    try:
-        return await connect(reactor, target, identity, connect_timeout, command_timeout,
-                             token)
-    except SessionError as e:
-        if e.kind != "auth" or e.code not in TOKEN_REFUSED:
-            raise
-        log.info("relay: {upstream} refused the access token for {user} ({reply}); "
-                 "fetching a new one", upstream=target.label, user=target.username,
-                 reply=e.text)
-        source.invalidate(token)
-    token = await access_token(source)
-    try:
-        return await connect(reactor, target, identity, connect_timeout, command_timeout,
-                             token)
-    except SessionError as e:
-        if e.kind != "auth" or e.code not in TOKEN_REFUSED:
-            raise
-        source.invalidate(token)
-        raise SessionError("auth", f"{e.text} (a newly issued token too)", 454) from None
+    for fresh in (False, True):  # a refused token is replaced once, for one more session
+        token = await access_token(source)
+        try:
+            return await connect(reactor, target, identity, connect_timeout,
+                                 command_timeout, token)
+        except SessionError as e:
+            if e.kind != "auth" or e.code not in TOKEN_REFUSED:
+                raise
+            source.invalidate(token)
+            if fresh:
+                raise SessionError("auth", f"{e.text} (a newly issued token too)",
+                                   454) from None
+            log.info("relay: {upstream} refused the access token for {user} ({reply}); "
+                     "fetching a new one", upstream=target.label, user=target.username,
+                     reply=e.text)
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 async def access_token(source: TokenSource) -> str:
