@@ -39,6 +39,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "grant": "Grant", "grant_user": "A mailbox signs in once (refresh token)",
         "grant_app": "Application (client credentials, Microsoft 365)",
         "mechanism": "SASL mechanism",
+        "tls_verified_only": "With a username, the password or token goes only to a server "
+                             "whose certificate is checked: STARTTLS or implicit TLS.",
         "oauth2_hint": "The refresh token is not typed in here: after saving, run "
                        "`relaymail oauth2 authorize --config <file> --transport <name>` on the "
                        "relay host (add --device to sign in from another computer). The "
@@ -73,6 +75,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "token_url": "令牌地址（留空则使用预设）", "client_secret": "客户端密钥",
         "grant": "授权方式", "grant_user": "邮箱用户登录一次（刷新令牌）",
         "grant_app": "应用程序（客户端凭据，Microsoft 365）", "mechanism": "SASL 机制",
+        "tls_verified_only": "填写了用户名时，密码或令牌只发送给证书经过验证的服务器："
+                             "STARTTLS 或隐式 TLS。",
         "oauth2_hint": "刷新令牌不在这里填写：保存后，在中继服务器上运行 "
                        "`relaymail oauth2 authorize --config <配置文件> --transport <名称>`"
                        "（加 --device 可在另一台电脑上登录）。客户端凭据授权无需登录。",

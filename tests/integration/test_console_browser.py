@@ -50,6 +50,8 @@ class ConsoleBrowserTests(RelayTestCase):
         self.assertEqual(report["start_url"], f"http://127.0.0.1:{web}/login")
         self.assertIn("概览", report["zh_nav"])
         self.assertEqual(report["preset_host"], "smtp.qq.com")
+        self.assertTrue(report["none_with_login"])  # not offered with a username
+        self.assertEqual(report["tls_with_login"], "starttls")
         self.assertIn("✔ QUIT", report["steps"])
         self.assertIn("已保存并生效", report["saved"])
         self.assertIn("已排队", report["sent"])
@@ -88,6 +90,12 @@ class ConsoleBrowserTests(RelayTestCase):
                 page.select_option("#f-preset", "")
                 page.fill("#f-host", "127.0.0.1")
                 page.fill("#f-port", str(upstream_port))
+                page.select_option("#f-tls", "none")
+                page.fill("#f-username", "me@dest.test")  # M5: credentials -> verified TLS only
+                out["none_with_login"] = page.eval_on_selector(
+                    "#f-tls option[value=none]", "o => o.disabled")
+                out["tls_with_login"] = page.input_value("#f-tls")
+                page.fill("#f-username", "")
                 page.select_option("#f-tls", "none")
                 page.check("#f-enabled")
                 page.click("#test")

@@ -126,6 +126,17 @@ async function relay() {
     showAuth();
   });
   auth.addEventListener("change", showAuth);
+  const tlsHint = el("p", { id: "tls-hint", class: "hint" });
+  // Credentials go only to a verified server (the API refuses the rest): with a username,
+  // "opportunistic" and "none" are not offered.
+  const syncTls = () => {
+    const credentials = Boolean(value("username"));
+    for (const option of tls.options) {
+      if (option.value === "opportunistic" || option.value === "none") option.disabled = credentials;
+    }
+    if (credentials && tls.selectedOptions[0] && tls.selectedOptions[0].disabled) tls.value = "starttls";
+    tlsHint.textContent = credentials ? t("tls_verified_only") : "";
+  };
   const steps = el("div", { id: "steps" });
   const form = () => {
     const body = { preset: presets.value || null, host: value("host"), port: Number(value("port")) || null,
@@ -142,7 +153,9 @@ async function relay() {
   content.append(el("form", { id: "relay-form" },
     field(t("preset"), presets), field(t("host"), input("host", { value: config.host || "" })),
     field(t("port"), input("port", { type: "number", value: config.port || "" })), field(t("tls"), tls),
-    field(t("username"), input("username", { value: config.username || "", autocomplete: "off" })),
+    tlsHint,
+    field(t("username"), input("username", { value: config.username || "", autocomplete: "off",
+      oninput: syncTls })),
     field(t("auth_method"), auth), password, oauth2,
     el("label", { class: "check" }, input("enabled", { type: "checkbox", checked: config.enabled }), t("enabled")),
     el("div", { class: "buttons" },
@@ -160,6 +173,7 @@ async function relay() {
         say(t("saved"));
       }), { id: "save" }))), steps);
   showAuth();
+  syncTls();
 }
 
 async function queueList(state) {
