@@ -28,9 +28,12 @@ def shared_ca() -> trustme.CA:
     return _CA
 
 
-def write_tls_files(directory: str) -> tuple[str, str, str]:
-    """Write a leaf certificate chain, its key and the CA file; return their paths."""
-    leaf = shared_ca().issue_cert("localhost", "127.0.0.1")
+def write_tls_files(directory: str, key_type: trustme.KeyType | None = None
+                    ) -> tuple[str, str, str]:
+    """Write a leaf certificate chain (for localhost and 127.0.0.1, with trustme's default
+    key type or ``key_type``), its key and the CA file; return their paths."""
+    kw = {} if key_type is None else {"key_type": key_type}
+    leaf = shared_ca().issue_cert("localhost", "127.0.0.1", **kw)
     cert, key, ca = (os.path.join(directory, n) for n in ("cert.pem", "key.pem", "ca.pem"))
     leaf.private_key_pem.write_to_path(key)
     with open(cert, "wb") as f:

@@ -32,6 +32,18 @@ def swaks_support() -> str:
     return result.stdout + result.stderr
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def require_browser() -> None:
+    """Playwright (a test dependency) driving Debian's chromium."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        require(False, "playwright (pip, the test extras)")
+    require(os.path.exists(CHROMIUM), "chromium (Debian package chromium)")
+
+
 def require_swaks(*features: str) -> None:
     """swaks with each of ``features`` (e.g. "TLS", "Basic AUTH")."""
     require(shutil.which("swaks") is not None, "swaks (Debian package swaks)")

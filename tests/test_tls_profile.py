@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from relaymail.relay.connector import Target, UnverifiedClientTLS, tls_creator
 from relaymail.smtp.tls import FFDHE2048
-from tests.helpers import base_config, shared_ca, start_server
+from tests.helpers import base_config, start_server, write_tls_files
 
 RSA, ECDSA = trustme.KeyType.RSA, trustme.KeyType.ECDSA
 # Refused on TLS 1.2: CBC with SHA-1 or SHA-2 MACs, and static RSA key exchange.
@@ -42,18 +42,6 @@ GOOD_SUITES = {
     ECDSA: ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
             "ECDHE-ECDSA-CHACHA20-POLY1305"),
 }
-
-
-def write_pair(directory: str, key_type: trustme.KeyType) -> tuple[str, str, str]:
-    """A leaf for localhost/127.0.0.1 with a ``key_type`` key: (chain, key, CA) paths."""
-    leaf = shared_ca().issue_cert("localhost", "127.0.0.1", key_type=key_type)
-    cert, key, ca = (f"{directory}/{n}" for n in ("cert.pem", "key.pem", "ca.pem"))
-    leaf.private_key_pem.write_to_path(key)
-    with open(cert, "wb") as f:
-        for blob in leaf.cert_chain_pems:
-            f.write(blob.bytes())
-    shared_ca().cert_pem.write_to_path(ca)
-    return cert, key, ca
 
 
 def client_context(suite: str | None = None, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
@@ -98,7 +86,7 @@ def test_ffdhe2048_is_the_rfc7919_group() -> None:
 class ListenerProfileTests(TestCase):
     async def listener(self, key_type: trustme.KeyType = RSA) -> int:
         directory = tempfile.mkdtemp()
-        cert, key, _ = write_pair(directory, key_type)
+        cert, key, _ = write_tls_files(directory, key_type)
         data = base_config(directory, tls=False)
         data["smtp"]["tls"] = {"certificate": cert, "private_key": key}
         data["smtp"]["listeners"][0]["tls"] = "starttls"
@@ -144,7 +132,7 @@ class OneHandshakeServer:
     on TLS 1.2; says "hello" once the handshake is done."""
 
     def __init__(self, suite: str) -> None:
-        cert, key, self.ca = write_pair(tempfile.mkdtemp(), RSA)
+        cert, key, self.ca = write_tls_files(tempfile.mkdtemp(), RSA)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
         self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2

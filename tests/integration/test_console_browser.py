@@ -6,18 +6,16 @@ connection, save, send a message whose subject is an XSS attempt, and find it in
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest
 
 from relaymail.credentials import hash_password
 from tests.helpers import free_port
 from tests.integration.test_relay import RelayTestCase
+from tests.peers import CHROMIUM, require_browser
 from tests.upstreams import Script
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "console-pass-123"
 XSS = '<img src=x onerror="window.__xss=1">'
 ARTIFACTS = os.environ.get("RELAYMAIL_ARTIFACTS", os.path.join("var", "artifacts"))
@@ -28,12 +26,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 class ConsoleBrowserTests(RelayTestCase):
     def setUp(self) -> None:
         super().setUp()
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            raise SkipTest("playwright is not installed") from None
-        if not os.path.exists(CHROMIUM):
-            raise SkipTest("chromium is not installed (scripts/system-deps)")
+        require_browser()
         os.makedirs(ARTIFACTS, exist_ok=True)
 
     async def test_new_user_journey(self) -> None:

@@ -21,7 +21,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest
 from twisted.web.client import HTTPConnectionPool
 
 from relaymail.cli.oauth2 import authorize
@@ -30,6 +29,7 @@ from relaymail.relay.oauth2 import TokenStore, registry_for, resolve, store_path
 from tests.helpers import free_port
 from tests.integration.test_relay import RelayTestCase, smarthost
 from tests.oauth2peers import OAuth2Server, OAuthUpstream
+from tests.peers import require_browser
 from tests.upstreams import ca_file, wait_until
 
 MAILBOX = "mailbox@example.com"
@@ -393,14 +393,7 @@ class ConsoleBrowserTests(OAuth2TestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        from tests.integration.test_console_browser import CHROMIUM
-
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            raise SkipTest("playwright is not installed") from None
-        if not os.path.exists(CHROMIUM):
-            raise SkipTest("chromium is not installed (scripts/system-deps)")
+        require_browser()
 
     async def test_outlook_preset_shows_and_saves_the_oauth2_fields(self) -> None:
         from relaymail.credentials import hash_password
