@@ -24,9 +24,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from relaymail.common.tls import INTERMEDIATE_CIPHERS
-from tests.helpers import base_config, start_server
+from tests.helpers import base_config, start_server, write_tls_files
 from tests.peers import require
-from tests.test_tls_profile import write_pair
 
 TESTSSL = shutil.which("testssl") or shutil.which("testssl.sh")
 SCAN_BUDGET = 120.0  # seconds for one scan
@@ -69,7 +68,7 @@ class TestsslTests(TestCase):
 
     async def listener(self, key_type: trustme.KeyType) -> tuple[int, str]:
         directory = tempfile.mkdtemp()
-        cert, key, _ = write_pair(directory, key_type)
+        cert, key, _ = write_tls_files(directory, key_type)
         data = base_config(directory, tls=False)
         data["smtp"]["tls"] = {"certificate": cert, "private_key": key}
         data["smtp"]["listeners"][0]["tls"] = "starttls"
