@@ -21,6 +21,7 @@ from relaymail.relay.outcome import Outcome
 from relaymail.relay.router import Router
 from relaymail.spool import Spool, run_synchronously
 from relaymail.spool.envelope import Envelope
+from relaymail.spool.record import open_body
 from relaymail.testing import ScriptedTransport
 
 OK = Outcome(250, "2.0.0 ok", "up")
@@ -123,7 +124,7 @@ def test_permanent_failure_bounce_content() -> None:
     qid = h.queue(["good@y.test", "bad@y.test"])
     h.run()
     [bounce] = [e for e in h.manager.queued.values() if e.sender == ""]
-    with open(h.spool.path("data", bounce.queue_id + ".eml"), "rb") as f:
+    with open_body(h.spool.path("data", bounce.queue_id + ".eml")) as f:
         report = email.message_from_bytes(f.read(), policy=email.policy.default)
     assert report["To"].addresses[0].addr_spec == "a@x.test"
     assert report.get_content_type() == "multipart/report"

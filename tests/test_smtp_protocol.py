@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from relaymail.config import load_config
 from relaymail.smtp.server import RelayESMTP, ServerContext
 from relaymail.spool import Spool
+from relaymail.spool.record import open_body
 from relaymail.testing import FakeChecker, ManualRunner, TLSCapableTransport
 from tests.helpers import base_config, write_config
 
@@ -71,7 +72,7 @@ class SessionTestCase(TestCase):
         return sorted(os.listdir(self.spool.path("queue")))
 
     def stored(self, qid: str) -> bytes:
-        with open(self.spool.path("data", qid + ".eml"), "rb") as f:
+        with open_body(self.spool.path("data", qid + ".eml")) as f:
             return f.read()
 
     def commit_all(self) -> None:

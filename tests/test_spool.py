@@ -10,6 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from relaymail.spool import Spool, SpoolError, new_queue_id, run_synchronously
 from relaymail.spool.envelope import Envelope, Recipient
+from relaymail.spool.record import open_body, read_record
 from relaymail.spool.safeio import FileOps
 from relaymail.testing import FailingOps, ManualRunner
 
@@ -36,7 +37,7 @@ class SpoolTests(TestCase):
         qid = self.successResultOf(d)
         self.assertEqual(qid, writer.queue_id)
         self.assertEqual(os.listdir(spool.path("queue")), [qid + ".json"])
-        with open(spool.path("data", qid + ".eml"), "rb") as f:
+        with open_body(spool.path("data", qid + ".eml")) as f:
             self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
         loaded = list(spool.load_state("queue"))
         self.assertEqual(loaded[0].size, len(b"Subject: x\r\n\r\nbody\r\n"))
@@ -74,7 +75,7 @@ class SpoolTests(TestCase):
         while runner.calls:
             runner.release()
         qid = self.successResultOf(committed)
-        with open(spool.path("data", qid + ".eml"), "rb") as f:
+        with open_body(spool.path("data", qid + ".eml")) as f:
             self.assertEqual(f.read(), chunk * MAX_WAITING_SPILLS)
 
     def test_large_body_spills_and_survives(self) -> None:
@@ -85,7 +86,7 @@ class SpoolTests(TestCase):
             writer.write(body[i:i + 1000])
         self.assertTrue(os.path.exists(writer.body_path))
         qid = self.successResultOf(spool.commit(writer, envelope(writer.queue_id)))
-        with open(spool.path("data", qid + ".eml"), "rb") as f:
+        with open_body(spool.path("data", qid + ".eml")) as f:
             self.assertEqual(f.read(), body)
 
     def test_spill_writes_run_off_the_reactor_thread(self) -> None:
@@ -101,7 +102,7 @@ class SpoolTests(TestCase):
         while runner.calls:
             runner.release()
         qid = self.successResultOf(d)
-        with open(spool.path("data", qid + ".eml"), "rb") as f:
+        with open_body(spool.path("data", qid + ".eml")) as f:
             self.assertEqual(f.read(), chunk * 600)
 
     def test_discard_after_spill_removes_the_file(self) -> None:
@@ -158,6 +159,98 @@ class SpoolTests(TestCase):
         self.assertEqual([e.queue_id for e in reloaded], [qid])
         self.assertEqual(os.listdir(spool.path("incoming")), [])
         self.assertEqual(os.listdir(spool.path("data")), [qid + ".eml"])
+
+    def test_commit_is_one_file_fsync_and_one_directory_fsync(self) -> None:
+        """The critical path: per message one fsync (the body with its record); per batch
+        one ``data/`` fsync; the envelope file gets none."""
+        calls: list[str] = []
+
+        class Counting(FileOps):
+            def fsync(self, fd: int) -> None:
+                calls.append("fsync")
+                super().fsync(fd)
+
+            def fsync_dir(self, path: str) -> None:
+                calls.append("dir:" + os.path.basename(path))
+                super().fsync_dir(path)
+
+        runner = ManualRunner()
+        spool = self.make(runner, ops=Counting())
+        results = [self.store(spool, b"m%d\r\n" % i)[1] for i in range(4)]
+        runner.release()
+        runner.release()
+        self.assertEqual([len({self.successResultOf(d) for d in results})], [4])
+        self.assertEqual(calls, ["fsync", "dir:data", "fsync", "fsync", "fsync", "dir:data"])
+
+    def test_body_file_carries_the_envelope_record(self) -> None:
+        spool = self.make()
+        qid = self.successResultOf(self.store(spool, b"Subject: r\r\n\r\nb\r\n")[1])
+        data = read_record(spool.path("data", qid + ".eml"))
+        assert data is not None
+        self.assertEqual(Envelope.from_json(data).queue_id, qid)
+
+    def test_lost_envelope_file_is_restored_from_the_record(self) -> None:
+        """A crash after the body's fsync may lose the envelope file (written without
+        fsync): startup writes it again from the record."""
+        spool = self.make()
+        qid = self.successResultOf(self.store(spool, b"Subject: r\r\n\r\nb\r\n")[1])
+        os.unlink(spool.path("queue", qid + ".json"))
+        reloaded = Spool(spool.root, run_synchronously).prepare()
+        self.assertEqual([e.queue_id for e in reloaded], [qid])
+        self.assertEqual(reloaded[0].recipients[0].address, "c@d.example")
+        self.assertEqual(spool.find_state(qid), "queue")
+
+    def test_torn_envelope_file_is_restored_not_quarantined(self) -> None:
+        spool = self.make()
+        qid = self.successResultOf(self.store(spool, b"Subject: r\r\n\r\nb\r\n")[1])
+        self.successResultOf(spool.move(qid, "queue", "hold"))
+        open(spool.path("hold", qid + ".json"), "wb").close()  # zero length, as after a crash
+        reloaded = Spool(spool.root, run_synchronously)
+        reloaded.prepare()
+        self.assertEqual([e.queue_id for e in reloaded.load_state("hold")], [qid])
+        self.assertEqual(reloaded.quarantined, [])
+
+    def test_body_with_torn_record_is_removed(self) -> None:
+        spool = self.make()
+        qid = self.successResultOf(self.store(spool, b"Subject: r\r\n\r\nb\r\n")[1])
+        os.unlink(spool.path("queue", qid + ".json"))
+        path = spool.path("data", qid + ".eml")
+        with open(path, "r+b") as f:  # the record's JSON damaged: the CRC no longer matches
+            f.seek(os.path.getsize(path) - 40)
+            f.write(b"X")
+        self.assertEqual(Spool(spool.root, run_synchronously).prepare(), [])
+        self.assertEqual(os.listdir(spool.path("data")), [])
+
+    def test_body_from_before_the_record_is_read_whole(self) -> None:
+        """Spools written by earlier versions: body file without a record, envelope file."""
+        spool = self.make()
+        qid = new_queue_id(1.0)
+        body = b"Subject: old\r\n\r\nno record here\r\n"
+        with open(spool.path("data", qid + ".eml"), "wb") as f:
+            f.write(body)
+        with open(spool.path("queue", qid + ".json"), "wb") as f:
+            f.write(envelope(qid).to_json())
+        reloaded = Spool(spool.root, run_synchronously).prepare()
+        self.assertEqual([e.queue_id for e in reloaded], [qid])
+        with open_body(spool.path("data", qid + ".eml")) as f:
+            self.assertEqual(f.read(), body)
+
+    def test_readers_never_see_the_record(self) -> None:
+        """Headers only (no empty line, no body): a reader reading "up to the empty line"
+        must still stop at the body's end, or the envelope (Bcc!) would go upstream."""
+        spool = self.make()
+        body = b"Subject: no body at all\r\n"
+        qid = self.successResultOf(self.store(spool, body)[1])
+        path = spool.path("data", qid + ".eml")
+        with open_body(path) as f:
+            self.assertEqual(f.read(1 << 20), body)
+            f.seek(9)
+            self.assertEqual(f.read(), body[9:])
+        from relaymail.relay.control import read_head
+        from relaymail.relay.rewrite import read_head as read_head_block
+
+        self.assertEqual(read_head(path), body)
+        self.assertEqual(read_head_block(path), (body, len(body)))
 
     def test_envelope_update_and_moves(self) -> None:
         spool = self.make()

@@ -24,6 +24,7 @@ from relaymail.netutil import disable_nagle
 from relaymail.relay.dotstuff import DotStuffer
 from relaymail.relay.outcome import DELIVERED, Outcome, SessionError
 from relaymail.relay.sasl import OAuth2Authenticator, PlainAuthenticator
+from relaymail.spool.record import open_body
 
 MAIL, RCPT, DATA, DATA_END, DISCARD_END, RSET, QUIT = (
     "mail", "rcpt", "data", "data-end", "discard-end", "rset", "quit")
@@ -355,7 +356,7 @@ class RelayClient(smtp.ESMTPClient):
             self.wire.write(b".\r\n")
             return
         try:
-            body = open(self.job.body_path, "rb")  # noqa: SIM115 (closed when sent)
+            body = open_body(self.job.body_path)  # closed when sent
         except OSError as e:
             self._fail_session(SessionError("spool", f"cannot read the body: {e.strerror}"))
             return

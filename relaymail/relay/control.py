@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from relaymail.logs import Logger
 from relaymail.spool.envelope import FAILED, PENDING, Envelope
+from relaymail.spool.record import open_body
 
 if TYPE_CHECKING:
     from relaymail.relay.manager import RelayManager
@@ -30,7 +31,7 @@ class QueueError(Exception):
 
 
 def read_head(path: str) -> bytes:
-    with open(path, "rb") as f:
+    with open_body(path) as f:
         return f.read(HEADER_BYTES)
 
 

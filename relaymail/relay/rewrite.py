@@ -31,6 +31,7 @@ from relaymail.logs import Logger
 from relaymail.policy.dkim import RelaxedBodyHash, Signer, from_domain, parse_headers
 from relaymail.relay.bounce import fold_line
 from relaymail.spool.envelope import Envelope
+from relaymail.spool.record import open_body
 
 log = Logger(namespace="relaymail.relay.rewrite")
 HEAD_LIMIT = 2 * 1024 * 1024  # the header block is capped at acceptance (smtp.max_header_size)
@@ -90,7 +91,7 @@ def field_name(field: bytes) -> bytes:
 def read_head(path: str) -> tuple[bytes, int]:
     """The stored header block (CRLF ended, without the empty line) and where the rest
     starts; blocking, for a thread."""
-    with open(path, "rb") as f:
+    with open_body(path) as f:
         data = f.read(HEAD_LIMIT)
     end = data.find(b"\r\n\r\n")
     if end < 0 and len(data) == HEAD_LIMIT:  # cut mid-header: editing it could smuggle one
@@ -104,7 +105,7 @@ def body_hash_of(path: str, offset: int) -> bytes:
     """The relaxed body hash of a stored message, for mail accepted before DKIM was set up;
     blocking, for a thread."""
     hasher = RelaxedBodyHash()
-    with open(path, "rb") as f:
+    with open_body(path) as f:
         f.seek(offset + 2)  # past the empty line
         rest = b""
         while chunk := f.read(1 << 20):

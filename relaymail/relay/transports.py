@@ -24,6 +24,7 @@ from relaymail.relay.pool import SessionPool
 from relaymail.relay.rewrite import Edit, HeaderEditor, SendPolicy
 from relaymail.relay.router import recipient_domain
 from relaymail.spool.envelope import Envelope
+from relaymail.spool.record import open_body
 
 
 class Transport(Protocol):
@@ -204,5 +205,5 @@ class MaildirTransport:
 
     def _store(self, sender: str, recipients: list[str], body_path: str) -> str:
         os.makedirs(self.path, exist_ok=True)
-        with open(body_path, "rb") as body:
+        with open_body(body_path) as body:
             return deliver_to_maildir(self.path, sender, recipients, body)

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 
 from relaymail.logs import Logger
 from relaymail.spool.envelope import Envelope, EnvelopeError
+from relaymail.spool.record import envelope_record, read_record
 from relaymail.spool.safeio import FileOps
 from relaymail.spool.writer import (
     DIRS,
@@ -59,7 +60,9 @@ class Spool:
     def prepare(self) -> list[Envelope]:
         """Create the directories, drop uncommitted leftovers, return the queued envelopes.
 
-        Runs once at startup, before any listener accepts mail.
+        Runs once at startup, before any listener accepts mail.  A body whose envelope
+        file was lost in a crash (it is written without an fsync) gets it back from its
+        own envelope record; a body without a whole record was never acknowledged.
         """
         for name in (*DIRS, "quarantine"):
             os.makedirs(self.path(name), mode=0o700, exist_ok=True)
@@ -70,13 +73,16 @@ class Spool:
         committed = {n[:-5] for s in STATES for n in self.ops.listdir(self.path(s))
                      if n.endswith(".json")}
         for name in self.ops.listdir(self.path("data")):
-            if name[:-4] not in committed:
+            if name[:-4] in committed:
+                continue
+            if not (name.endswith(".eml") and self._restore("queue", name[:-4])):
                 log.info("spool: removing uncommitted body {name}", name=name)
                 self.ops.unlink(self.path("data", name))
         return list(self.load_state("queue"))
 
     def load_state(self, state: str) -> Iterable[Envelope]:
-        """The envelopes in ``state``; a malformed one is quarantined, never fatal."""
+        """The envelopes in ``state``; a malformed one is rebuilt from the body's envelope
+        record, or quarantined when that fails too: never fatal."""
         for name in sorted(self.ops.listdir(self.path(state))):
             if not name.endswith(".json"):
                 continue
@@ -88,9 +94,31 @@ class Spool:
                 log.error("spool: unreadable envelope {name}: {error}", name=name, error=e)
                 continue
             except (ValueError, TypeError) as e:  # EnvelopeError and bad JSON included
-                self.quarantine(state, name, str(e))
-                continue
+                restored = self._restore(state, name[:-5])
+                if restored is None:
+                    self.quarantine(state, name, str(e))
+                    continue
+                envelope = restored
             yield envelope
+
+    def _restore(self, state: str, queue_id: str) -> Envelope | None:
+        """Write ``<state>/<id>.json`` again from the body's envelope record (the envelope
+        as accepted); None when the body has no whole, valid record."""
+        try:
+            data = read_record(self.path("data", queue_id + ".eml"))
+            if data is None:
+                return None
+            envelope = Envelope.from_json(data)
+            if envelope.queue_id != queue_id:
+                return None
+            self._save_envelope(envelope, state)
+        except (OSError, ValueError, TypeError) as e:
+            log.error("spool: cannot restore the envelope of {queue_id}: {error}",
+                      queue_id=queue_id, error=e)
+            return None
+        log.warn("spool: {queue_id}: envelope restored from the body's record into {state}/",
+                 queue_id=queue_id, state=state)
+        return envelope
 
     def quarantine(self, state: str, name: str, why: str) -> None:
         """Move a malformed envelope, and its body, to ``quarantine/`` for an operator to
@@ -158,65 +186,72 @@ class Spool:
                 log.failure("spool: commit listener failed")
 
     def _commit_batch(self, batch: list[_Pending]) -> list[Exception | None]:
-        """Thread: write every file of the batch, then fsync them all, then publish.
+        """Thread: write every body with its envelope record, fsync each, fsync ``data/``
+        once, then publish the envelopes.
 
-        Writing all files before the first fsync lets one journal commit cover many of
-        them; publishing shares the directory fsyncs.  Each message fails on its own.
+        That is one durable write per message (the record makes the body file the whole
+        message) plus one directory fsync per batch; writing all files before the first
+        fsync lets one journal commit cover many.  The envelope files are written without
+        fsync: startup rebuilds a lost one from the record.  Each message fails alone.
         """
         errors: list[Exception | None] = [None] * len(batch)
         written = []
         for i, item in enumerate(batch):
-            fds: list[int] = []
             try:
-                fds.append(item.writer.open_complete_in_thread())
-                fds.append(self._write_envelope(item.envelope))
-                written.append((i, item, fds))
+                fd = item.writer.open_complete_in_thread()
             except OSError as e:
                 errors[i] = e
-                self._close_all(fds)
+                self._unstage(item)
+                continue
+            try:
+                self.ops.write_all(fd, envelope_record(item.envelope.to_json()))
+                written.append((i, item, fd))
+            except OSError as e:
+                errors[i] = e
+                self._close_all([fd])
                 self._unstage(item)
         staged = []
-        for i, item, fds in written:
+        for i, item, fd in written:
             try:
-                for fd in fds:
-                    self.ops.fsync(fd)
-                staged.append(item)
+                self.ops.fsync(fd)
+                staged.append((i, item))
             except OSError as e:
                 errors[i] = e
                 self._unstage(item)
             finally:
-                self._close_all(fds)
-        try:
-            self._publish(staged)
-        except OSError as e:
-            for item in staged:
-                errors[batch.index(item)] = e
+                self._close_all([fd])
+        if staged:
+            try:
+                self.ops.fsync_dir(self.path("data"))
+            except OSError as e:
+                for i, item in staged:
+                    errors[i] = e
+                    self._unstage(item)
+                staged = []
+        for i, item in staged:
+            try:
+                self._publish(item.envelope)
+            except OSError as e:
+                errors[i] = e
                 self._withdraw(item)
         return errors
 
-    def _write_envelope(self, envelope: Envelope) -> int:
-        fd = self.ops.create_exclusive(self.path("incoming", envelope.queue_id + ".json"))
+    def _publish(self, envelope: Envelope) -> None:
+        """Make the envelope visible in ``queue/`` (a rename, so readers never see half
+        of it); no fsync, the body's record already holds it durably."""
+        qid = envelope.queue_id
+        tmp = self.path("incoming", qid + ".json")
+        fd = self.ops.create_exclusive(tmp)
         try:
             self.ops.write_all(fd, envelope.to_json())
-        except OSError:
+        finally:
             self.ops.close(fd)
-            raise
-        return fd
+        self.ops.rename(tmp, self.path("queue", qid + ".json"))
 
     def _close_all(self, fds: list[int]) -> None:
         for fd in fds:
             with contextlib.suppress(OSError):
                 self.ops.close(fd)
-
-    def _publish(self, staged: list[_Pending]) -> None:
-        if not staged:
-            return
-        self.ops.fsync_dir(self.path("data"))
-        for item in staged:
-            qid = item.envelope.queue_id
-            self.ops.rename(self.path("incoming", qid + ".json"),
-                            self.path("queue", qid + ".json"))
-        self.ops.fsync_dir(self.path("queue"))
 
     def _unstage(self, item: _Pending) -> None:
         qid = item.envelope.queue_id
@@ -265,7 +300,14 @@ class Spool:
         return self.run_in_thread(self._move, queue_id, source, target)
 
     def _move(self, queue_id: str, source: str, target: str) -> None:
+        """The envelope was perhaps written without an fsync (at commit): sync it first,
+        so the renamed file is never a torn one."""
         name = queue_id + ".json"
+        fd = self.ops.open_read(self.path(source, name))
+        try:
+            self.ops.fsync(fd)
+        finally:
+            self.ops.close(fd)
         self.ops.rename(self.path(source, name), self.path(target, name))
         self.ops.fsync_dir(self.path(target))
         self.ops.fsync_dir(self.path(source))

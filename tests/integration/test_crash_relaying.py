@@ -19,6 +19,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from relaymail.spool.record import open_body
 from tests.helpers import free_port
 from tests.integration.test_twistd import (
     load_and_kill,
@@ -67,7 +68,7 @@ def queued_markers(spool: str) -> set[bytes]:
     """Markers of the messages committed to ``queue/`` (a killed relay left them there)."""
     out = set()
     for name in os.listdir(os.path.join(spool, "queue")):
-        with open(os.path.join(spool, "data", name[:-5] + ".eml"), "rb") as f:
+        with open_body(os.path.join(spool, "data", name[:-5] + ".eml")) as f:
             out.add(marked(f.read(), name)[0])
     return out
 

@@ -23,6 +23,7 @@ from twisted.mail.smtp import ESMTPSenderFactory
 from twisted.trial.unittest import TestCase
 
 from relaymail.credentials import CredentialStore
+from relaymail.spool.record import open_body
 from relaymail.spool.safeio import FileOps
 from tests.helpers import (
     RunningServer,
@@ -41,7 +42,7 @@ def stored_bodies(server: RunningServer) -> list[bytes]:
     spool = server.ctx.spool
     out = []
     for name in sorted(os.listdir(spool.path("data"))):
-        with open(spool.path("data", name), "rb") as f:
+        with open_body(spool.path("data", name)) as f:
             out.append(f.read())
     return out
 

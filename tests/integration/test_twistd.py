@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from relaymail.spool.record import open_body
 from tests.helpers import free_port
 
 BIN = os.path.dirname(sys.executable)
@@ -276,7 +277,7 @@ def stored_messages(spool: str, outbox: str) -> dict[bytes, list[bytes]]:
     if os.path.isdir(os.path.join(outbox, "new")):
         paths += [os.path.join(outbox, "new", n) for n in os.listdir(os.path.join(outbox, "new"))]
     for path in paths:
-        with open(path, "rb") as f:
+        with open_body(path) as f:  # a spooled body without its envelope record
             marker, body = marked(f.read(), path)
         out.setdefault(marker, []).append(body)
     return out
