@@ -4,34 +4,35 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import partial
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relaymail import logs
-from relaymail.config import Config, ConfigError, ListenerConfig, check_runtime
-from relaymail.credentials import CredentialChecker, CredentialStore
+from relaymail.config import Config, ConfigError, ListenerConfig
+from relaymail.credentials import CredentialStore
 from relaymail.history import History
 from relaymail.logs import Logger
-from relaymail.policy.build import PolicyService, build_policy
-from relaymail.policy.dkim import build_signer
+from relaymail.policy.build import PolicyService
 from relaymail.relay.build import build_manager
+from relaymail.smtp.build import build_context, listener_factory, thread_runner
 from relaymail.smtp.proxy import TrustedProxyEndpoint
-from relaymail.smtp.server import RelaySMTPFactory, ServerContext
-from relaymail.smtp.tls import ensure_self_signed, server_tls_options
+from relaymail.smtp.server import ServerContext
+from relaymail.smtp.tls import server_tls_options
 from relaymail.spool import Spool
 from relaymail.spool import lock as spool_lock
+from relaymail.spool.envelope import Envelope
 from relaymail.web.api import ControlAPI
 from relaymail.web.credentials_api import CredentialsAPI
 from relaymail.web.guard import WebSite, gate_for
 from relaymail.web.monitor import Monitor
 from relaymail.web.session import Sessions, WebAuth
+from relaymail.workers.remote import Authority
+from relaymail.workers.supervisor import AcceptorPool
 
 log = Logger(namespace="relaymail.service")
 
@@ -96,41 +97,6 @@ class SessionCloser(Service):
         self.ctx.close_sessions()
 
 
-def thread_runner(reactor: Any) -> Any:
-    """``run_in_thread`` backed by the reactor's thread pool."""
-    return partial(deferToThreadPool, reactor, reactor.getThreadPool())
-
-
-def build_context(config: Config, reactor: Any) -> ServerContext:
-    """Everything the SMTP sessions share; raises ConfigError for unusable TLS material."""
-    ensure_self_signed(config.smtp.tls, config.hostname)
-    check_runtime(config)
-    run_in_thread = thread_runner(reactor)
-    store = CredentialStore(config.credentials_file)
-    policy = build_policy(config.rate_limits, reactor)
-    return ServerContext(
-        hostname=config.hostname,
-        smtp=config.smtp,
-        spool=Spool(config.spool_dir, run_in_thread, clock=reactor.seconds),
-        clock=reactor.seconds,
-        checker=CredentialChecker(store, run_in_thread),
-        credentials=store,
-        tls_options=server_tls_options(config.smtp.tls, config.path),
-        signer=build_signer(config.dkim, config.path, reactor.seconds),
-        limits=policy.limits,
-        lockout=policy.lockout,
-        policy=policy,
-    )
-
-
-def listener_factory(ctx: ServerContext, listener: ListenerConfig) -> Any:
-    """The session factory of one listener; implicit TLS wraps it in a TLS factory."""
-    factory: Any = RelaySMTPFactory(ctx, listener)
-    if listener.tls == "implicit":
-        factory = TLSMemoryBIOFactory(ctx.tls_options, False, factory)
-    return factory
-
-
 def listener_service(ctx: ServerContext, listener: ListenerConfig, key: str, config_path: str,
                      reactor: Any) -> ListenerService:
     """One endpoint service; PROXY protocol wraps outside the TLS (the header comes first)."""
@@ -193,6 +159,36 @@ def build_history(config: Config, reactor: Any) -> History:
     return history
 
 
+def acceptor_pool(config: Config, reactor: Any, ctx: ServerContext, manager: Any
+                  ) -> AcceptorPool:
+    """``smtp.workers`` acceptor processes; what they commit reaches ``manager`` through
+    the spool's commit listeners, as a commit in this process would."""
+    spool = ctx.spool
+
+    def committed(text: str) -> None:
+        announce_unknown(Envelope.from_json(text.encode("utf-8")))
+
+    def announce_unknown(envelope: Envelope) -> None:
+        qid = envelope.queue_id
+        if qid in manager.queued or qid in manager.active:
+            return  # already found by a scan after an acceptor's death
+        if not os.path.exists(spool.path("queue", qid + ".json")):
+            return  # delivered or moved meanwhile (found by such a scan)
+        spool.announce(envelope)
+
+    def rescan() -> None:
+        d = thread_runner(reactor)(lambda: list(spool.load_state("queue")))
+        d.addCallback(lambda found: list(map(announce_unknown, found)))
+        d.addErrback(lambda f: log.failure("scanning the spool after an acceptor ended",
+                                           failure=f))
+
+    pool = AcceptorPool(config, reactor, lambda: Authority(ctx.policy.counters, committed),
+                        rescan, tracker=ctx.connections)
+    ctx.policy.elsewhere.append(pool.policy_stats)
+    pool.setName("acceptors")
+    return pool
+
+
 def build_service(config: Config, reactor: Any) -> MultiService:
     """The whole process as one MultiService (started and stopped by twistd)."""
     logs.set_level(config.log.level)
@@ -203,11 +199,16 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     SessionCloser(ctx).setServiceParent(top)  # first in, so stopped after the listeners
     spool_service.setServiceParent(top)
     PolicyService(ctx.policy).setServiceParent(top)
-    for i, listener in enumerate(config.smtp.listeners):
-        key = f"smtp.listeners[{i}].endpoint"
-        listener_service(ctx, listener, key, config.path, reactor).setServiceParent(top)
     manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered,
                             signer=ctx.signer)
+    top.acceptors = None  # type: ignore[attr-defined]
+    if config.smtp.workers:
+        top.acceptors = acceptor_pool(config, reactor, ctx, manager)  # type: ignore[attr-defined]
+        top.acceptors.setServiceParent(top)  # type: ignore[attr-defined]
+    else:
+        for i, listener in enumerate(config.smtp.listeners):
+            key = f"smtp.listeners[{i}].endpoint"
+            listener_service(ctx, listener, key, config.path, reactor).setServiceParent(top)
     ctx.spool.commit_listeners.append(ctx.stats.accepted)
     manager.observers.append(ctx.stats.delivery_event)
     history = build_history(config, reactor)

@@ -57,7 +57,7 @@ def base_config(directory: str, tls: bool = True, **smtp: Any) -> dict[str, Any]
         "spool_dir": os.path.join(directory, "spool"),
         "credentials_file": os.path.join(directory, "credentials.json"),
         "smtp": {"listeners": [{"name": "smtp", "endpoint": "tcp:0:interface=127.0.0.1"}],
-                 **smtp},
+                 "workers": 0, **smtp},  # sessions in this process; test_workers tests more
         "web": {"enabled": False},
     }
     if tls:

@@ -40,6 +40,12 @@ class Check:
             raise self.fail(key, f"expected an integer >= {minimum}", value)
         return value
 
+    def port(self, value: Any, key: str) -> int:
+        """A TCP port, 1-65535."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise self.fail(key, "expected a port number 1-65535", value)
+        return value
+
     def number(self, value: Any, key: str, minimum: float = 0) -> float:
         """An int or float (not a bool) of at least ``minimum``, as a float."""
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:

@@ -47,6 +47,7 @@ TABLE: dict[str, Any] = {
     "smtp.fold_line_length": 998,
     "smtp.proxy_trusted_networks": [],
     "smtp.strip_characters": "\u0000",
+    "smtp.workers": None,
     "smtp.reject_characters": "",
     "credentials_file": "credentials.json",
     # routes and transports: where accepted mail goes

@@ -4,6 +4,7 @@ proxy networks, session limits and what DATA may contain."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,7 @@ class SMTPConfig:
     strip_characters: bytes  # removed from DATA (Postfix message_strip_characters)
     reject_characters: bytes  # a message containing one is refused, 550 5.6.0
     fold_line_length: int  # DATA lines longer than this are folded at acceptance
+    workers: int = 0  # acceptor processes; 0: sessions run in the main process
 
 
 def validate_smtp(c: Check, s: dict[str, Any]) -> SMTPConfig:
@@ -95,7 +97,30 @@ def validate_smtp(c: Check, s: dict[str, Any]) -> SMTPConfig:
         strip_characters=control_characters(c, s["strip_characters"], "smtp.strip_characters"),
         reject_characters=control_characters(c, s["reject_characters"],
                                              "smtp.reject_characters"),
+        workers=validate_workers(c, s["workers"]),
     )
+
+
+MAX_WORKERS = 64
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset`` and cgroup cpusets respected)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def validate_workers(c: Check, value: Any) -> int:
+    """``smtp.workers``: acceptor processes; null (the default) = one per usable core,
+    0 = the SMTP sessions run in the main process (tests, small installs)."""
+    if value is None:
+        return usable_cores()
+    n = c.integer(value, "smtp.workers", 0)
+    if n > MAX_WORKERS:
+        raise c.fail("smtp.workers", f"at most {MAX_WORKERS}", value)
+    return n
 
 
 def validate_smtp_tls(c: Check, value: Any) -> TLSConfig:

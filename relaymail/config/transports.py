@@ -125,7 +125,7 @@ def validate_transport(c: Check, name: str, item: Any) -> TransportConfig:
         path=c.path(d["path"], f"{key}.path", allow_none=True),
         fallback=c.string(d["fallback"], f"{key}.fallback", allow_none=True),
         require_tls=c.boolean(d["require_tls"], f"{key}.require_tls"),
-        port=c.integer(d["port"], f"{key}.port", 1),
+        port=c.port(d["port"], f"{key}.port"),
         nameservers=tuple(
             c.string(n, f"{key}.nameservers[{i}]")
             for i, n in enumerate(c.array(d["nameservers"], f"{key}.nameservers"))),
@@ -152,7 +152,7 @@ def validate_upstream(c: Check, item: Any, key: str) -> UpstreamConfig:
     d = fill(UPSTREAM, with_preset(c, dict(c.obj(item, key, UPSTREAM_KEYS)), key))
     upstream = UpstreamConfig(
         host=c.string(d.get("host"), f"{key}.host"),
-        port=c.integer(d["port"], f"{key}.port", 1),
+        port=c.port(d["port"], f"{key}.port"),
         tls=c.choice(d["tls"], f"{key}.tls", UPSTREAM_TLS_MODES),
         verify=c.boolean(d["verify"], f"{key}.verify"),
         ca_file=c.path(d["ca_file"], f"{key}.ca_file", allow_none=True),

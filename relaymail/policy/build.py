@@ -3,7 +3,8 @@ counter backend at shutdown."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
@@ -23,14 +24,22 @@ class Policy:
     backend: str = "memory"
     web_lockout: AuthLockout | None = None  # console logins, counted apart from SMTP AUTH
 
+    # More counters of the same shape to add in (the acceptor processes' own).
+    elsewhere: list[Callable[[], dict[str, dict[str, int]]]] = field(default_factory=list)
+
     def snapshot(self) -> dict[str, Any]:
         """Counters for status and metrics; the backend by kind only (its URL may hold a
         password)."""
-        return {
+        out: dict[str, Any] = {
             "backend": "memory" if self.backend == "memory" else "redis",
             "rate_limits": dict(self.limits.stats) if self.limits else {},
             "auth_lockouts": dict(self.lockout.stats) if self.lockout else {},
         }
+        for more in self.elsewhere:
+            for part, totals in more().items():
+                for name, n in totals.items():
+                    out[part][name] = out[part].get(name, 0) + n
+        return out
 
 
 def build_counters(config: RateLimitConfig, reactor: Any) -> Counters:
@@ -41,8 +50,10 @@ def build_counters(config: RateLimitConfig, reactor: Any) -> Counters:
     return RedisCounters(config.backend, reactor, config.backend_timeout)
 
 
-def build_policy(config: RateLimitConfig, reactor: Any) -> Policy:
-    counters = build_counters(config, reactor)
+def build_policy(config: RateLimitConfig, reactor: Any, counters: Counters | None = None
+                 ) -> Policy:
+    """The policy objects; ``counters`` replaces the configured backend when given."""
+    counters = counters if counters is not None else build_counters(config, reactor)
     # Always built: a login's own quota applies even with no limit in the config file.
     limits = RateLimiter(config, counters, reactor.seconds, reactor)
     lockout = web_lockout = None

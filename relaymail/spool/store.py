@@ -172,13 +172,13 @@ class Spool:
         for item, error in zip(batch, errors, strict=True):
             if error is None:
                 item.deferred.callback(item.envelope.queue_id)
-                self._announce(item.envelope)
+                self.announce(item.envelope)
             else:
                 item.writer.closed = True
                 item.deferred.errback(SpoolError(str(getattr(error, "value", error))))
         self._start_batch()
 
-    def _announce(self, envelope: Envelope) -> None:
+    def announce(self, envelope: Envelope) -> None:
         for listener in self.commit_listeners:
             try:
                 listener(envelope)

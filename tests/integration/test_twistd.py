@@ -48,7 +48,7 @@ def write_config(directory: str, port: int, web: dict[str, Any] | None = None,
     path = os.path.join(directory, "relay.json")
     data = {"hostname": "relay.test", "spool_dir": "spool", "web": web or {"enabled": False},
             "smtp": {"listeners": [{"name": "smtp", "endpoint": f"tcp:{port}:interface=127.0.0.1",
-                                    "tls": "none"}], **smtp}, **(extra or {})}
+                                    "tls": "none"}], "workers": 0, **smtp}, **(extra or {})}
     with open(path, "w") as f:
         json.dump(data, f)
     return path

@@ -1,0 +1,58 @@
+"""Builds what SMTP sessions share (the ServerContext) and each listener's session
+factory; used by the single-process service and by every acceptor process alike."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from relaymail.config import Config, ListenerConfig, check_runtime
+from relaymail.credentials import CredentialChecker, CredentialStore
+from relaymail.policy.build import build_policy
+from relaymail.policy.counters import Counters
+from relaymail.policy.dkim import build_signer
+from relaymail.smtp.server import RelaySMTPFactory
+from relaymail.smtp.state import ServerContext
+from relaymail.smtp.tls import ensure_self_signed, server_tls_options
+from relaymail.spool import Spool
+
+
+def thread_runner(reactor: Any) -> Any:
+    """``run_in_thread`` backed by the reactor's thread pool."""
+    return partial(deferToThreadPool, reactor, reactor.getThreadPool())
+
+
+def build_context(config: Config, reactor: Any, counters: Counters | None = None
+                  ) -> ServerContext:
+    """Everything the SMTP sessions share; raises ConfigError for unusable TLS material.
+    ``counters`` replaces the configured backend (an acceptor's link to the main
+    process's counters)."""
+    ensure_self_signed(config.smtp.tls, config.hostname)
+    check_runtime(config)
+    run_in_thread = thread_runner(reactor)
+    store = CredentialStore(config.credentials_file)
+    policy = build_policy(config.rate_limits, reactor, counters)
+    return ServerContext(
+        hostname=config.hostname,
+        smtp=config.smtp,
+        spool=Spool(config.spool_dir, run_in_thread, clock=reactor.seconds),
+        clock=reactor.seconds,
+        checker=CredentialChecker(store, run_in_thread),
+        credentials=store,
+        tls_options=server_tls_options(config.smtp.tls, config.path),
+        signer=build_signer(config.dkim, config.path, reactor.seconds),
+        limits=policy.limits,
+        lockout=policy.lockout,
+        policy=policy,
+    )
+
+
+def listener_factory(ctx: ServerContext, listener: ListenerConfig) -> Any:
+    """The session factory of one listener; implicit TLS wraps it in a TLS factory."""
+    factory: Any = RelaySMTPFactory(ctx, listener)
+    if listener.tls == "implicit":
+        factory = TLSMemoryBIOFactory(ctx.tls_options, False, factory)
+    return factory

@@ -1,0 +1,156 @@
+"""One acceptor process: SMTP sessions on listening sockets inherited from the main process.
+
+Started by relaymail.workers.supervisor as
+``python -m relaymail.workers.acceptor --config PATH --index N --listener NAME=FD ...``
+with AMP on file descriptors 3 (from the main process) and 4 (to it), and the listening
+sockets on the descriptors named.  It runs the same session code as the single-process
+relay (relaymail.smtp) and commits into the same spool; each committed message is sent to
+the main process, which delivers it.  Without Redis, its counters are the main
+process's (relaymail.workers.remote).  Log events go to stderr as JSON, re-emitted by the
+main process with ``worker=N``.  It exits when the main process goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import stdio
+from twisted.internet.protocol import connectionDone
+from twisted.logger import globalLogBeginner, jsonFileLogObserver
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from relaymail import logs
+from relaymail.config import Config, load_config
+from relaymail.logs import Logger
+from relaymail.policy.counters import Counters
+from relaymail.smtp.build import build_context, listener_factory
+from relaymail.smtp.proxy import ProxyWrappingFactory
+from relaymail.smtp.state import ServerContext
+from relaymail.spool.envelope import Envelope
+from relaymail.workers import protocol as p
+from relaymail.workers.remote import RemoteCounters
+
+log = Logger(namespace="relaymail.workers")
+FROM_MAIN, TO_MAIN = 3, 4
+
+
+class AcceptorSide(amp.CommandLocator):
+    """What the main process may ask an acceptor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ctx: ServerContext | None = None
+
+    @p.Status.responder
+    def status(self) -> dict[str, str]:
+        ctx = self.ctx
+        if ctx is None:
+            return {"status": "{}"}
+        connections = ctx.connections
+        return {"status": json.dumps({
+            "pid": os.getpid(), "connections": connections.total,
+            "per_listener": dict(connections.per_listener),
+            "policy": ctx.policy.snapshot() if ctx.policy else {}})}
+
+
+class MainLink(amp.AMP):
+    """The AMP connection to the main process; losing it ends the acceptor."""
+
+    def __init__(self, side: AcceptorSide, reactor: Any) -> None:
+        super().__init__(locator=side)
+        self.reactor = reactor
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        if self.reactor.running:
+            log.info("acceptor: the main process is gone; stopping")
+            self.reactor.stop()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="relaymail acceptor process (internal)")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--listener", action="append", default=[],
+                        help="NAME=FD: a listening socket inherited for listener NAME")
+    return parser.parse_args(argv)
+
+
+def inherited(specs: list[str]) -> dict[str, int]:
+    out = {}
+    for spec in specs:
+        name, _, fd = spec.rpartition("=")
+        out[name] = int(fd)
+    return out
+
+
+def adopt(reactor: Any, fd: int, factory: Any) -> Any:
+    """Listen on an inherited socket; our copy of the descriptor is closed (the reactor
+    keeps its own)."""
+    probe = socket.socket(fileno=fd)
+    family = probe.family
+    probe.detach()
+    port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)
+    return port
+
+
+def session_factory(ctx: ServerContext, listener: Any, reactor: Any) -> Any:
+    factory = listener_factory(ctx, listener)
+    if listener.proxy_protocol:
+        factory = ProxyWrappingFactory(factory, ctx.smtp.proxy_trusted_networks, reactor)
+    return factory
+
+
+def build(config: Config, reactor: Any, link: MainLink, side: AcceptorSide,
+          fds: dict[str, int]) -> list[Any]:
+    """The acceptor's context and its adopted ports."""
+    counters: Counters | None = None
+    if config.rate_limits.backend == "memory":
+        counters = RemoteCounters(link)  # counted once, in the main process
+    ctx = build_context(config, reactor, counters=counters)
+    side.ctx = ctx
+
+    def committed(envelope: Envelope) -> None:
+        link.callRemote(p.Committed, envelope=envelope.to_json().decode("utf-8"))\
+            .addErrback(lambda f: log.warn("acceptor: could not announce {queue_id}: "
+                                           "{error}", queue_id=envelope.queue_id,
+                                           error=f.getErrorMessage()))
+
+    ctx.spool.commit_listeners.append(committed)
+    ports = []
+    for listener in config.smtp.listeners:
+        if listener.name in fds:
+            ports.append(adopt(reactor, fds[listener.name],
+                               session_factory(ctx, listener, reactor)))
+    reactor.addSystemEventTrigger("before", "shutdown", ctx.close_sessions)
+    return ports
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stderr)],
+                                     redirectStandardIO=False)
+    from twisted.internet import reactor
+
+    config = load_config(args.config)
+    logs.set_level(config.log.level)
+    side = AcceptorSide()
+    link = MainLink(side, reactor)
+    stdio.StandardIO(link, stdin=FROM_MAIN, stdout=TO_MAIN,  # type: ignore[call-arg]
+                     reactor=reactor)
+    build(config, reactor, link, side, inherited(args.listener))
+    log.info("acceptor {index} (pid {pid}) serving {count} listener(s)", index=args.index,
+             pid=os.getpid(), count=len(args.listener))
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

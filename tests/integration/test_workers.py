@@ -1,0 +1,215 @@
+"""Acceptor processes (``smtp.workers``): real child processes started by a relaymail main
+process running in this test's reactor, real sockets.
+
+Sessions are spread over the acceptors on purpose (connections are opened and held until
+every acceptor reports at least one), so that "exact across workers" is tested, not
+assumed: a limit of 3 admits exactly 3, a lockout counted on one acceptor applies on the
+other, a credential added to the file works on every acceptor without a restart, and a
+killed acceptor is restarted while the service goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import tempfile
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from relaymail.config import load_config
+from relaymail.credentials import CredentialStore
+from tests.helpers import base_config, free_port, write_config
+
+MESSAGE = b"From: a@client.example\r\nSubject: spread\r\n\r\nhello\r\n"
+
+
+class Session:
+    """A raw, blocking SMTP session held open (run its methods in a thread)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.file = self.sock.makefile("rb")
+        self.reply()  # banner
+        self.command(b"EHLO client.example")
+
+    def reply(self) -> bytes:
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("closed")
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    def command(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.reply()
+
+    def send(self, sender: str) -> bytes:
+        """MAIL, RCPT, DATA; the first reply that is not a success, or the final one."""
+        for line in (b"MAIL FROM:<%s>" % sender.encode(), b"RCPT TO:<x@dest.example>"):
+            answer = self.command(line)
+            if not answer.startswith(b"250"):
+                return answer
+        answer = self.command(b"DATA")
+        if not answer.startswith(b"354"):
+            return answer
+        self.sock.sendall(MESSAGE + b".\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"QUIT\r\n")
+        self.file.close()
+        self.sock.close()
+
+
+def attempt(session: Session, line: bytes) -> bytes:
+    """One command's reply; a closed connection counts as the answer ``closed``."""
+    try:
+        return session.command(line)
+    except OSError:
+        return b"closed"
+    finally:
+        session.close()
+
+
+class WorkersTestCase(TestCase):
+    timeout = 120
+
+    async def start(self, workers: int = 2, **sections: Any) -> Any:
+        from relaymail.service import build_service
+
+        self.directory = tempfile.mkdtemp()
+        self.port = free_port()
+        data = base_config(self.directory, tls=False, workers=workers)
+        data["smtp"]["listeners"] = [{"name": "smtp", "tls": "none",
+                                      "auth": "plaintext-loopback",
+                                      "endpoint": f"tcp:{self.port}:interface=127.0.0.1"}]
+        data["routes"] = [{"domains": ["*"], "transport": "outbox"}]
+        data["transports"] = {"outbox": {"type": "maildir",
+                                         "path": os.path.join(self.directory, "outbox")}}
+        data.update(sections)
+        config = load_config(write_config(self.directory, data), environ={})
+        service = build_service(config, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        self.service = service
+        self.pool = service.acceptors
+        await self.until(lambda: all(s.link is not None for s in self.pool.slots))
+        await self.until_serving()
+        return service
+
+    async def until(self, condition: Any, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, "timed out")
+            await deferLater(reactor, 0.05, lambda: None)
+
+    async def until_serving(self) -> None:
+        """Every acceptor has adopted the sockets: a banner comes back."""
+        def banner() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    return s.recv(4).startswith(b"220")
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not await deferToThread(banner):
+            self.assertLess(time.monotonic(), deadline, "no banner")
+
+    async def spread_sessions(self, minimum: int) -> list[Session]:
+        """At least ``minimum`` open sessions, and at least one on every acceptor."""
+        sessions: list[Session] = []
+        self.addCleanup(lambda: [s.close() for s in sessions])
+        for _ in range(60):
+            sessions.append(await deferToThread(Session, self.port))
+            await self.pool.poll()
+            per_worker = [s.status.get("connections", 0) for s in self.pool.slots]
+            if len(sessions) >= minimum and all(n > 0 for n in per_worker):
+                return sessions
+        self.fail(f"sessions did not spread over the acceptors: {per_worker}")
+
+    def delivered(self) -> int:
+        new = os.path.join(self.directory, "outbox", "new")
+        return len(os.listdir(new)) if os.path.isdir(new) else 0
+
+
+class AcceptorTests(WorkersTestCase):
+    async def test_mail_through_every_acceptor_is_delivered(self) -> None:
+        await self.start()
+        workers = self.pool.workers()
+        self.assertEqual([w["alive"] for w in workers], [True, True])
+        self.assertNotIn(os.getpid(), [w["pid"] for w in workers])
+        sessions = await self.spread_sessions(4)
+        answers = [await deferToThread(s.send, f"s{i}@client.example")
+                   for i, s in enumerate(sessions)]
+        self.assertTrue(all(a.startswith(b"250 2.0.0 Ok: queued as ") for a in answers),
+                        answers)
+        await self.until(lambda: self.delivered() == len(sessions))
+        self.assertEqual(self.service.context.stats.messages_received, len(sessions))
+        await self.pool.poll()
+        self.assertEqual(sum(self.service.context.connections.per_listener.values()),
+                         len(sessions))
+
+    async def test_rate_limit_is_exact_across_acceptors(self) -> None:
+        await self.start(rate_limits={"per_sender": {"hour": 3}})
+        sessions = await self.spread_sessions(6)
+        answers = [await deferToThread(s.send, "same@client.example") for s in sessions]
+        accepted = [a for a in answers if a.startswith(b"250")]
+        refused = [a for a in answers if a.startswith(b"451 4.7.1")]
+        self.assertEqual((len(accepted), len(refused)), (3, len(sessions) - 3), answers)
+        await self.until(lambda: self.delivered() == 3)
+
+    async def test_lockout_counted_on_one_acceptor_applies_on_the_other(self) -> None:
+        await self.start(rate_limits={"auth_failures": {"max_failures": 2, "window": 600,
+                                                        "lockout": 60}})
+        CredentialStore(os.path.join(self.directory, "credentials.json")).add("app", "s3cret")
+        wrong = b"AUTH PLAIN " + base64.b64encode(b"\0app\0wrong")
+        right = b"AUTH PLAIN " + base64.b64encode(b"\0app\0s3cret")
+        for _ in range(3):  # failures, each in a new session (on either acceptor)
+            session = await deferToThread(Session, self.port)
+            await deferToThread(attempt, session, wrong)
+        sessions = await self.spread_sessions(2)
+        answers = [await deferToThread(attempt, s, right) for s in sessions]
+        self.assertTrue(all(not a.startswith(b"235") for a in answers), answers)
+
+    async def test_new_credential_works_on_every_acceptor_without_restart(self) -> None:
+        await self.start()
+        sessions = await self.spread_sessions(2)
+        CredentialStore(os.path.join(self.directory, "credentials.json")).add("late", "pw123")
+        right = b"AUTH PLAIN " + base64.b64encode(b"\0late\0pw123")
+        answers = [await deferToThread(attempt, s, right) for s in sessions]
+        self.assertTrue(all(a.startswith(b"235") for a in answers), answers)
+
+    async def test_killed_acceptor_is_restarted_and_service_goes_on(self) -> None:
+        await self.start()
+        victim = self.pool.slots[0]
+        pid = victim.process.pid
+        os.kill(pid, signal.SIGKILL)
+        await self.until(lambda: victim.restarts == 1 and victim.link is not None)
+        self.assertNotEqual(victim.process.pid, pid)
+        sessions = await self.spread_sessions(2)
+        answers = [await deferToThread(s.send, "after@client.example") for s in sessions]
+        self.assertTrue(all(a.startswith(b"250") for a in answers), answers)
+        await self.until(lambda: self.delivered() == len(sessions))
+
+    async def test_stop_ends_every_acceptor(self) -> None:
+        await self.start()
+        pids = [w["pid"] for w in self.pool.workers()]
+        await self.service.stopService()
+        for pid in pids:
+            self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", self.port), timeout=2)
