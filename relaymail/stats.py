@@ -5,13 +5,17 @@ SMTP sessions (refusals by reply code) and the relay manager's delivery events; 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from relaymail.spool.envelope import Envelope
 
 # Accept-to-delivered seconds: a relay to a provider takes 0.05 s to minutes (retries).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14400)
+# /health is "degraded" when the latest delivery attempts all failed (deferred or bounced):
+# at least RECENT_MINIMUM recipients within RECENT_WINDOW seconds, none delivered since.
+RECENT_WINDOW = 600.0
+RECENT_MINIMUM = 3
 
 
 class RelayStats:
@@ -24,6 +28,8 @@ class RelayStats:
         self.deliveries: Counter[tuple[str, str]] = Counter()  # (transport, result)
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # last: +Inf
         self.latency_sum = 0.0
+        # (time, recipients sent, recipients not sent) of the latest outcome groups
+        self.recent: deque[tuple[float, int, int]] = deque(maxlen=1000)
 
     def accepted(self, envelope: Envelope) -> None:
         """A spool commit listener: one message is safely queued."""
@@ -38,6 +44,8 @@ class RelayStats:
         result = event["event"]  # sent, deferred or bounced
         count = len(event["recipients"])
         self.deliveries[(event.get("transport") or "none", result)] += count
+        sent = count if result == "sent" else 0
+        self.recent.append((float(event.get("time") or 0.0), sent, count - sent))
         if result == "sent":
             delay = float(event["delay"])
             self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, delay)] += count
@@ -50,6 +58,17 @@ class RelayStats:
         """Delivered recipients in percent of those that reached a final state."""
         sent, bounced = self.total("sent"), self.total("bounced")
         return 100.0 if sent + bounced == 0 else round(100.0 * sent / (sent + bounced), 2)
+
+    def recent_failing(self, now: float) -> bool:
+        """The latest deliveries all failed: at least RECENT_MINIMUM recipients deferred or
+        bounced in the last RECENT_WINDOW seconds, none delivered since: mail is not
+        getting out."""
+        failed = 0
+        for when, sent, not_sent in reversed(self.recent):
+            if when < now - RECENT_WINDOW or sent:
+                break
+            failed += not_sent
+        return failed >= RECENT_MINIMUM
 
     def average_delay_ms(self) -> float:
         sent = sum(self.latency_counts)

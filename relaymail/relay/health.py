@@ -3,7 +3,12 @@
 After ``threshold`` session failures in a row (connect, greeting, TLS, AUTH, a connection
 lost mid-transaction; never a recipient's reply) an upstream is marked down for a
 cool-down that doubles on each further failure (up to ``max_cooldown``); when it runs out,
-the next delivery is the probe.  One working session closes the breaker.
+the next delivery is the probe.  One working session closes the breaker and clears the
+last error (its time stays in ``last_failure``).
+
+``state`` is what the console shows: ``down`` from the first failed session on (the
+breaker may still be closed: the next delivery tries again), ``up`` once a session worked
+since, ``unknown`` before any session.
 """
 
 from __future__ import annotations
@@ -23,10 +28,17 @@ class UpstreamHealth:
     last_error: str | None = None
     messages_relayed: int = 0
     sessions_opened: int = 0
+    answered: bool = False  # a session worked, its replies were recipients' refusals
+
+    def state(self) -> str:
+        if self.consecutive_failures:
+            return "down"
+        return "up" if self.last_success is not None or self.answered else "unknown"
 
     def as_dict(self, now: float) -> dict[str, object]:
         return {
             "upstream": self.label,
+            "state": self.state(),
             "reachable": self.down_until <= now and self.consecutive_failures == 0,
             "down": self.down_until > now,
             "down_until": self.down_until if self.down_until > now else None,
@@ -65,6 +77,7 @@ class HealthBoard:
         health.down_until = 0.0
         health.cooldown = 0.0
         health.last_success = self.clock()
+        health.last_error = None
         health.messages_relayed += messages
 
     def answered(self, label: str) -> None:
@@ -73,6 +86,8 @@ class HealthBoard:
         health.consecutive_failures = 0
         health.down_until = 0.0
         health.cooldown = 0.0
+        health.last_error = None
+        health.answered = True
 
     def failed(self, label: str, error: str) -> bool:
         """Count a failure; True when this one opened the breaker."""

@@ -25,6 +25,7 @@ from relaymail.relay.manager import RelayManager
 from relaymail.spool import Spool
 from relaymail.stats import LATENCY_BUCKETS, RelayStats
 from relaymail.web.shapes import iso
+from relaymail.web.upstreams import upstreams_in_use
 
 MIN_FREE_MB = 100  # below this the spool is "low on disk": /health answers 503
 
@@ -71,14 +72,34 @@ class Monitor:
             free = 0
         return DiskState(writable, free, spool.count("hold"), spool.count("failed"))
 
+    def degraded_reasons(self) -> list[dict[str, Any]]:
+        """Why /health says "degraded" (empty: it does not), each with a ``code`` for the
+        console: an upstream in use whose breaker is open, every delivery of the last 10
+        minutes failing, a success rate under 90 %, quarantined spool files."""
+        reasons: list[dict[str, Any]] = []
+        down = [str(u["upstream"]) for u in upstreams_in_use(self.manager) if u.get("down")]
+        if down:
+            reasons.append({"code": "upstream_down", "upstreams": down,
+                            "message": f"upstream marked down: {', '.join(down)}"})
+        if self.stats.recent_failing(self.clock()):
+            reasons.append({"code": "recent_failures",
+                            "message": "every delivery of the last 10 minutes failed"})
+        rate = self.stats.success_rate()
+        if rate < 90:
+            reasons.append({"code": "success_rate", "rate": rate,
+                            "message": f"success rate {rate} % (under 90 %)"})
+        if self.manager.spool.quarantined:
+            reasons.append({"code": "quarantined",
+                            "message": "malformed spool files were quarantined"})
+        return reasons
+
     async def health(self) -> tuple[int, dict[str, Any]]:
         disk: DiskState = await self.run_in_thread(self.disk_state)
         free_mb = disk.free_bytes // (1024 * 1024)
-        upstreams = self.manager.health.snapshot() if self.manager.health else []
+        reasons = self.degraded_reasons()
         if not disk.writable or free_mb < MIN_FREE_MB:
             status = "error"
-        elif any(u.get("down") for u in upstreams) or \
-                self.stats.success_rate() < 90 or self.manager.spool.quarantined:
+        elif reasons:
             status = "degraded"
         else:
             status = "ok"
@@ -94,6 +115,7 @@ class Monitor:
                 "total_emails_processed": self.stats.total("sent") + self.stats.total("bounced"),
                 "success_rate": self.stats.success_rate(),
                 "quarantined_files": list(self.manager.spool.quarantined),
+                "degraded_reasons": reasons,
             },
         }
         return (503 if status == "error" else 200), body
