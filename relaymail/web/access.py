@@ -16,7 +16,7 @@ from relaymail.common.networks import is_loopback
 from relaymail.web.guard import forwarded
 from relaymail.web.http import json_reply
 from relaymail.web.routing import Access
-from relaymail.web.session import WebAuth
+from relaymail.web.session import WHO, WebAuth
 
 
 class AccessGate:
@@ -63,10 +63,12 @@ class AccessGate:
         """None when the bearer token or a console session (with its CSRF token for
         changes) allows the request; else the 401 or 403 answer."""
         if self.authorized(request):
+            setattr(request, WHO, "the API token")
             return None
         auth = self.auth
         if auth is not None and (session := auth.session_of(request)) is not None:
             if auth.csrf_ok(request, session):
+                setattr(request, WHO, f"console user {session.user}")
                 return None
             return json_reply(request, {"error": "CSRF token missing or wrong"}, 403)
         request.setHeader(b"www-authenticate", b'Bearer realm="relaymail"')

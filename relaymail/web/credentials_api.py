@@ -11,8 +11,12 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
 from relaymail.credentials import CredentialsError, CredentialStore
+from relaymail.logs import Logger
 from relaymail.web.http import json_reply as reply
 from relaymail.web.routing import SubApp, route
+from relaymail.web.session import who
+
+log = Logger(namespace="relaymail.web")
 
 CREDENTIAL = {"type": "object", "properties": {
     "name": {"type": "string"}, "enabled": {"type": "boolean"},
@@ -61,11 +65,14 @@ class CredentialsAPI(SubApp):
         self.store = store
         self.run_in_thread = run_in_thread
 
-    async def _change(self, request: IRequest, f: Callable[[], Any], code: int = 200) -> bytes:
+    async def _change(self, request: IRequest, f: Callable[[], Any], code: int = 200,
+                      what: str = "") -> bytes:
         try:
-            return reply(request, await self.run_in_thread(f), code)
+            answer = await self.run_in_thread(f)
         except CredentialsError as e:
             return reply(request, {"error": str(e)}, status_of(e))
+        log.info("web: SMTP credential {what} by {who}", what=what, who=who(request))
+        return reply(request, answer, code)
 
     @staticmethod
     def _body(request: IRequest) -> Any:
@@ -101,13 +108,13 @@ class CredentialsAPI(SubApp):
                 answer["warning"] = warning
             return answer
 
-        return await self._change(request, create, 201)
+        return await self._change(request, create, 201, f"{name!r} created")
 
     @route("post", "/api/smtp-credentials/{name}/reset-password", "New password, shown once")
     async def reset(self, request: IRequest, name: str) -> bytes:
         return await self._change(request, lambda: {
             "name": name, "password": self.store.reset(name),
-            "note": "the password is shown only now"})
+            "note": "the password is shown only now"}, what=f"{name!r}: password reset")
 
     @route("patch", "/api/smtp-credentials/{name}", "Change quotas, sender domains, flags",
            body=CREDENTIAL)
@@ -120,7 +127,8 @@ class CredentialsAPI(SubApp):
             return reply(request, {"error": "nothing to change"}, 400)
         return await self._change(request,
                                   lambda: {"credential": self.store.update(name, **fields)
-                                           .public()})
+                                           .public()},
+                                  what=f"{name!r} changed ({', '.join(sorted(fields))})")
 
     @route("delete", "/api/smtp-credentials/{name}", "Delete a credential")
     async def delete(self, request: IRequest, name: str) -> bytes:
@@ -128,4 +136,4 @@ class CredentialsAPI(SubApp):
             self.store.remove(name)
             return {"deleted": name}
 
-        return await self._change(request, delete)
+        return await self._change(request, delete, what=f"{name!r} deleted")

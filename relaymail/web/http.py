@@ -1,5 +1,5 @@
-"""Request and answer plumbing every handler shares: the JSON answer, query arguments and
-the JSON body."""
+"""Request and answer plumbing every handler shares: the JSON answer (errors with their
+message code), query arguments and the JSON body."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from relaymail.web.errors import with_code
+
 
 def json_reply(request: IRequest, body: Any, code: int = 200) -> bytes:
+    """The JSON answer; an ``error`` gets its message code for the console
+    (relaymail.web.errors)."""
+    if isinstance(body, dict):
+        body = with_code(body)
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")

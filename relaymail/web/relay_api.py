@@ -10,14 +10,20 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from relaymail.config import Config, UpstreamConfig
+from relaymail.logs import Logger
 from relaymail.relay.manager import RelayManager
 from relaymail.relay.oauth2 import registry_for
 from relaymail.relay.probe import Probe
 from relaymail.relay.transports import target_from_upstream
 from relaymail.web.applier import ConfigApplier
+from relaymail.web.errors import classify
 from relaymail.web.http import json_body, json_reply
 from relaymail.web.relayconfig import relay_view, requested_upstream
 from relaymail.web.routing import SubApp, route
+from relaymail.web.session import who
+from relaymail.web.upstreams import destination, upstreams_in_use
+
+log = Logger(namespace="relaymail.web")
 
 OBJ: dict[str, Any] = {"type": "object"}
 UPSTREAM = {"type": "object", "properties": {
@@ -38,6 +44,10 @@ async def probe(reactor: IReactorTime, config: Config,
                          registry_for(reactor, config.spool_dir)).run()
     result["upstream"] = {"host": upstream.host, "port": upstream.port,
                           "tls": upstream.tls, "username": upstream.username}
+    for step in result["steps"]:  # message codes for the console, like the answer's error
+        known = classify(step.get("error") or "")
+        if known is not None:
+            step["code"], step["params"] = known
     return result
 
 
@@ -58,9 +68,13 @@ class RelayConfigAPI(SubApp):
         """Validate like startup, save atomically (previous file kept as .bak), apply to
         the next delivery; no restart."""
         try:
-            view = await self.applier.apply(json_body(request))
+            body = json_body(request)
+            view = await self.applier.apply(body)
         except ValueError as e:
             return json_reply(request, {"error": str(e)}, 400)
+        log.info("web: relay settings changed by {who}: {what}; mail now goes through "
+                 "{transport}", who=who(request), what=change_summary(body, view),
+                 transport=view.get("transport") if view.get("enabled") else "the outbox")
         return json_reply(request, {**view, "applied": True, "restart_required": []})
 
     @route("post", "/api/relay/test", "Connect step by step (TCP, banner, EHLO, STARTTLS, "
@@ -84,13 +98,14 @@ class RelayStatusAPI(SubApp):
         self.manager = manager
         self.policy = policy  # rate-limit and lockout counters
 
-    @route("get", "/api/relay/status", "Upstream health, queue counts, counters, policy")
+    @route("get", "/api/relay/status", "The upstreams in use with their health (state up, "
+           "down or unknown), where mail goes now, queue counts, counters, policy")
     def relay_status(self, request: IRequest) -> bytes:
         manager = self.manager
-        health = manager.health.snapshot() if manager.health is not None else []
         pool = manager.pool
         return json_reply(request, {
-            "upstreams": health,
+            "upstreams": upstreams_in_use(manager),
+            "destination": destination(manager),
             "queue": {"queued": len(manager.queued), "active": len(manager.active),
                       "hold": manager.spool.count("hold"),
                       "failed": manager.spool.count("failed")},
@@ -98,3 +113,15 @@ class RelayStatusAPI(SubApp):
             "connections_opened": pool.connections_opened if pool is not None else 0,
             "policy": self.policy(),
         })
+
+
+def change_summary(body: Any, view: dict[str, Any]) -> str:
+    """What a settings change touched, for the log (never a secret)."""
+    if not isinstance(body, dict):
+        return "nothing"
+    keys = sorted(k for k in body if k not in ("password", "oauth2"))
+    upstreams = ", ".join(f"{u['host']}:{u['port']}" for u in view.get("upstreams", []))
+    parts = [f"fields {', '.join(keys) or 'none'}"]
+    if "password" in body or "oauth2" in body:
+        parts.append("secrets sent")
+    return "; ".join(parts) + f"; upstreams now [{upstreams}]"

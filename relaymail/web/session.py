@@ -124,6 +124,16 @@ class WebAuth:
         return "bad", None
 
 
+WHO = "relaymail_who"  # the request attribute the access gate sets for ``who``
+
+
+def who(request: IRequest) -> str:
+    """Who made a change, for the log line that records it: the console user or the
+    token, and the client address."""
+    peer = getattr(request.getClientAddress(), "host", "?")
+    return f"{getattr(request, WHO, 'someone')} from {peer}"
+
+
 def session_cookie(token: str, secure: bool) -> bytes:
     flags = "; HttpOnly; SameSite=Strict; Path=/" + ("; Secure" if secure else "")
     return COOKIE + b"=" + token.encode() + flags.encode()
