@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS events (
     code INTEGER,
     reply TEXT,
     delay REAL,
-    attempt INTEGER
+    attempt INTEGER,
+    credential TEXT                -- the SMTP login that submitted it (received rows)
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE INDEX IF NOT EXISTS events_queue_id ON events (queue_id);
@@ -46,7 +47,7 @@ CREATE INDEX IF NOT EXISTS events_sender ON events (sender);
 CREATE INDEX IF NOT EXISTS events_recipient ON events (recipient);
 """
 COLUMNS = ("time", "queue_id", "sender", "recipient", "status", "transport", "relay", "code",
-           "reply", "delay", "attempt")
+           "reply", "delay", "attempt", "credential")
 FLUSH_INTERVAL = 0.5
 MAX_PAGE = 1000
 
@@ -101,6 +102,9 @@ class History(Service):
         self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # history, not mail: no fsync per batch
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
+        if columns and "credential" not in columns:  # a file from before the column
+            self.db.execute("ALTER TABLE events ADD COLUMN credential TEXT")
         self.db.executescript(SCHEMA)
 
     def _close(self) -> None:
@@ -114,7 +118,8 @@ class History(Service):
         """Spool commit listener."""
         for r in envelope.recipients:
             self.pending.append((envelope.received_at, envelope.queue_id, envelope.sender,
-                                 r.address, "received", None, None, 250, None, 0.0, 0))
+                                 r.address, "received", None, None, 250, None, 0.0, 0,
+                                 envelope.credential))
 
     def delivery_event(self, event: dict[str, Any]) -> None:
         """Relay manager observer: one row per recipient of the outcome group."""
@@ -122,7 +127,7 @@ class History(Service):
             self.pending.append((event["time"], event["queue_id"], event["sender"], rcpt,
                                  event["event"], event.get("transport"), event.get("relay"),
                                  event.get("code"), event.get("reply"), event.get("delay"),
-                                 event.get("attempt")))
+                                 event.get("attempt"), None))
 
     def flush(self) -> Deferred:
         if not self.pending:
@@ -180,7 +185,37 @@ class History(Service):
         senders = self.db.execute("SELECT sender, count(*) FROM events WHERE time >= ? AND "
                                   "status = 'received' GROUP BY sender ORDER BY 2 DESC LIMIT 10",
                                   (since,)).fetchall()
-        return {"totals": totals, "buckets": per_bucket, "top_senders": senders}
+        messages = self.db.execute("SELECT count(DISTINCT queue_id) FROM events WHERE "
+                                   "time >= ? AND status = 'received'", (since,)).fetchone()[0]
+        latency: dict[int, float] = {
+            int(start): avg for start, avg in self.db.execute(
+                "SELECT CAST(time / ? AS INTEGER) * ?, avg(delay) FROM events WHERE "
+                "time >= ? AND status = 'sent' GROUP BY 1", (bucket, bucket, since))}
+        relays = self.db.execute(
+            "SELECT relay, status, count(*) FROM events WHERE time >= ? AND relay IS NOT NULL "
+            "AND status != 'received' GROUP BY 1, 2", (since,)).fetchall()
+        logins = self.db.execute(
+            "SELECT credential, count(DISTINCT queue_id) FROM events WHERE time >= ? AND "
+            "status = 'received' AND credential IS NOT NULL GROUP BY 1 ORDER BY 2 DESC "
+            "LIMIT 20", (since,)).fetchall()
+        return {"totals": totals, "buckets": per_bucket, "top_senders": senders,
+                "messages": messages, "latency": latency, "relays": relays,
+                "credentials": logins}
+
+    def usage(self, starts: dict[str, float]) -> Deferred:
+        """Fires with {credential: {window: messages accepted since starts[window]}}: what
+        the quotas count (one per message), from the recorded history."""
+        return self._run(self._usage, starts)
+
+    def _usage(self, starts: dict[str, float]) -> dict[str, dict[str, int]]:
+        assert self.db is not None
+        out: dict[str, dict[str, int]] = {}
+        for window, start in starts.items():
+            for name, n in self.db.execute(
+                    "SELECT credential, count(DISTINCT queue_id) FROM events WHERE time >= ? "
+                    "AND status = 'received' AND credential IS NOT NULL GROUP BY 1", (start,)):
+                out.setdefault(name, {})[window] = n
+        return out
 
 
 def conditions(filters: dict[str, Any]) -> tuple[str, list[Any]]:

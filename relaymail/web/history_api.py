@@ -47,7 +47,9 @@ class MailLogsAPI(SubApp):
             row["time"] = iso(row["time"])
         return json_reply(request, {"total": total, "items": rows})
 
-    @route("get", "/api/mail-logs/stats", "Totals, success rate, per hour, top senders",
+    @route("get", "/api/mail-logs/stats", "Totals (recipients by status, messages received), "
+           "success rate, per hour (with average latency), per upstream, per credential, top "
+           "senders",
            query=[query("hours", "window, default 24", "integer")])
     async def mail_log_stats(self, request: IRequest) -> bytes:
         """Counts by status for the last ``hours`` (default 24) and per hour, for the
@@ -59,10 +61,28 @@ class MailLogsAPI(SubApp):
         per_hour = [{"hour": iso(h), **{s: raw["buckets"].get(h, {}).get(s, 0)
                                         for s in STATUSES}}
                     for h in range(start, int(now) + 1, 3600)]
+        for row, h in zip(per_hour, range(start, int(now) + 1, 3600), strict=True):
+            average = raw["latency"].get(h)
+            row["latency_s"] = None if average is None else round(average, 3)
         totals = {s: raw["totals"].get(s, 0) for s in STATUSES}
         final = totals["sent"] + totals["bounced"]
+        relays: dict[str, dict[str, int]] = {}
+        for relay, status, n in raw["relays"]:
+            relays.setdefault(relay, dict.fromkeys(STATUSES[1:], 0))[status] = n
         return json_reply(request, {
-            "hours": hours, "totals": totals,
+            "hours": hours, "totals": totals, "messages_received": raw["messages"],
             "success_rate": round(100 * totals["sent"] / final, 2) if final else 100.0,
             "per_hour": per_hour,
+            "per_upstream": [{"upstream": r, **counts} for r, counts in sorted(relays.items())],
+            "per_credential": [{"credential": c, "messages": n}
+                               for c, n in raw["credentials"]],
             "top_senders": [{"sender": s, "messages": n} for s, n in raw["top_senders"]]})
+
+    @route("get", "/api/mail-logs/usage", "Messages accepted per SMTP credential this hour "
+           "and today (UTC), what the quotas count, from the history")
+    async def usage(self, request: IRequest) -> bytes:
+        now = self.clock()
+        starts = {"hour": now // 3600 * 3600, "day": now // 86400 * 86400}
+        used = await self.history.usage(starts)
+        return json_reply(request, {"since": {k: iso(v) for k, v in starts.items()},
+                                    "credentials": used})
