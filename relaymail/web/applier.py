@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from relaymail.config import Config
 from relaymail.relay.build import apply_routing
 from relaymail.relay.manager import RelayManager
-from relaymail.web.relayconfig import update
+from relaymail.web.relayconfig import set_admin_hash, update
 
 
 class ConfigApplier:
@@ -37,3 +37,8 @@ class ConfigApplier:
         apply_routing(self.manager, new_config, self.reactor)
         self.config = new_config
         return view
+
+    async def save_admin_hash(self, digest: str) -> None:
+        """First-run setup: ``web.admin_password_hash`` into the config file (validated and
+        saved like any change); ValueError when it cannot be saved."""
+        self.config = await self.run_in_thread(set_admin_hash, self.config.path, digest)

@@ -46,6 +46,10 @@ class ConsoleLogin(SubApp):
         form = login_form(request)
         if form is None:
             return json_reply(request, {"error": "expected username and password"}, 400)
+        if self.auth.admin_hash is None:
+            return json_reply(request, {"error": "no admin password is set yet: use the "
+                                                 "first-run setup link in relaymail's log, or "
+                                                 "set web.admin_password_hash"}, 409)
         peer = getattr(request.getClientAddress(), "host", "?")
         result, value = await self.auth.login(peer, *form)
         if result == "locked":

@@ -52,13 +52,37 @@ def relay_transport_name(config: Config) -> str | None:
     return next((n for n, t in config.transports.items() if t.type == "smarthost"), None)
 
 
+RATE_UNIT = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "d"}
+
+
+def rate_text(rate: tuple[int, float] | None) -> str | None:
+    """``max_rate`` as the config file spells it (``"100/min"``), so it can be sent back."""
+    if rate is None:
+        return None
+    count, seconds = rate
+    return f"{count}/{RATE_UNIT.get(seconds, 's')}" if seconds in RATE_UNIT else \
+        f"{count}/s"
+
+
+def preset_overrides(upstream: Any) -> list[str]:
+    """The fields of a preset upstream that differ from the preset's values."""
+    preset = PRESETS.get(upstream.preset) if upstream.preset else None
+    if preset is None:
+        return []
+    values = preset.as_upstream()
+    return [k for k in ("host", "port", "tls") if k in values
+            and getattr(upstream, k) != values[k]]
+
+
 def masked(upstream: Any) -> dict[str, Any]:
     return {"host": upstream.host, "port": upstream.port, "tls": upstream.tls,
             "verify": upstream.verify, "allow_insecure_auth": upstream.allow_insecure_auth,
+            "ca_file": upstream.ca_file, "helo": upstream.helo,
+            "bounce_sender": upstream.bounce_sender,
             "username": upstream.username,
             "password": MASK if upstream.password else None, "preset": upstream.preset,
-            "max_rate": None if upstream.max_rate is None else
-            f"{upstream.max_rate[0]}/{int(upstream.max_rate[1])}s",
+            "overrides": preset_overrides(upstream),
+            "max_rate": rate_text(upstream.max_rate),
             "max_connections": upstream.max_connections,
             "oauth2": None if upstream.oauth2 is None else oauth2_view(upstream.oauth2)}
 
@@ -74,19 +98,30 @@ def oauth2_view(conf: Any) -> dict[str, Any]:
     return {**view, **{f"{k}_set": bool(getattr(conf, k)) for k in OAUTH2_SECRETS}}
 
 
+def routing_view(config: Config) -> dict[str, Any]:
+    """The routes (in order, first match wins) and the transports they may name."""
+    return {"routes": [{"domains": list(r.domains), "transport": r.transport,
+                        **({"senders": list(r.senders)} if r.senders else {}),
+                        **({"credentials": list(r.credentials)} if r.credentials else {})}
+                       for r in config.routes],
+            "transports": {n: {"type": t.type, "upstreams": len(t.upstreams)}
+                           for n, t in config.transports.items()}}
+
+
 def relay_view(config: Config) -> dict[str, Any]:
     name = relay_transport_name(config)
     route = next((r for r in config.routes if "*" in r.domains), None)
     if name is None:
         return {"enabled": False, "transport": None, "host": None, "port": None,
                 "username": None, "password": None, "use_tls": None, "preset": None,
-                "tls": None, "oauth2": None, "upstreams": []}
+                "tls": None, "oauth2": None, "upstreams": [], **routing_view(config)}
     upstreams = [masked(u) for u in config.transports[name].upstreams]
     primary = upstreams[0]
     return {"enabled": route is not None and route.transport == name, "transport": name,
             **{k: primary[k] for k in ("host", "port", "username", "password", "preset",
                                        "tls", "oauth2")},
-            "use_tls": primary["tls"] != "none", "upstreams": upstreams}
+            "use_tls": primary["tls"] != "none", "upstreams": upstreams,
+            **routing_view(config)}
 
 
 def upstream_from_simple(body: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +271,10 @@ def changed_document(document: dict[str, Any], body: dict[str, Any],
     doc = copy.deepcopy(document)
     routes = doc.setdefault("routes", copy.deepcopy(DEFAULTS["routes"]))
     transports = doc.setdefault("transports", copy.deepcopy(DEFAULTS["transports"]))
+    if "routes" in body:
+        doc["routes"] = routes = changed_routes(body["routes"])
+        if not {"upstreams", "host", "preset", "enabled"} & set(body):
+            return doc  # only the routes change
     name = body.get("transport") or relay_transport_name(config) or PROVIDER
     current = transports.setdefault(name, {"type": "smarthost", "upstreams": []})
     if current.get("type") != "smarthost":
@@ -255,6 +294,21 @@ def changed_document(document: dict[str, Any], body: dict[str, Any],
     if "enabled" in body:
         set_enabled(routes, transports, name, bool(body["enabled"]))
     return doc
+
+
+def changed_routes(given: Any) -> list[dict[str, Any]]:
+    """The routes of a request (``[{"domains": [...], "transport": name}, ...]``, senders
+    and credentials optional), shape-checked; validation names the rest."""
+    if not isinstance(given, list) or not given:
+        raise ValueError("routes: expected a non-empty list")
+    out = []
+    for i, item in enumerate(given):
+        if not isinstance(item, dict) or set(item) - {"domains", "transport", "senders",
+                                                     "credentials"}:
+            raise ValueError(f"routes[{i}]: expected domains, transport, senders, "
+                             "credentials")
+        out.append({k: v for k, v in item.items() if v not in (None, [])})
+    return out
 
 
 def set_enabled(routes: list[dict[str, Any]], transports: dict[str, Any], name: str,
@@ -297,3 +351,22 @@ def update(path: str, body: Any, config: Config) -> tuple[Config, dict[str, Any]
         raise request_error(e) from None
     save_document(path, new_document)
     return new_config, relay_view(new_config)
+
+
+def set_admin_hash(path: str, digest: str) -> Config:
+    """Thread: the config file with ``web.admin_password_hash`` set, validated like startup
+    and saved (the previous file kept as ``.bak``); the new Config."""
+    try:
+        document = read_json_file(path)
+    except ConfigError as e:
+        raise request_error(e) from None
+    web = document.setdefault("web", {})
+    if not isinstance(web, dict):
+        raise ValueError("web: expected an object")
+    web["admin_password_hash"] = digest
+    try:
+        config = config_from_document(document, path)
+    except ConfigError as e:
+        raise request_error(e) from None
+    save_document(path, document)
+    return config
