@@ -37,10 +37,11 @@ from relaymail.web.relay_api import RelayConfigAPI, RelayStatusAPI
 from relaymail.web.routing import Access, SubApp, mount
 from relaymail.web.send_api import SendAPI
 from relaymail.web.session import WebAuth
+from relaymail.web.setup import FirstRunSetup, console_url
 
 SUBAPPS: tuple[type[SubApp], ...] = (
     HealthAPI, RelayConfigAPI, RelayStatusAPI, QueueAPI, CredentialsAPI, MailLogsAPI,
-    SendAPI, ConsoleLogin, ConsolePages, ApiDocs)
+    SendAPI, FirstRunSetup, ConsoleLogin, ConsolePages, ApiDocs)
 
 
 def tls_check(config: Callable[[], Config] | None) -> Callable[[IRequest], bool]:
@@ -72,6 +73,7 @@ class ControlAPI:
         built: list[SubApp] = [QueueAPI(manager), RelayStatusAPI(manager, policy),
                                ApiDocs(relaymail.__version__, self.routes)]
         current: Callable[[], Config] | None = None
+        applier: ConfigApplier | None = None
         if config is not None and reactor is not None:
             applier = ConfigApplier(config, manager, reactor, manager.spool.run_in_thread)
             current = applier.current
@@ -85,7 +87,14 @@ class ControlAPI:
         if history is not None:
             built.append(MailLogsAPI(history, manager.now))
         if auth is not None:
-            built += [ConsolePages(auth), ConsoleLogin(auth, tls_check(current))]
+            setup: FirstRunSetup | None = None
+            if applier is not None and config is not None:
+                setup = FirstRunSetup(auth, applier.save_admin_hash, manager.spool.run_in_thread,
+                                      tls_check(current))
+                built.append(setup)
+                setup.announce(console_url(config))  # twistd shows it once logging starts
+            built += [ConsolePages(auth, lambda: setup is not None and setup.pending, current),
+                      ConsoleLogin(auth, tls_check(current))]
         self.subapps: dict[type[SubApp], SubApp] = {type(s): s for s in built}
 
     # relaymail.web.routing.Mount

@@ -1,9 +1,11 @@
 """The console's pages: one server-rendered shell per page (navigation, language switch,
-the page's empty regions), filled by ``static/console.js`` from the JSON API.
+links to health, metrics and the API docs, the page's empty regions), filled by the scripts
+in ``static/`` from the JSON API.
 
 Every mail-derived string reaches the page through ``textContent`` in the script, never as
-markup, and the Content-Security-Policy allows only this origin's script: a subject line
-or server reply cannot become code."""
+markup, and the Content-Security-Policy allows only this origin's script and style sheet
+(no inline style either: the charts are SVG drawn with attributes and classes): a subject
+line or server reply cannot become code."""
 
 from __future__ import annotations
 
@@ -14,10 +16,15 @@ from importlib import resources
 
 from relaymail.web.i18n import MESSAGES
 
-PAGES = ("dashboard", "relay", "queue", "failed", "credentials", "logs", "send")
+PAGES = ("dashboard", "relay", "queue", "hold", "failed", "credentials", "logs", "send")
+# Pages without navigation, open without a session.
+OPEN_PAGES = ("login", "setup")
 CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        b"img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 PATHS = {"dashboard": "/", **{p: f"/{p}" for p in PAGES if p != "dashboard"}}
+# In load order: the helpers first, the page that starts it all last.
+SCRIPTS = ("console.js", "chart.js", "dashboard.js", "queue.js", "relay.js",
+           "credentials.js", "logs.js", "main.js")
 
 
 @functools.cache
@@ -26,22 +33,33 @@ def static_file(name: str) -> bytes:
     return resources.files("relaymail.web").joinpath("static", name).read_bytes()
 
 
-def shell(page: str, lang: str, user: str | None, presets: list[dict[str, object]]) -> bytes:
+def shell(page: str, lang: str, user: str | None, presets: list[dict[str, object]],
+          extra: dict[str, object] | None = None) -> bytes:
     t = MESSAGES[lang]
     other = "zh" if lang == "en" else "en"
     nav = "" if user is None else "".join(
-        f'<a href="{PATHS[p]}"{" class=on" if p == page else ""}>{html.escape(t[p])}</a>'
-        for p in PAGES) + f'<button id="logout">{html.escape(t["logout"])}</button>'
-    data = html.escape(json.dumps({"page": page, "lang": lang, "t": t, "presets": presets},
-                                  ensure_ascii=False))
-    title = t["login"] if page == "login" else t[page]
+        f'<a href="{PATHS[p]}"{" class=on" if p == page else ""}>{html.escape(t["nav_" + p])}'
+        "</a>" for p in PAGES)
+    logout = "" if user is None else \
+        f'<button id="logout" type="button">{html.escape(t["logout"])}</button>'
+    data = html.escape(json.dumps({"page": page, "lang": lang, "t": t, "presets": presets,
+                                   **(extra or {})}, ensure_ascii=False))
+    title = t["nav_" + page] if page in PAGES else t[page]
+    links = "" if user is None else (
+        '<footer><a href="/health" id="link-health">' + html.escape(t["link_health"]) +
+        '</a><a href="/metrics" id="link-metrics">' + html.escape(t["link_metrics"]) +
+        '</a><a href="/api/docs" id="link-docs">' + html.escape(t["link_docs"]) +
+        "</a></footer>")
+    scripts = "".join(f'<script src="/static/{name}"></script>' for name in SCRIPTS)
     return (
         f'<!doctype html><html lang="{"zh-CN" if lang == "zh" else "en"}"><head>'
         '<meta charset="utf-8"><meta name="viewport" content="width=device-width,'
         'initial-scale=1"><link rel="stylesheet" href="/static/console.css">'
+        '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
         f'<title>{html.escape(title)} · relaymail</title></head>'
-        f'<body data-console="{data}"><header><b>relaymail</b><nav>{nav}</nav>'
-        f'<a class="lang" href="?lang={other}">{html.escape(t["language"])}</a></header>'
-        f'<main id="main"><h1>{html.escape(title)}</h1><p id="message" role="status"></p>'
-        '<div id="content"></div></main><script src="/static/console.js"></script>'
-        '</body></html>').encode()
+        f'<body data-console="{data}"><header><b translate="no">relaymail</b>'
+        f'<nav id="nav">{nav}</nav><span class="tools">{logout}'
+        f'<a class="lang" href="?lang={other}">{html.escape(t["language"])}</a></span>'
+        f'</header><main id="main"><h1>{html.escape(title)}</h1>'
+        '<p id="message" role="status" aria-live="polite"></p>'
+        f'<div id="content"></div></main>{links}{scripts}</body></html>').encode()

@@ -36,9 +36,11 @@ SCHEMES = {
                 "description": "the console's login (POST /login); changes also send the "
                                "session's CSRF token as X-CSRF-Token"},
 }
-ACCESS_NOTE = {Access.PUBLIC: "", Access.ADMIN: " 🔒 admin",
-               Access.LOCAL_OR_ADMIN: " 🔒 admin or loopback",
-               Access.SESSION: " 🔒 console session"}
+# Plain words, no emoji: a machine without an emoji font shows them too.
+ACCESS_NOTE = {Access.PUBLIC: " <small>(public)</small>",
+               Access.ADMIN: " <small>(admin)</small>",
+               Access.LOCAL_OR_ADMIN: " <small>(admin or loopback)</small>",
+               Access.SESSION: " <small>(console session)</small>"}
 
 
 def operation(r: Route) -> dict[str, Any]:
@@ -90,7 +92,7 @@ class ApiDocs(SubApp):
     def api_docs(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", b"default-src 'none'; style-src "
-                                                       b"'unsafe-inline'")
+                                                       b"'unsafe-inline'; img-src 'self'")
         return docs_page(document(self.version, self.routes_served))
 
 
@@ -106,9 +108,10 @@ def docs_page(spec: dict[str, Any]) -> bytes:
                         f"</code>{lock}</td><td>{html.escape(op['summary'])}</td>"
                         f"<td>{params}</td></tr>")
     return ("<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-"
-            "width'><title>relaymail API</title><style>body{font-family:sans-serif;margin:1em}"
+            "width'><link rel=icon href='/static/favicon.svg' type='image/svg+xml'>"
+            "<title>relaymail API</title><style>body{font-family:sans-serif;margin:1em}"
             "td{border-top:1px solid #ddd;padding:.3em;vertical-align:top}</style>"
             f"<h1>relaymail API {html.escape(spec['info']['version'])}</h1>"
             f"<p>{html.escape(spec['info']['description'])} "
-            "<a href='/api/openapi.json'>openapi.json</a></p><table>"
+            "<a href='/api/openapi.json'>openapi.json</a> · <a href='/'>console</a></p><table>"
             + "".join(rows) + "</table>").encode()

@@ -3,16 +3,20 @@ page without a console session redirects to ``/login``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.web.iweb import IRequest
 
+from relaymail.config import Config, endpoint_address
 from relaymail.relay.presets import PRESETS
-from relaymail.web.console import CSP, PAGES, shell, static_file
+from relaymail.web.console import CSP, PAGES, SCRIPTS, shell, static_file
 from relaymail.web.i18n import choose_language
 from relaymail.web.routing import Access, SubApp, route
 from relaymail.web.session import WebAuth
 
-STATIC = {"console.js": b"text/javascript; charset=utf-8",
-          "console.css": b"text/css; charset=utf-8"}
+STATIC = {**dict.fromkeys(SCRIPTS, b"text/javascript; charset=utf-8"),
+          "console.css": b"text/css; charset=utf-8",
+          "favicon.svg": b"image/svg+xml"}
 
 
 def page_headers(request: IRequest, content_type: bytes) -> None:
@@ -30,11 +34,27 @@ def preset_list() -> list[dict[str, object]]:
             for p in PRESETS.values()]
 
 
+def listener_list(config: Config) -> list[dict[str, object]]:
+    """The SMTP listeners as a client is set up for them (the credentials page's snippet):
+    those that offer AUTH first."""
+    out: list[dict[str, object]] = []
+    for listener in config.smtp.listeners:
+        port, interface, _ = endpoint_address(listener.endpoint)
+        host = interface if interface and interface not in ("0.0.0.0", "::") \
+            else config.hostname
+        out.append({"name": listener.name, "host": host, "port": port, "tls": listener.tls,
+                    "auth": listener.auth})
+    return sorted(out, key=lambda x: x["tls"] == "none")
+
+
 class ConsolePages(SubApp):
     unavailable = "console login is not configured"
 
-    def __init__(self, auth: WebAuth) -> None:
+    def __init__(self, auth: WebAuth, setup_pending: Callable[[], bool] = lambda: False,
+                 config: Callable[[], Config] | None = None) -> None:
         self.auth = auth
+        self.setup_pending = setup_pending  # first-run setup open: no admin password yet
+        self.config = config  # the configuration in force: the SMTP listeners to show
 
     @route("get", "/static/{name}", "The console's script and style sheet", Access.PUBLIC)
     def static(self, request: IRequest, name: str) -> bytes:
@@ -45,18 +65,32 @@ class ConsolePages(SubApp):
         request.setHeader(b"cache-control", b"no-cache")
         return static_file(name)
 
+    @route("get", "/favicon.ico", "The console's icon (SVG)", Access.PUBLIC)
+    def favicon(self, request: IRequest) -> bytes:
+        return self.static(request, "favicon.svg")
+
     @route("get", "/login", "Console login page", Access.PUBLIC)
     def login_page(self, request: IRequest) -> bytes:
         page_headers(request, b"text/html; charset=utf-8")
-        return shell("login", choose_language(request), None, [])
+        return shell("login", choose_language(request), None, [],
+                     {"setup_pending": self.setup_pending()})
+
+    @route("get", "/setup", "First-run setup page (while no admin password is set)",
+           Access.PUBLIC)
+    def setup_page(self, request: IRequest) -> bytes:
+        if not self.setup_pending():
+            request.redirect(b"/login")
+            return b""
+        page_headers(request, b"text/html; charset=utf-8")
+        return shell("setup", choose_language(request), None, [])
 
     @route("get", "/", "Console: dashboard (HTML; redirects to /login without a session)",
            Access.PUBLIC)
     def dashboard_page(self, request: IRequest) -> bytes:
         return self.page(request, "dashboard")
 
-    @route("get", "/{name}", "Console pages: relay, queue, failed, credentials, logs, send",
-           Access.PUBLIC)
+    @route("get", "/{name}", "Console pages: relay, queue, hold, failed, credentials, logs, "
+           "send", Access.PUBLIC)
     def console_page(self, request: IRequest, name: str) -> bytes:
         return self.page(request, name)
 
@@ -66,7 +100,9 @@ class ConsolePages(SubApp):
             return b"not found"
         session = self.auth.session_of(request)
         if session is None:
-            request.redirect(b"/login")
+            request.redirect(b"/setup" if self.setup_pending() else b"/login")
             return b""
         page_headers(request, b"text/html; charset=utf-8")
-        return shell(name, choose_language(request), session.user, preset_list())
+        listeners = listener_list(self.config()) if self.config is not None else []
+        return shell(name, choose_language(request), session.user, preset_list(),
+                     {"listeners": listeners})
