@@ -13,6 +13,7 @@ checked against the RFC's formula in tests/test_tls_profile.py).
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 
 from cryptography import x509
@@ -83,6 +84,15 @@ def ensure_self_signed(tls: TLSConfig, hostname: str) -> bool:
     return True
 
 
+def self_signed_names(hostname: str) -> list[x509.GeneralName]:
+    """The host name, and the loopback addresses the sample config listens on (clients
+    told to use 127.0.0.1 check the certificate against the address)."""
+    names: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    names += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+              x509.IPAddress(ipaddress.ip_address("::1"))]
+    return names
+
+
 def make_self_signed(hostname: str, days: int = 3650) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
@@ -93,7 +103,8 @@ def make_self_signed(hostname: str, days: int = 3650) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(self_signed_names(hostname)),
+                       critical=False)
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
