@@ -138,6 +138,11 @@ class ConsoleBrowserTests(RelayTestCase):
         self.assertLess(r["phone_qid_height"], 40)
         self.assertIn("on hold", r["phone_held"])
         self.assertIn("deferred", r["en_queue"])
+        # the acceptor processes, when /health has them
+        for where, (rows, text) in r["workers"].items():
+            self.assertEqual(rows, 2, where)
+            self.assertIn("接收进程" if where.startswith("zh") else "Acceptor processes", text)
+        self.assertEqual(len(r["workers"]), 4)
         # who changed what
         self.assertIn("relay settings changed by console user admin from 127.0.0.1",
                       self.log_lines())
@@ -162,6 +167,7 @@ class ConsoleBrowserTests(RelayTestCase):
                 self.credentials_page(zh, out)
                 self.logs_page(zh, out)
                 self.links(zh, out)
+                self.workers(zh, out)
                 for name, (path, ready) in PAGES.items():
                     zh.open(path, ready)
                     zh.check(name)
@@ -348,6 +354,15 @@ class ConsoleBrowserTests(RelayTestCase):
         out["upstreams_disabled"] = page.inner_text("#main")
         out["destination_disabled"] = page.inner_text("#destination")
 
+    def workers(self, c: Console, out: dict[str, Any]) -> None:
+        """/health's details.workers (smtp.workers > 0) as the dashboard shows it."""
+        c.page.route("**/health", with_workers)
+        c.open("/", "#workers")
+        out.setdefault("workers", {})[c.where] = (
+            c.page.locator("#workers tbody tr").count(), c.page.inner_text("#main"))
+        c.check("dashboard-workers")
+        c.page.unroute("**/health")
+
     def tour(self, p: Any, base: str, viewport: dict[str, int], lang: str,
              out: dict[str, Any]) -> None:
         c = Console(p, base, viewport, lang, out["problems"])
@@ -360,6 +375,7 @@ class ConsoleBrowserTests(RelayTestCase):
                 c.check(name)
             c.open(f"/queue?id={out['qid']}", "#timeline")
             c.check("message")
+            self.workers(c, out)
             if c.phone and lang == "en":
                 c.open("/send", "#send")
                 c.page.fill("#f-from", "app@example.com")
@@ -448,6 +464,14 @@ class ConsoleBrowserTests(RelayTestCase):
             finally:
                 phone.close()
         return out
+
+
+def with_workers(route: Any) -> None:
+    response = route.fetch()
+    body = response.json()
+    body["details"]["workers"] = [{"id": 1, "pid": 4242, "alive": True, "restarts": 0},
+                                  {"id": 2, "pid": 4243, "alive": False, "restarts": 3}]
+    route.fulfill(response=response, json=body)
 
 
 def base_of(c: Console) -> str:
