@@ -60,7 +60,7 @@ def test_error_texts_get_codes_and_params() -> None:
                     )[0] == "probe_refused"
     assert classify("transports.provider.upstreams[0].port: expected a port number") == \
         ("config_field", {"key": "transports.provider.upstreams[0].port",
-                          "problem": "expected a port number"})
+                          "problem": "expected a port number", "problem_code": "port"})
     assert with_code({"error": "authentication required"}) == \
         {"error": "authentication required"}  # unknown texts stay as they are
     assert with_code({"ok": True, "error": ""}) == {"ok": True, "error": ""}
@@ -95,3 +95,10 @@ def test_the_self_signed_certificate_names_the_loopback_addresses() -> None:
     assert names.get_values_for_type(x509.DNSName) == ["localhost"]
     assert names.get_values_for_type(x509.IPAddress) == [
         ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+
+
+def test_config_problems_get_a_code_of_their_own() -> None:
+    code, params = classify("transports.provider.upstreams[0].port: expected a port number "
+                            "1-65535") or ("", {})
+    assert (code, params["problem_code"]) == ("config_field", "port")
+    assert "problem_code" not in (classify("routes[0].domains: something new") or ("", {}))[1]

@@ -77,12 +77,34 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     ))
 
 
+# What config validation says is wrong with a value (``config_field``'s ``problem``).
+PROBLEMS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (code, re.compile(pattern)) for code, pattern in (
+        ("non_empty", r"expected a non-empty string"),
+        ("port", r"expected a port number"),
+        ("rate", r"expected a rate like"),
+        ("plaintext_secret", r'"\w+" with a password sends it in plaintext'),
+        ("unverified_secret", r"with a password .*(unverified|verify)"),
+        ("no_transport", r"names no transport"),
+        ("integer", r"expected an integer"),
+        ("boolean", r"expected true or false"),
+        ("one_of", r"expected one of"),
+        ("unknown_key", r"unknown key"),
+        ("unknown_preset", r"unknown preset"),
+    ))
+
+
 def classify(message: str) -> tuple[str, dict[str, Any]] | None:
     """The code and parameters of an error text, or None when no pattern knows it."""
     for code, pattern in PATTERNS:
         match = pattern.match(message)
         if match:
-            return code, {k: v for k, v in match.groupdict().items() if v is not None}
+            params = {k: v for k, v in match.groupdict().items() if v is not None}
+            if code == "config_field":
+                problem = next((c for c, p in PROBLEMS if p.match(params["problem"])), None)
+                if problem is not None:
+                    params["problem_code"] = problem
+            return code, params
     return None
 
 

@@ -81,6 +81,7 @@ class ConsoleBrowserTests(RelayTestCase):
         self.assertIn("来自预设", r["origin_preset"])
         self.assertIn("已覆盖", r["origin_overridden"])
         self.assertIn("拒绝连接", r["test_primary"])
+        self.assertIn("host：不能为空", r["empty_host"])  # noqa: RUF001
         self.assertIn("\u2714 QUIT", r["test_backup"])
         self.assertIn("已保存并生效", r["saved"])
         upstreams = self.document()["transports"]["provider"]["upstreams"]
@@ -201,6 +202,9 @@ class ConsoleBrowserTests(RelayTestCase):
         page.fill("#f-host", "smtp.example.test")
         out["origin_overridden"] = page.inner_text("#origin-host")
         page.select_option("#f-preset", "")
+        page.fill("#f-host", "")
+        page.click("#save")  # the server's refusal, in Chinese
+        out["empty_host"] = c.message("未保存")
         page.fill("#f-host", "127.0.0.1")
         page.fill("#f-port", str(refused))
         page.select_option("#f-tls", "none")

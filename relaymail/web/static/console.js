@@ -69,6 +69,7 @@ function errorText(body) {
       if (params[name] && has("field_" + params[name])) params[name] = t("field_" + params[name]);
       else if (params[name] && has("state_" + params[name])) params[name] = t("state_" + params[name]);
     }
+    if (params.problem_code && has("problem_" + params.problem_code)) params.problem = t("problem_" + params.problem_code);
     return t("err_" + body.code, params);
   }
   return t("error_prefix") + (body && body.error ? body.error : "");

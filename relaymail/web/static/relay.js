@@ -140,6 +140,7 @@ PAGES.relay = async function relay() {
     el("label", { class: "check" }, enabled, t("enabled")),
     el("p", { class: "hint" }, config.enabled ? t("enabled_now", { transport: config.transport }) : t("disabled_now")),
     el("div", { class: "buttons" }, button(t("save"), async () => {
+      if (!form.reportValidity()) return null;
       const saved = await api("POST", "/api/relay/config", { upstreams: list.current(), enabled: enabled.checked });
       items = saved.upstreams;
       list.draw();
