@@ -78,6 +78,7 @@ def relaymail(workdir: str, max_connections: int, sink_port: int | None = None,
               **smtp: object) -> Iterator[Relaymail]:
     """relaymail under twistd; with ``sink_port`` it relays there (else the maildir outbox)."""
     port, web_port = free_port(), free_port()
+    level = str(smtp.pop("__log", "info" if sink_port else "warn"))
     os.makedirs(workdir, exist_ok=True)
     config = os.path.join(workdir, "relay.json")
     data: dict = {
@@ -87,7 +88,7 @@ def relaymail(workdir: str, max_connections: int, sink_port: int | None = None,
                                 "endpoint": f"tcp:{port}:interface=127.0.0.1"}],
                  "max_connections": max_connections,
                  "max_connections_per_ip": max_connections, **smtp},
-        "log": {"level": "info" if sink_port else "warn"},
+        "log": {"level": level},
     }
     if sink_port:
         data["routes"] = [{"domains": ["*"], "transport": "sink"}]

@@ -227,3 +227,17 @@ def test_a_connect_that_fails_at_once_moves_the_jobs_on() -> None:
     out = h.submit("a@y.test", "b@y.test")
     assert kinds(out) == [TEMPORARY] * 2
     assert h.pool.destinations == {} and h.pool.total == 0
+
+
+def test_close_answers_jobs_still_waiting_for_a_session() -> None:
+    """At shutdown the jobs queued behind the per-destination cap must get an answer (a
+    temporary one), or the relay's stop waits for them forever (seen with a backlog)."""
+    h = Harness(hold=True, per_destination=1)
+    out = h.submit("a@y.test", "b@y.test", "c@y.test")
+    assert out == [] and len(h.opener.attempts) == 1
+    done: list[Any] = []
+    h.pool.close().addCallback(done.append)
+    h.opener.flush()
+    assert kinds(out) == [TEMPORARY] * 3, out
+    assert all("4.3.2" in o.text for r in out for o in r.values())
+    assert done

@@ -26,6 +26,7 @@ from relaymail.relay.pacer import Pacer
 from relaymail.relay.slowdown import AdaptiveBackoff, asks_to_slow_down
 
 log = Logger(namespace="relaymail.relay.pool")
+SHUTTING_DOWN = temporary("4.3.2 relaymail is stopping; will try again after the restart")
 
 Opener = Callable[..., Deferred]
 PACE_HOLD = 30.0  # jobs wait this long at most for a provider's rate; then they move on
@@ -299,13 +300,17 @@ class SessionPool:
     # ------------------------------------------------------------------ shutdown
 
     def close(self) -> Deferred:
-        """Close every session (QUIT when idle, abort when busy); fires when all are gone."""
+        """Close every session (QUIT when idle, abort when busy) and answer the jobs still
+        waiting for one (temporary failure); fires when all sessions are gone."""
         self.stopping = True
         for wakeup in self.wakeups.values():
             wakeup.cancel()
         self.wakeups.clear()
         waits = []
         for dest in list(self.destinations.values()):
+            jobs, dest.jobs = list(dest.jobs), deque()
+            for job in jobs:  # waiting for a session that will not come: try again later
+                job.deferred.callback(dict.fromkeys(job.recipients, SHUTTING_DOWN))
             for opening in list(dest.opening):
                 opening.cancel()
             for expiry in dest.idle.values():

@@ -95,8 +95,8 @@ class RelayESMTP(WireProtocol):
                                     and self.context.tls_options is not None)
         if not self.admit():  # behind PROXY too: the header was read before this
             return
-        log.info("connect client={client_ip} listener={listener}", client_ip=self.client_ip,
-                 listener=self.listener.name)
+        log.debug("connect client={client_ip} listener={listener}", client_ip=self.client_ip,
+                  listener=self.listener.name)
         self.sendCode(220, self.host + b" ESMTP relaymail")
         self.setTimeout(self.timeout)
 
@@ -125,9 +125,12 @@ class RelayESMTP(WireProtocol):
             self.admitted = False
             self.context.connections.release(self.client_ip)
             self.context.connections.per_listener[self.listener.name] -= 1
-            log.info("disconnect client={client_ip} listener={listener} credential={credential}",
-                     client_ip=self.client_ip, listener=self.listener.name,
-                     credential=self.credential)
+            # One info line per accepted message ("queued"); a session that queued
+            # nothing (a probe, a refused sender, a scanner) is logged when it ends.
+            emit = log.debug if self.state.queued else log.info
+            emit("disconnect client={client_ip} listener={listener} credential={credential} "
+                 "queued={queued}", client_ip=self.client_ip, listener=self.listener.name,
+                 credential=self.credential, queued=self.state.queued)
 
     def timeoutConnection(self) -> None:
         log.info("timeout client={client_ip} listener={listener}", client_ip=self.client_ip,

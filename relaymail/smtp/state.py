@@ -58,6 +58,7 @@ class SessionState:
     can_start_tls: bool = False  # STARTTLS configured on this listener and not yet used
     credential: str | None = None  # the authenticated login's name
     closed: bool = False  # the connection is gone
+    queued: int = 0  # messages accepted in this session
 
     def login(self) -> Credential | None:
         """The authenticated login's settings (quotas, sender rights); None without AUTH."""

@@ -314,6 +314,7 @@ class TransactionLayer:
 
     def committed(self, envelope: Envelope, dkim_note: str) -> Reply:
         state = self.state
+        state.queued += 1
         log.info("{queue_id}: queued from=<{sender}> nrcpt={nrcpt} size={size} "
                  "client={client_ip} listener={listener} credential={credential}{dkim}",
                  dkim=dkim_note, queue_id=envelope.queue_id, sender=envelope.sender,
