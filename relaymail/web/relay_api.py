@@ -78,7 +78,8 @@ class RelayConfigAPI(SubApp):
         return json_reply(request, {**view, "applied": True, "restart_required": []})
 
     @route("post", "/api/relay/test", "Connect step by step (TCP, banner, EHLO, STARTTLS, "
-           "AUTH, QUIT) to the given or saved upstream", body=UPSTREAM)
+           "AUTH, QUIT) to the given or saved upstream; a test that works clears that "
+           "upstream's error and open breaker", body=UPSTREAM)
     async def relay_test(self, request: IRequest) -> bytes:
         """Connect to the given (or saved) upstream step by step; 200 with the steps whether
         or not it worked, 400 for an unusable request."""
@@ -90,7 +91,12 @@ class RelayConfigAPI(SubApp):
             upstream = requested_upstream(body, config)
         except ValueError as e:
             return json_reply(request, {"error": str(e)}, 400)
-        return json_reply(request, await probe(self.reactor, config, upstream))
+        result = await probe(self.reactor, config, upstream)
+        board = self.applier.manager.health
+        label = target_from_upstream(upstream).label
+        if result["ok"] and board is not None and label in board.upstreams:
+            board.answered(label)  # it works now: its error and open breaker are cleared
+        return json_reply(request, result)
 
 
 class RelayStatusAPI(SubApp):

@@ -26,7 +26,11 @@ import os
 import re
 from typing import Any
 
-from twisted.internet.threads import deferToThread
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import formatEvent
 
 from relaymail.credentials import hash_password
@@ -34,7 +38,7 @@ from tests.helpers import free_port, send_mail
 from tests.integration.browser import DESKTOP, FLAGS, PHONE, READABLE_TIME, Console
 from tests.integration.test_relay import RelayTestCase
 from tests.peers import CHROMIUM, require_browser
-from tests.upstreams import Script
+from tests.upstreams import Script, ScriptedSession, ScriptedUpstream
 
 __all__ = ["CHROMIUM", "FLAGS", "PASSWORD"]  # test_oauth2's browser test uses them too
 PASSWORD = "console-pass-123"
@@ -95,6 +99,8 @@ class ConsoleBrowserTests(RelayTestCase):
                                           r["health_when_failing"]["details"]["degraded_reasons"]])
         self.assertIn("最近 10 分钟内的投递全部失败", r["dashboard_failing"])
         self.assertIn("不可用", r["upstreams_after"])
+        self.assertIn("正常", r["primary_back"])  # a later success clears the error
+        self.assertNotIn("refused", r["primary_back"])
         self.assertIn("正常", r["upstreams_after"])
         # send form
         self.assertTrue(r["empty_submit_invalid"])
@@ -165,6 +171,7 @@ class ConsoleBrowserTests(RelayTestCase):
                 self.relay_page(zh, out, refused, backup)
                 self.send_form(zh, out)
                 self.queue_pages(zh, out)
+                self.primary_back(zh, out, refused)
                 self.credentials_page(zh, out)
                 self.logs_page(zh, out)
                 self.links(zh, out)
@@ -299,6 +306,34 @@ class ConsoleBrowserTests(RelayTestCase):
         out["images"] = page.locator("#details img").count()
         out["xss"] = page.evaluate("window.__xss ?? null")
         c.check("message")
+
+    async def listen_on(self, port: int) -> None:
+        """The refused primary starts answering (a scripted server on its port)."""
+        revived = ScriptedUpstream()
+        factory = Factory.forProtocol(lambda: ScriptedSession(revived, Script()))
+        revived.listening = await TCP4ServerEndpoint(reactor, port,
+                                                     interface="127.0.0.1").listen(factory)
+        self.addCleanup(revived.stop)
+
+    def primary_back(self, c: Console, out: dict[str, Any], refused: int) -> None:
+        """A later success clears the upstream's error: it shows up again, no error."""
+        page = c.page
+        blockingCallFromThread(reactor, lambda: ensureDeferred(self.listen_on(refused)))
+        c.open("/relay", "#f-preset")
+        page.click("#test")  # works now: the breaker opened by the refusals closes
+        c.message("连接正常")
+        send_mail(self.running.smtp_port, "app@example.com", ["z@dest.test"],
+                  b"Subject: back\r\n\r\nhello\r\n")
+        c.open("/", "#upstreams")
+        row = f"#upstreams tr:has-text('127.0.0.1:{refused}')"
+        for _ in range(40):
+            if "正常" in page.inner_text(row):
+                break
+            page.wait_for_timeout(300)
+            page.reload()
+            page.wait_for_selector("#upstreams")
+        out["primary_back"] = page.inner_text(row)
+        c.check("dashboard-recovered")
 
     def credentials_page(self, c: Console, out: dict[str, Any]) -> None:
         page = c.page
