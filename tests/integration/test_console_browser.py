@@ -90,6 +90,8 @@ class ConsoleBrowserTests(RelayTestCase):
         self.assertIn("已保存并生效", r["saved"])
         upstreams = self.document()["transports"]["provider"]["upstreams"]
         self.assertEqual([u["port"] for u in upstreams], [refused, backup.port])
+        self.assertEqual((upstreams[1]["max_rate"], upstreams[1]["max_connections"]),
+                         ("100/min", 2))
         self.assertIn({"domains": ["internal.test"], "transport": "outbox"},
                       self.document()["routes"])
         # listed right after saving, before any delivery; refused: down; degraded health
@@ -244,6 +246,8 @@ class ConsoleBrowserTests(RelayTestCase):
         page.fill("#f-host-1", "127.0.0.1")
         page.fill("#f-port-1", str(backup))
         page.select_option("#f-tls-1", "none")
+        page.fill("#f-max_rate-1", "100/min")
+        page.fill("#f-max_connections-1", "2")
         page.click("#test-1")
         page.wait_for_selector("#steps-1 table")
         out["test_backup"] = page.inner_text("#steps-1")
