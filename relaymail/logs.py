@@ -14,14 +14,31 @@ _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 
 
+_ORDER = {level: i for i, level in enumerate(LogLevel.iterconstants())}
+_threshold = _ORDER[LogLevel.info]
+
+
 def set_level(name: str) -> None:
     """Apply ``log.level`` (debug, info, warn, error) to every relaymail logger."""
+    global _threshold
     _predicate.setLogLevelForNamespace("relaymail", LogLevel.levelWithName(name))
     _predicate.defaultLogLevel = LogLevel.levelWithName(name)
+    _threshold = _ORDER[LogLevel.levelWithName(name)]
+
+
+class _LevelledLogger(_Logger):
+    """Drops an event below ``log.level`` before building it: the hot path has debug
+    lines for every command, which would otherwise each cost an event dict and a trip
+    through the observers only to be filtered out."""
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        if _ORDER[level] < _threshold:
+            return
+        super().emit(level, format, **kwargs)
 
 
 def Logger(namespace: str) -> _Logger:
-    return _Logger(namespace=namespace, observer=observer)
+    return _LevelledLogger(namespace=namespace, observer=observer)
 
 
 _ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {ord("\\"): "\\\\"}

@@ -120,6 +120,13 @@ class RelaxedBodyHash:
         if self._pending_size >= self.BLOCK:
             self._flush()
 
+    def block(self, block: bytes) -> None:
+        """Complete body lines, each with its CRLF (no other CR or LF inside)."""
+        self._pending.append(block[:-2])
+        self._pending_size += len(block)
+        if self._pending_size >= self.BLOCK:
+            self._flush()
+
     def _flush(self) -> None:
         if not self._pending:
             return

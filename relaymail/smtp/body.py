@@ -76,6 +76,45 @@ class BodyReader:
         self.partial(line)
         self._end_line()
 
+    def block(self, data: bytes) -> None:
+        """Complete lines, each ending in CRLF, starting at a line start: the header lines
+        one by one, the body at once when nothing in it needs a rule applied (no bare CR
+        or LF, no control character to strip or refuse, no line to fold), which is what
+        almost every message is; else line by line, with the same result."""
+        start = 0
+        while self.in_headers and start < len(data) and self.problem is None:
+            end = data.index(b"\r\n", start)
+            self.line(data[start:end])
+            start = end + 2
+        if start >= len(data) or self.problem is not None:
+            return
+        rest = data[start:] if start else data
+        if self._plain(rest):
+            self._store_block(rest)
+            return
+        for line in rest[:-2].split(b"\r\n"):
+            self.line(line)
+
+    def _plain(self, data: bytes) -> bool:
+        crlf = data.count(b"\r\n")
+        return (self._at_start and not self._current and data.count(b"\r") == crlf
+                and data.count(b"\n") == crlf and not self._has_control(data)
+                and max(map(len, data.split(b"\r\n"))) <= self.fold_length)
+
+    def _store_block(self, data: bytes) -> None:
+        """Body lines stored at once: dot-unstuffed, hashed, checked for 8 bits and size."""
+        if data[:1] == b".":
+            data = data[1:]
+        data = data.replace(b"\r\n.", b"\r\n")
+        if self.body_hash is not None:
+            self.body_hash.block(data)
+        if not self.eight_bit_seen and not data.isascii():
+            self.eight_bit_seen = True
+        if self.writer.size + len(data) > self.max_size:
+            self._fail(MESSAGE_TOO_BIG)
+            return
+        self.writer.write(data)
+
     def partial(self, data: bytes) -> None:
         """A piece of a line whose CRLF has not arrived yet."""
         if self.problem is not None:
@@ -93,6 +132,8 @@ class BodyReader:
             self._text(part)
 
     def _has_control(self, data: bytes) -> bool:
+        if not self._controls:
+            return False
         if self._one_control is not None:  # the usual case: NUL only
             return self._one_control in data
         return any(c in data for c in self._control_bytes)
@@ -175,6 +216,8 @@ class BodyReader:
         return b"".join(self.header_lines)
 
     def _fail(self, reply: Reply) -> None:
+        if self.problem is not None:
+            return  # the first problem is the one answered
         self.problem = reply
         self.header_lines = []
         self._current.clear()

@@ -166,6 +166,9 @@ class RelayESMTP(WireProtocol):
     def data_piece(self, piece: bytes) -> None:
         self.mail.piece(piece)
 
+    def data_block(self, block: bytes) -> None:
+        self.mail.block(block)
+
     def end_of_data(self) -> Result:
         return self.mail.end()
 

@@ -243,6 +243,10 @@ class TransactionLayer:
         assert self.body is not None
         self.body.partial(piece)
 
+    def block(self, block: bytes) -> None:
+        assert self.body is not None
+        self.body.block(block)
+
     def end(self) -> Result:
         """The final ".": refuse, or sign, commit and answer 250 once durable."""
         txn, body = self.txn, self.body

@@ -65,7 +65,10 @@ class WireProtocol(ESMTP):
             return
         self._in_data_received = True
         try:
-            lines = (self._pending + data).split(b"\r\n")
+            buffer = self._pending + data
+            if self.mode == DATA and not self._blocked and not self._midline:
+                buffer = self._data_in_bulk(buffer)
+            lines = buffer.split(b"\r\n")
             self._pending = lines.pop()
             for line in lines:
                 if self._discard_rest or self.closing:
@@ -78,6 +81,18 @@ class WireProtocol(ESMTP):
             if self._discard_rest:
                 self._pending = b""
             self._discard_rest = False
+
+    def _data_in_bulk(self, buffer: bytes) -> bytes:
+        """DATA: hand on every complete line before the final "." at once (one call per
+        chunk instead of one per line); returns what the line-by-line path still reads:
+        the final "." and what follows it, or a last incomplete line."""
+        end = buffer.find(b"\r\n.\r\n")
+        cut = end + 2 if end >= 0 else buffer.rfind(b"\r\n") + 2
+        if cut < 2 or buffer.startswith(b".\r\n"):
+            return buffer
+        self.resetTimeout()
+        self.data_block(buffer[:cut])
+        return buffer[cut:]
 
     def long_line_piece(self) -> None:
         """No CRLF within ``MAX_LENGTH``: in DATA, pass the piece on (keeping a final CR,
@@ -142,6 +157,11 @@ class WireProtocol(ESMTP):
 
     def data_piece(self, piece: bytes) -> None:
         raise NotImplementedError
+
+    def data_block(self, block: bytes) -> None:
+        """Complete DATA lines, each with its CRLF (never the final ".")."""
+        for line in block[:-2].split(b"\r\n"):
+            self.data_line(line)
 
     def end_of_data(self) -> Result:
         raise NotImplementedError

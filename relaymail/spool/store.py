@@ -36,6 +36,7 @@ class _Pending:
     writer: MessageWriter
     envelope: Envelope
     deferred: Deferred = field(default_factory=Deferred)
+    envelope_json: bytes = b""  # encoded once, for the record and the envelope file
 
 
 class Spool:
@@ -204,7 +205,8 @@ class Spool:
                 self._unstage(item)
                 continue
             try:
-                self.ops.write_all(fd, envelope_record(item.envelope.to_json()))
+                item.envelope_json = item.envelope.to_json()
+                self.ops.write_all(fd, envelope_record(item.envelope_json))
                 written.append((i, item, fd))
             except OSError as e:
                 errors[i] = e
@@ -230,20 +232,19 @@ class Spool:
                 staged = []
         for i, item in staged:
             try:
-                self._publish(item.envelope)
+                self._publish(item.envelope.queue_id, item.envelope_json)
             except OSError as e:
                 errors[i] = e
                 self._withdraw(item)
         return errors
 
-    def _publish(self, envelope: Envelope) -> None:
+    def _publish(self, qid: str, envelope_json: bytes) -> None:
         """Make the envelope visible in ``queue/`` (a rename, so readers never see half
         of it); no fsync, the body's record already holds it durably."""
-        qid = envelope.queue_id
         tmp = self.path("incoming", qid + ".json")
         fd = self.ops.create_exclusive(tmp)
         try:
-            self.ops.write_all(fd, envelope.to_json())
+            self.ops.write_all(fd, envelope_json)
         finally:
             self.ops.close(fd)
         self.ops.rename(tmp, self.path("queue", qid + ".json"))

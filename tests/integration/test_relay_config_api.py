@@ -101,7 +101,7 @@ class RelayConfigTests(RelayTestCase):
     async def test_bad_values_change_nothing_and_disable_goes_back_to_the_outbox(self) -> None:
         await self.start()
         before = self.document()
-        for body, words in (({"host": "h", "port": "abc"}, "port: expected an integer"),
+        for body, words in (({"host": "h", "port": "abc"}, "port: expected a port number 1-65535"),
                             ({"host": "h", "tls": "ssl3"}, "tls: expected one of"),
                             ({"preset": "nope"}, "preset: unknown preset"),
                             ({"upstreams": []}, "upstreams: expected a non-empty list"),
