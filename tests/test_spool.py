@@ -252,6 +252,34 @@ class SpoolTests(TestCase):
         self.assertEqual(read_head(path), body)
         self.assertEqual(read_head_block(path), (body, len(body)))
 
+    def test_removal_cut_short_is_finished_at_startup_not_sent_again(self) -> None:
+        """A removal removes the body first; killed before the envelope went, startup drops
+        the envelope (had the envelope gone first, the body would be restored from its
+        record and delivered twice)."""
+        spool = self.make()
+        qid = self.successResultOf(self.store(spool, b"Subject: r\r\n\r\nb\r\n")[1])
+        os.unlink(spool.path("data", qid + ".eml"))
+        self.assertEqual(Spool(spool.root, run_synchronously).prepare(), [])
+        self.assertEqual(os.listdir(spool.path("queue")), [])
+
+    def test_removals_asked_together_share_one_thread_trip(self) -> None:
+        runner = ManualRunner()
+        spool = self.make(runner)
+        ids = []
+        for i in range(3):
+            self.store(spool, b"m%d\r\n" % i)
+            runner.release()
+        ids = [e.queue_id for e in spool.load_state("queue")]
+        done = [spool.remove(qid, "queue") for qid in ids]
+        self.assertEqual(len(runner.calls), 1)  # the first removal
+        runner.release()
+        self.assertEqual(len(runner.calls), 1)  # the other two, together
+        self.assertEqual(len(runner.calls[0][1][0]), 2)
+        runner.release()
+        for d in done:
+            self.successResultOf(d)
+        self.assertEqual(os.listdir(spool.path("data")), [])
+
     def test_envelope_update_and_moves(self) -> None:
         spool = self.make()
         qid = self.successResultOf(self.store(spool, b"x\r\n")[1])

@@ -20,7 +20,7 @@ from twisted.mail import smtp
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
-from relaymail.netutil import disable_nagle
+from relaymail.netutil import disable_nagle, write_eagerly
 from relaymail.relay.dotstuff import DotStuffer
 from relaymail.relay.outcome import DELIVERED, Outcome, SessionError
 from relaymail.relay.sasl import OAuth2Authenticator, PlainAuthenticator
@@ -121,6 +121,7 @@ class RelayClient(smtp.ESMTPClient):
 
     def connectionMade(self) -> None:
         disable_nagle(self.transport)
+        write_eagerly(self.transport)
         super().connectionMade()
 
     def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:

@@ -29,7 +29,7 @@ from relaymail.common import replies
 from relaymail.common.replies import Reply
 from relaymail.config import ListenerConfig
 from relaymail.logs import Logger
-from relaymail.netutil import disable_nagle
+from relaymail.netutil import disable_nagle, write_eagerly
 from relaymail.smtp.auth import AuthLayer
 from relaymail.smtp.body import BodyReader
 from relaymail.smtp.sasl import MECHANISMS
@@ -89,6 +89,7 @@ class RelayESMTP(WireProtocol):
     def connectionMade(self) -> None:
         self.context.sessions.add(self)
         disable_nagle(self.transport)
+        write_eagerly(self.transport)
         self.state.started_tls = self.listener.tls == "implicit"
         self.state.can_start_tls = (ITLSTransport.providedBy(self.transport)
                                     and self.listener.tls == "starttls"

@@ -118,10 +118,11 @@ def build(config: Config, reactor: Any, link: MainLink, side: AcceptorSide,
     side.ctx = ctx
 
     def committed(envelope: Envelope) -> None:
-        link.callRemote(p.Committed, envelope=envelope.to_json().decode("utf-8"))\
-            .addErrback(lambda f: log.warn("acceptor: could not announce {queue_id}: "
-                                           "{error}", queue_id=envelope.queue_id,
-                                           error=f.getErrorMessage()))
+        try:
+            link.callRemote(p.Committed, envelope=envelope.to_json().decode("utf-8"))
+        except Exception as e:  # the link is gone: the main process scans the spool
+            log.warn("acceptor: could not announce {queue_id}: {error}",
+                     queue_id=envelope.queue_id, error=e)
 
     ctx.spool.commit_listeners.append(committed)
     ports = []

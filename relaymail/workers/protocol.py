@@ -11,7 +11,11 @@ from twisted.protocols import amp
 
 
 class Committed(amp.Command):
+    """Sent without waiting for an answer: the message is durable already, and one lost
+    with a dying acceptor is found by the scan after its death."""
+
     arguments = [(b"envelope", amp.Unicode())]
+    requiresAnswer = False
     response = []  # type: ignore[var-annotated]
 
 
