@@ -126,12 +126,13 @@ def web_tls_options(config: Config) -> Any:
 
 
 def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
-                ctx: ServerContext, history: History | None = None) -> ListenerService:
+                ctx: ServerContext, history: History | None = None,
+                acceptors: AcceptorPool | None = None) -> ListenerService:
     """The HTTP API on ``web.endpoint``, in the same reactor; HTTPS with ``web.tls``, like
     an implicit-TLS SMTP listener.  Requests are checked (Host, body size) by
     relaymail.web.guard before their bodies are read."""
     monitor = Monitor(ctx.stats, manager, ctx.connections, ctx.policy.snapshot,
-                      thread_runner(reactor), reactor.seconds)
+                      thread_runner(reactor), reactor.seconds, acceptors)
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
                      CredentialsAPI(credentials_of(ctx), thread_runner(reactor)), ctx.signer,
@@ -219,7 +220,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     manager.setName("relay")
     manager.setServiceParent(top)
     if config.web.enabled:
-        web_service(config, reactor, manager, spool_service, ctx, history)\
+        acceptors = top.acceptors  # type: ignore[attr-defined]
+        web_service(config, reactor, manager, spool_service, ctx, history, acceptors)\
             .setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     top.relay = manager  # type: ignore[attr-defined]

@@ -84,7 +84,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     check_runtime(config)
     listeners = ", ".join(f"{x.name}={x.endpoint}" for x in config.smtp.listeners)
-    print(f"{args.config}: ok (listeners: {listeners}; spool: {config.spool_dir})")
+    workers = (f"{config.smtp.workers} acceptor process(es)" if config.smtp.workers
+               else "sessions in the main process")
+    print(f"{args.config}: ok (listeners: {listeners}; {workers}; spool: {config.spool_dir})")
     return 0
 
 

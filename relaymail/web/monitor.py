@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,14 @@ class Monitor:
     policy: Callable[[], dict[str, Any]]
     run_in_thread: Callable[..., Deferred]
     clock: Callable[[], float]
+    acceptors: Any = None  # relaymail.workers.supervisor.AcceptorPool with smtp.workers
+
+    def refusals(self) -> Counter[tuple[int, str]]:
+        """SMTP refusals counted here and, with acceptor processes, in each of them."""
+        total = Counter(self.stats.refusals)
+        if self.acceptors is not None:
+            total.update(self.acceptors.refusals())
+        return total
 
     @property
     def spool(self) -> Spool:
@@ -88,6 +97,12 @@ class Monitor:
         if rate < 90:
             reasons.append({"code": "success_rate", "rate": rate,
                             "message": f"success rate {rate} % (under 90 %)"})
+        if self.acceptors is not None:
+            for worker in self.acceptors.workers():
+                if not worker["alive"]:
+                    reasons.append({"code": "acceptor_down", "params": {"id": worker["id"]},
+                                    "message": f"acceptor process {worker['id']} is not "
+                                               "running (being restarted)"})
         if self.manager.spool.quarantined:
             reasons.append({"code": "quarantined",
                             "message": "malformed spool files were quarantined"})
@@ -103,21 +118,20 @@ class Monitor:
             status = "degraded"
         else:
             status = "ok"
-        body = {
-            "status": status,
-            "timestamp": iso(self.clock()),
-            "details": {
-                "disk_space_available_mb": free_mb,
-                "spool_writable": disk.writable,
-                "queued_emails": len(self.manager.queued) + len(self.manager.active),
-                "held_emails": disk.hold,
-                "failed_emails": disk.failed,
-                "total_emails_processed": self.stats.total("sent") + self.stats.total("bounced"),
-                "success_rate": self.stats.success_rate(),
-                "quarantined_files": list(self.manager.spool.quarantined),
-                "degraded_reasons": reasons,
-            },
+        details: dict[str, Any] = {
+            "disk_space_available_mb": free_mb,
+            "spool_writable": disk.writable,
+            "queued_emails": len(self.manager.queued) + len(self.manager.active),
+            "held_emails": disk.hold,
+            "failed_emails": disk.failed,
+            "total_emails_processed": self.stats.total("sent") + self.stats.total("bounced"),
+            "success_rate": self.stats.success_rate(),
+            "quarantined_files": list(self.manager.spool.quarantined),
+            "degraded_reasons": reasons,
         }
+        if self.acceptors is not None:
+            details["workers"] = self.acceptors.workers()
+        body = {"status": status, "timestamp": iso(self.clock()), "details": details}
         return (503 if status == "error" else 200), body
 
     def metrics_json(self) -> dict[str, Any]:
@@ -151,7 +165,7 @@ class _Collector:
                       [((), stats.recipients_received)])
         yield counter("relaymail_smtp_refusals", "SMTP 4xx/5xx replies, by code and enhanced "
                       "status (the reason).", [((str(c), e), n) for (c, e), n in
-                                              sorted(stats.refusals.items())],
+                                              sorted(m.refusals().items())],
                       ("code", "status"))
         yield counter("relaymail_deliveries", "Recipients per delivery outcome, by transport "
                       "and result (sent, deferred, bounced).",
@@ -171,6 +185,8 @@ class _Collector:
             conns.add_metric([name], n)
         yield conns
         yield from upstream_families(m.manager)
+        if m.acceptors is not None:
+            yield from acceptor_families(m.acceptors.workers())
         yield GaugeMetricFamily("relaymail_spool_free_bytes", "Free bytes on the spool's "
                                 "filesystem.", value=self.disk.free_bytes)
         yield GaugeMetricFamily("relaymail_spool_writable", "1 when a probe file could be "
@@ -218,3 +234,16 @@ def policy_families(policy: dict[str, Any]) -> Iterator[Any]:
     for event, n in sorted(policy.get("auth_lockouts", {}).items()):
         lockouts.add_metric([event], n)
     yield lockouts
+
+
+def acceptor_families(workers: list[dict[str, Any]]) -> Iterator[Any]:
+    alive = GaugeMetricFamily("relaymail_acceptor_up", "1 while the acceptor process runs.",
+                              labels=["acceptor"])
+    restarts = CounterMetricFamily("relaymail_acceptor_restarts", "Times the acceptor "
+                                   "process was started again after it ended.",
+                                   labels=["acceptor"])
+    for worker in workers:
+        alive.add_metric([str(worker["id"])], int(worker["alive"]))
+        restarts.add_metric([str(worker["id"])], worker["restarts"])
+    yield alive
+    yield restarts

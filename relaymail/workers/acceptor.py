@@ -56,6 +56,8 @@ class AcceptorSide(amp.CommandLocator):
         return {"status": json.dumps({
             "pid": os.getpid(), "connections": connections.total,
             "per_listener": dict(connections.per_listener),
+            "refusals": [[code, enhanced, n] for (code, enhanced), n in
+                         ctx.stats.refusals.items()],
             "policy": ctx.policy.snapshot() if ctx.policy else {}})}
 
 

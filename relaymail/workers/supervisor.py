@@ -302,6 +302,15 @@ class AcceptorPool(Service):
                 out[name] = out.get(name, 0) + int(n)
         return out
 
+    def refusals(self) -> Counter[tuple[int, str]]:
+        """The acceptors' SMTP refusals by (code, enhanced status), summed; a restarted
+        acceptor starts again from zero, as a restarted single process would."""
+        out: Counter[tuple[int, str]] = Counter()
+        for slot in self.slots:
+            for code, enhanced, n in slot.status.get("refusals", []):
+                out[(int(code), str(enhanced))] += int(n)
+        return out
+
     def policy_stats(self) -> dict[str, dict[str, int]]:
         """The acceptors' rate-limit and lockout counters, summed."""
         out: dict[str, dict[str, int]] = {"rate_limits": {}, "auth_lockouts": {}}

@@ -213,3 +213,37 @@ class AcceptorTests(WorkersTestCase):
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", self.port), timeout=2)
+
+
+class AcceptorHealthTests(WorkersTestCase):
+    async def test_health_and_metrics_show_each_acceptor(self) -> None:
+        import json
+        import urllib.request
+
+        web_port = free_port()
+        await self.start(web={"endpoint": f"tcp:{web_port}:interface=127.0.0.1"})
+
+        def get(path: str) -> bytes:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}{path}",
+                                        timeout=10) as r:
+                return r.read()
+
+        sessions = await self.spread_sessions(2)
+        await deferToThread(sessions[0].command, b"MAIL FROM:<bad address>")  # a refusal
+        await self.pool.poll()
+        health = json.loads(await deferToThread(get, "/health"))
+        workers = health["details"]["workers"]
+        self.assertEqual([(w["id"], w["alive"]) for w in workers], [(0, True), (1, True)])
+        self.assertEqual(sum(w["connections"] for w in workers), len(sessions))
+        metrics = (await deferToThread(get, "/metrics")).decode()
+        self.assertIn('relaymail_acceptor_up{acceptor="1"} 1.0', metrics)
+        self.assertIn('relaymail_smtp_connections{listener="smtp"} %d.0' % len(sessions),
+                      metrics)
+        self.assertRegex(metrics, r'relaymail_smtp_refusals_total\{code="5\d\d"')
+
+        os.kill(self.pool.slots[1].process.pid, signal.SIGKILL)
+        await self.until(lambda: self.pool.slots[1].process is None)
+        health = json.loads(await deferToThread(get, "/health"))
+        self.assertEqual(health["status"], "degraded")
+        self.assertIn("acceptor_down", [r["code"] for r in health["details"]["degraded_reasons"]])
+        await self.until(lambda: self.pool.slots[1].link is not None)
