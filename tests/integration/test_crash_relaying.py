@@ -68,8 +68,11 @@ def queued_markers(spool: str) -> set[bytes]:
     """Markers of the messages committed to ``queue/`` (a killed relay left them there)."""
     out = set()
     for name in os.listdir(os.path.join(spool, "queue")):
-        with open_body(os.path.join(spool, "data", name[:-5] + ".eml")) as f:
-            out.add(marked(f.read(), name)[0])
+        try:
+            with open_body(os.path.join(spool, "data", name[:-5] + ".eml")) as f:
+                out.add(marked(f.read(), name)[0])
+        except FileNotFoundError:
+            continue  # a removal cut short (body first): delivered, finished at startup
     return out
 
 

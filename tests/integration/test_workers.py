@@ -237,7 +237,7 @@ class AcceptorHealthTests(WorkersTestCase):
         self.assertEqual(sum(w["connections"] for w in workers), len(sessions))
         metrics = (await deferToThread(get, "/metrics")).decode()
         self.assertIn('relaymail_acceptor_up{acceptor="1"} 1.0', metrics)
-        self.assertIn('relaymail_smtp_connections{listener="smtp"} %d.0' % len(sessions),
+        self.assertIn(f'relaymail_smtp_connections{{listener="smtp"}} {len(sessions)}.0',
                       metrics)
         self.assertRegex(metrics, r'relaymail_smtp_refusals_total\{code="5\d\d"')
 
