@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/hotpath.py
 
 fuzz: $(STAMP)
 	$(BIN)/python bench/fuzz.py --inputs 1000000

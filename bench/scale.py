@@ -1,5 +1,6 @@
-"""Scale benchmarks that need no Postfix: memory per idle connection with 10,000 idle
-sessions, one 100 MB message (RSS growth and MB/s), and restart time with 100,000 queued
+"""Scale benchmarks that need no Postfix: memory per idle connection with idle
+sessions (50,000 by default, held over the acceptor processes, with one ordinary client
+served meanwhile), one 100 MB message (RSS growth and MB/s), and restart time with 100,000 queued
 messages.  Printed as a table with the issue's targets; run by ``make bench``."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import BIN, free_port, idle_connection_cost, relaymail, rss_kib
+from run import BIN, free_port, hold_idle, relaymail, rss_kib
 
 from relaymail.spool import new_queue_id
 from relaymail.spool.envelope import Envelope, Recipient
@@ -109,16 +110,19 @@ def restart_time(workdir: str, count: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument("--idle", type=int, default=50_000)
+    parser.add_argument("--idle-workers", type=int, default=4)
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--queued", type=int, default=100_000)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.idle * 2 + 200)), hard))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # relaymail inherits it
     work = tempfile.mkdtemp(prefix="relaymail-scale-")
     try:
-        with relaymail(os.path.join(work, "idle"), args.idle + 100) as r:
-            idle = idle_connection_cost(r.port, r.pid, args.idle)
+        # Each acceptor holds its share; four of them keep each under a 20,000-descriptor
+        # limit however unevenly the kernel spreads the connections.
+        with relaymail(os.path.join(work, "idle"), 19_000, workers=args.idle_workers) as r:
+            idle, meanwhile = hold_idle(r.port, r.pid, args.idle)
         with relaymail(os.path.join(work, "big"), 100,
                        max_message_size=(args.megabytes + 10) * 1024 * 1024) as r:
             before = rss_kib(r.pid)
@@ -129,7 +133,10 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [
-        (f"RSS per idle connection ({args.idle} idle), KiB", f"{idle:.2f}", "<= 5"),
+        (f"RSS per idle connection ({args.idle} idle, main + {args.idle_workers} acceptors), "
+         "KiB",
+         f"{idle:.2f}", "<= 3"),
+        ("a normal client's message meanwhile, s", f"{meanwhile:.2f}", ""),
         (f"RSS growth, one {args.megabytes} MB message accepted and delivered, MB",
          f"{(peak - before) / 1024:.1f}", "< 10"),
         (f"{args.megabytes} MB message accepted, MB/s", f"{args.megabytes / seconds:.1f}", ""),

@@ -106,3 +106,18 @@ def test_new_credentials_are_restricted_or_say_they_are_not(tmp_path: Any,
     assert store.get("app1").allowed_sender_domains == []
     assert "warning: app1 may send as any address" in err
     assert "noreply@shop.example may send" not in err
+
+
+def test_hash_password_on_a_terminal_asks_twice(monkeypatch: Any, capsys: Any) -> None:
+    import argparse
+
+    from relaymail.cli import main as cli
+
+    monkeypatch.setattr(cli.sys.stdin, "isatty", lambda: True, raising=False)
+    answers = iter(["s3cret-one", "s3cret-two"])
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: next(answers))
+    assert cli.cmd_hash_password(argparse.Namespace()) == 2
+    assert "differ" in capsys.readouterr().err
+    answers = iter(["s3cret-one", "s3cret-one"])
+    assert cli.cmd_hash_password(argparse.Namespace()) == 0
+    assert capsys.readouterr().out.startswith("$2")

@@ -155,8 +155,11 @@ def cmd_credentials_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    if sys.stdin.isatty():
+    if sys.stdin.isatty():  # typed: asked twice, as passwd does
         password = getpass.getpass("Password: ")
+        if password and getpass.getpass("Again: ") != password:
+            print("relaymail: the passwords differ; nothing printed", file=sys.stderr)
+            return 2
     else:
         password = sys.stdin.readline().rstrip("\n")
     if not password:
