@@ -110,8 +110,9 @@ def test_new_credentials_are_restricted_or_say_they_are_not(tmp_path: Any,
 
 def test_hash_password_on_a_terminal_asks_twice(monkeypatch: Any, capsys: Any) -> None:
     import argparse
+    import importlib
 
-    from relaymail.cli import main as cli
+    cli = importlib.import_module("relaymail.cli.main")
 
     monkeypatch.setattr(cli.sys.stdin, "isatty", lambda: True, raising=False)
     answers = iter(["s3cret-one", "s3cret-two"])
