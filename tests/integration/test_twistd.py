@@ -283,6 +283,28 @@ def stored_messages(spool: str, outbox: str) -> dict[bytes, list[bytes]]:
     return out
 
 
+def recover_and_check(port: int, config: str, spool: str, outbox: str,
+                      acked: dict[str, bytes], maybe: dict[str, bytes]
+                      ) -> dict[bytes, list[bytes]]:
+    """Start relaymail again (recovery runs before the first session), stop it cleanly,
+    and check what is stored: every acknowledged message, intact; nothing that was never
+    sent in full."""
+    proc = twistd(config)
+    try:
+        wait_for_banner(port, proc)
+    finally:
+        stop(proc)  # a clean stop, so that no delivery runs while we look
+    stored = stored_messages(spool, outbox)
+    for name, body in acked.items():
+        copies = stored.get(name.encode(), [])
+        assert copies and all(c == body for c in copies), f"acknowledged {name} lost"
+    for marker, copies in stored.items():
+        name = marker.decode()
+        assert name in acked or name in maybe, f"{name} stored but never fully sent"
+        assert all(c == (acked.get(name) or maybe[name]) for c in copies), f"{name} damaged"
+    return stored
+
+
 def test_sigkill_loses_nothing_acknowledged(tmp_path: Any) -> None:
     port = free_port()
     config = write_config(str(tmp_path), port)
@@ -295,19 +317,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Any) -> None:
         for sender in load_and_kill(port, config, round_no, rng):
             acked.update(sender.acked)
             maybe.update(sender.in_flight)
-        proc = twistd(config)  # restart: recovery runs before the first session
-        try:
-            wait_for_banner(port, proc)
-        finally:
-            stop(proc)  # a clean stop, so that no delivery runs while we look
-        stored = stored_messages(spool, outbox)
-        for marker, body in acked.items():
-            copies = stored.get(marker.encode(), [])
-            assert copies and all(c == body for c in copies), f"acknowledged {marker} lost"
-        for marker, copies in stored.items():
-            name = marker.decode()
-            assert name in acked or name in maybe, f"{name} stored but never fully sent"
-            assert all(c == (acked.get(name) or maybe[name]) for c in copies), f"{name} damaged"
+        stored = recover_and_check(port, config, spool, outbox, acked, maybe)
     twice = sum(len(copies) > 1 for copies in stored.values())
     print(f"crash test: {len(acked)} acknowledged, {len(maybe)} in flight at kills, "
           f"{twice} stored twice (delivered while killed)")

@@ -19,9 +19,7 @@ from tests.helpers import free_port
 from tests.integration.test_twistd import (
     TWISTD,
     Sender,
-    stop,
-    stored_messages,
-    twistd,
+    recover_and_check,
     wait_for_banner,
     write_config,
 )
@@ -108,19 +106,7 @@ def test_sigkill_of_acceptors_main_and_group_loses_nothing(tmp_path: Any) -> Non
         for sender in crash_round(port, config, KINDS[round_no % 3], round_no, rng):
             acked.update(sender.acked)
             maybe.update(sender.in_flight)
-        proc = twistd(config)  # restart: recovery runs before the first session
-        try:
-            wait_for_banner(port, proc)
-        finally:
-            stop(proc)
-        stored = stored_messages(spool, outbox)
-        for marker, body in acked.items():
-            copies = stored.get(marker.encode(), [])
-            assert copies and all(c == body for c in copies), f"acknowledged {marker} lost"
-        for marker, copies in stored.items():
-            name = marker.decode()
-            assert name in acked or name in maybe, f"{name} stored but never fully sent"
-            assert all(c == (acked.get(name) or maybe[name]) for c in copies), f"{name} damaged"
+        recover_and_check(port, config, spool, outbox, acked, maybe)
     print(f"crash test with acceptors: {ROUNDS} rounds, {len(acked)} acknowledged, "
           f"{len(maybe)} in flight at kills")
     assert len(acked) > 100, f"too little load to mean anything: {len(acked)} acknowledged"
