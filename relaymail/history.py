@@ -4,6 +4,9 @@ per recipient, for the mail log search, its statistics and the dashboard.
 SQLite runs in a one-thread pool of its own (one connection, never shared across threads).
 Events are buffered and written in one transaction every half second, so a busy relay pays
 one commit per batch, not per message.  Rows older than the retention are deleted hourly.
+
+``watch_queue`` samples the queue depth (messages in the spool's queue) every minute into
+``queue_depth``, written with the events and pruned like them, for the dashboard's chart.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -45,6 +49,11 @@ CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE INDEX IF NOT EXISTS events_queue_id ON events (queue_id);
 CREATE INDEX IF NOT EXISTS events_sender ON events (sender);
 CREATE INDEX IF NOT EXISTS events_recipient ON events (recipient);
+CREATE TABLE IF NOT EXISTS queue_depth (
+    time REAL NOT NULL,
+    messages INTEGER NOT NULL      -- queued and being delivered, when sampled
+);
+CREATE INDEX IF NOT EXISTS queue_depth_time ON queue_depth (time);
 """
 COLUMNS = ("time", "queue_id", "sender", "recipient", "status", "transport", "relay", "code",
            "reply", "delay", "attempt", "credential")
@@ -68,6 +77,10 @@ class History(Service):
         self.flusher.clock = reactor
         self.pruner = LoopingCall(self.prune)
         self.pruner.clock = reactor
+        self.samples: list[tuple[float, int]] = []  # (time, queue depth), not yet written
+        self.depth: Callable[[], int] | None = None
+        self.sampler: LoopingCall | None = None
+        self.sample_interval = 60.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -77,6 +90,8 @@ class History(Service):
         self._run(self._open)
         self.flusher.start(FLUSH_INTERVAL, now=False)
         self.pruner.start(3600, now=True)
+        if self.sampler is not None and not self.sampler.running:
+            self.sampler.start(self.sample_interval, now=False)
 
     def stopService(self) -> Deferred:
         super().stopService()
@@ -85,8 +100,8 @@ class History(Service):
     async def _stop(self) -> None:
         if not self.pool.started:  # stopped already (a second stopService)
             return
-        for loop in (self.flusher, self.pruner):
-            if loop.running:
+        for loop in (self.flusher, self.pruner, self.sampler):
+            if loop is not None and loop.running:
                 loop.stop()
         try:
             await self.flush()
@@ -129,20 +144,52 @@ class History(Service):
                                  event.get("code"), event.get("reply"), event.get("delay"),
                                  event.get("attempt"), None))
 
+    def watch_queue(self, depth: Callable[[], int], interval: float = 60.0,
+                    clock: IReactorTime | None = None) -> None:
+        """Sample ``depth()`` every ``interval`` seconds (the first one interval after the
+        start, once the spool is recovered) on ``clock`` (the reactor by default); the
+        samples are written with the next batch of events."""
+        if self.sampler is not None and self.sampler.running:
+            self.sampler.stop()
+        self.depth = depth
+        self.sample_interval = interval
+        self.sampler = LoopingCall(self.sample_queue)
+        self.sampler.clock = clock if clock is not None else self.reactor
+        if self.running:
+            self.sampler.start(interval, now=False)
+
+    def sample_queue(self) -> None:
+        """Record the queue depth now (the sampler's tick)."""
+        if self.depth is None:
+            return
+        try:
+            messages = int(self.depth())
+        except Exception as e:  # a broken probe must not stop the sampler (or the relay)
+            log.warn("history: queue depth not sampled: {error}", error=e)
+            return
+        self.samples.append((self.clock(), messages))
+
     def flush(self) -> Deferred:
-        if not self.pending:
+        if not self.pending and not self.samples:
             return succeed(None)
         rows, self.pending = self.pending, []
-        d = self._run(self._insert, rows)
-        d.addErrback(lambda f: log.warn("history: {n} event(s) not recorded: {error}",
-                                        n=len(rows), error=f.getErrorMessage()))
+        samples, self.samples = self.samples, []
+        d = self._run(self._insert, rows, samples)
+        d.addErrback(lambda f: log.warn("history: {n} event(s) and {m} queue sample(s) not "
+                                        "recorded: {error}", n=len(rows), m=len(samples),
+                                        error=f.getErrorMessage()))
         return d
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert(self, rows: list[tuple[Any, ...]],
+                samples: list[tuple[float, int]] | None = None) -> None:
         assert self.db is not None
         with self.db:
-            self.db.executemany(f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES "
-                                f"({', '.join('?' * len(COLUMNS))})", rows)
+            if rows:
+                self.db.executemany(f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES "
+                                    f"({', '.join('?' * len(COLUMNS))})", rows)
+            if samples:
+                self.db.executemany("INSERT INTO queue_depth (time, messages) VALUES (?, ?)",
+                                    samples)
 
     def prune(self) -> Deferred:
         cutoff = self.clock() - self.retention
@@ -153,6 +200,7 @@ class History(Service):
         assert self.db is not None
         with self.db:
             self.db.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+            self.db.execute("DELETE FROM queue_depth WHERE time < ?", (cutoff,))
 
     # ------------------------------------------------------------------ queries
 
@@ -201,6 +249,17 @@ class History(Service):
         return {"totals": totals, "buckets": per_bucket, "top_senders": senders,
                 "messages": messages, "latency": latency, "relays": relays,
                 "credentials": logins}
+
+    def queue_depth(self, since: float, bucket: float = 300) -> Deferred:
+        """Fires with [(bucket start, highest depth sampled in it)] since ``since``, oldest
+        first; buckets without a sample (the relay was not running) are left out."""
+        return self._run(self._queue_depth, since, bucket)
+
+    def _queue_depth(self, since: float, bucket: float) -> list[tuple[float, int]]:
+        assert self.db is not None
+        return [(float(start), int(n)) for start, n in self.db.execute(
+            "SELECT CAST(time / ? AS INTEGER) * ?, max(messages) FROM queue_depth "
+            "WHERE time >= ? GROUP BY 1 ORDER BY 1", (bucket, bucket, since))]
 
     def usage(self, starts: dict[str, float]) -> Deferred:
         """Fires with {credential: {window: messages accepted since starts[window]}}: what

@@ -49,15 +49,19 @@ class MailLogsAPI(SubApp):
 
     @route("get", "/api/mail-logs/stats", "Totals (recipients by status, messages received), "
            "success rate, per hour (with average latency), per upstream, per credential, top "
-           "senders",
+           "senders, queue depth over time (queue_depth: the highest sampled depth per "
+           "queue_depth_step_s, oldest first)",
            query=[query("hours", "window, default 24", "integer")])
     async def mail_log_stats(self, request: IRequest) -> bytes:
-        """Counts by status for the last ``hours`` (default 24) and per hour, for the
-        dashboard's chart."""
+        """Counts by status for the last ``hours`` (default 24) and per hour, and the queue
+        depth sampled over them (at most 288 points: the peak of each step), for the
+        dashboard's charts."""
         hours = max(1, min(int_arg(request, "hours", 24), 24 * 31))
         now = self.clock()
         start = (int(now) // 3600 - hours + 1) * 3600
         raw = await self.history.stats(start)
+        step = max(60, hours * 3600 // 288)
+        depth = await self.history.queue_depth(start, step)
         per_hour = [{"hour": iso(h), **{s: raw["buckets"].get(h, {}).get(s, 0)
                                         for s in STATUSES}}
                     for h in range(start, int(now) + 1, 3600)]
@@ -76,7 +80,9 @@ class MailLogsAPI(SubApp):
             "per_upstream": [{"upstream": r, **counts} for r, counts in sorted(relays.items())],
             "per_credential": [{"credential": c, "messages": n}
                                for c, n in raw["credentials"]],
-            "top_senders": [{"sender": s, "messages": n} for s, n in raw["top_senders"]]})
+            "top_senders": [{"sender": s, "messages": n} for s, n in raw["top_senders"]],
+            "queue_depth_step_s": step,
+            "queue_depth": [{"t": iso(t), "messages": n} for t, n in depth]})
 
     @route("get", "/api/mail-logs/usage", "Messages accepted per SMTP credential this hour "
            "and today (UTC), what the quotas count, from the history")

@@ -3,7 +3,8 @@ operator uses it, at desktop (1366x900) and phone (390x844) widths, in Chinese a
 
 * the relay page: an upstream list (a refused primary, a working backup) with the preset
   explicit field by field, each upstream tested, routes edited, the relay disabled again;
-* the dashboard: SVG charts with axes (no inline style: nothing the CSP blocks), counters
+* the dashboard: SVG charts with axes (no inline style: nothing the CSP blocks), the queue
+  depth over time from the history's samples (a line with hover values), counters
   from the history, where mail goes, upstream status that tells the truth (a refused
   upstream down, listed right after saving, gone once disabled), /health degraded while
   every delivery fails;
@@ -81,6 +82,21 @@ class ConsoleBrowserTests(RelayTestCase):
         self.assertGreater(r["bars"], 0)
         self.assertGreaterEqual(r["ticks"], 3)
         self.assertIn("本地发件箱", r["destination"])
+        # the queue depth over time: a line through the samples, axes, hover values
+        depth = r["queue_depth"]
+        self.assertEqual((depth["lines"], depth["areas"]), (1, 1))
+        self.assertGreaterEqual(depth["points"], 3)
+        self.assertGreaterEqual(depth["ticks"], 3 + 8)  # y: 0, half, top; x: every 3 h
+        self.assertIn("队列深度变化", depth["label"])
+        self.assertTrue([x for x in depth["titles"] if READABLE_TIME.search(x)
+                         and x.endswith(": 队列深度 40")], depth["titles"])
+        self.assertGreaterEqual(int(depth["titles"][-1].rsplit(" ", 1)[1]), 1)  # the deferred
+        self.assertEqual(depth["top_tick"], "50")
+        self.assertEqual(depth["dot"], ("hidden", "visible"))  # shown on hover
+        self.assertIn("每 5 分钟取最高值", depth["note"])
+        self.assertIn("队列深度变化", r["queue_depth_label"]["zh 390px"])
+        self.assertEqual((r["queue_depth_label"]["en 390px"], r["queue_depth_label"]["en 1366px"]),
+                         ("Queue depth over time (last 24 h)",) * 2)
         # relay page: preset explicit, each upstream tested, saved list, routes
         self.assertIn("来自预设", r["origin_preset"])
         self.assertIn("已覆盖", r["origin_overridden"])
@@ -173,6 +189,7 @@ class ConsoleBrowserTests(RelayTestCase):
                 self.relay_page(zh, out, refused, backup)
                 self.send_form(zh, out)
                 self.queue_pages(zh, out)
+                self.queue_depth(zh, out)
                 self.primary_back(zh, out, refused)
                 self.credentials_page(zh, out)
                 self.logs_page(zh, out)
@@ -319,6 +336,40 @@ class ConsoleBrowserTests(RelayTestCase):
                                                      interface="127.0.0.1").listen(factory)
         self.addCleanup(revived.stop)
 
+    def queue_depth(self, c: Console, out: dict[str, Any]) -> None:
+        """The dashboard's queue depth chart: two earlier samples (the sampler takes one a
+        minute; the test cannot wait for them) and one now, with the deferred message."""
+        page = c.page
+        history = self.running.service.getServiceNamed("history")
+
+        def sample() -> Any:
+            now = history.clock()
+            history.samples += [(now - 600, 0), (now - 300, 40)]
+            history.sample_queue()
+            return history.flush()
+
+        blockingCallFromThread(reactor, sample)
+        c.open("/", "#queue-chart g.point")
+        chart = "#queue-chart"
+        dot = f"{chart} g.point:last-of-type circle.dot"
+        hidden = page.eval_on_selector(dot, "d => getComputedStyle(d).visibility")
+        page.hover(f"{chart} g.point:last-of-type rect.hover")
+        shown = page.eval_on_selector(dot, "d => getComputedStyle(d).visibility")
+        out["queue_depth"] = {
+            "lines": page.locator(f"{chart} path.line").count(),
+            "areas": page.locator(f"{chart} path.area").count(),
+            "points": page.locator(f"{chart} g.point").count(),
+            "ticks": page.locator(f"{chart} text.tick").count(),
+            "label": page.get_attribute(chart, "aria-label"),
+            "top_tick": page.eval_on_selector_all(f"{chart} text.tick",
+                                                  "ts => ts.map(t => t.textContent)")[2],
+            "titles": page.eval_on_selector_all(f"{chart} g.point title",
+                                                "ts => ts.map(t => t.textContent)"),
+            "dot": (hidden, shown),
+            "note": page.inner_text("#queue-depth-note"),
+        }
+        c.check("dashboard-queue-depth")
+
     def primary_back(self, c: Console, out: dict[str, Any], refused: int) -> None:
         """A later success clears the upstream's error: it shows up again, no error."""
         page = c.page
@@ -416,6 +467,9 @@ class ConsoleBrowserTests(RelayTestCase):
             for name, (path, ready) in PAGES.items():
                 c.open(path, ready)
                 c.check(name)
+                if name == "dashboard":
+                    out.setdefault("queue_depth_label", {})[c.where] = \
+                        c.page.get_attribute("#queue-chart", "aria-label")
             c.open(f"/queue?id={out['qid']}", "#timeline")
             c.check("message")
             self.workers(c, out)

@@ -1,6 +1,7 @@
 """Delivery history in SQLite behind /api/mail-logs and /api/mail-logs/stats, fed by real
 traffic on a running relay: search by sender, recipient, queue ID, status and time;
-hostile filter text stays data; the history survives a restart; old rows are pruned."""
+hostile filter text stays data; the history survives a restart; old rows are pruned; the
+queue depth is sampled on the clock and served with the stats."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.test.requesthelper import DummyRequest
 
 from relaymail.history import History
 from relaymail.spool.envelope import Envelope, Recipient
+from relaymail.web.history_api import MailLogsAPI
 from tests.helpers import free_port, start_relay
 from tests.integration.test_relay import RelayTestCase, plain, smarthost
 from tests.upstreams import Script, wait_until
@@ -103,3 +106,70 @@ class RetentionTests(TestCase):
         await history.prune()
         total, rows = await history.search({}, 10, 0)
         self.assertEqual((total, [r["queue_id"] for r in rows]), (1, ["Q600"]))
+
+
+class QueueDepthTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(50 * 86400)  # 1970-02-20T00:00:00Z
+        self.history = History(os.path.join(tempfile.mkdtemp(), "history.db"), reactor,
+                               retention_days=1, clock=self.clock.seconds)
+
+    async def served(self) -> dict[str, Any]:
+        await self.history.flush()
+        request = DummyRequest([b""])
+        request.args = {b"hours": [b"24"]}
+        body = await MailLogsAPI(self.history, self.clock.seconds).mail_log_stats(request)
+        return dict(json.loads(body))
+
+    async def test_samples_are_taken_on_the_clock_kept_and_served(self) -> None:
+        depth = [3]
+
+        def probe() -> int:
+            if depth[0] < 0:
+                raise RuntimeError("no manager")
+            return depth[0]
+
+        self.history.watch_queue(probe, interval=60, clock=self.clock)  # as build_service
+        self.history.startService()
+        self.addCleanup(self.history.stopService)
+        self.assertEqual(self.history.samples, [])  # none at the start (spool not recovered)
+        self.clock.advance(60)
+        depth[0] = 7
+        self.clock.advance(60)
+        depth[0] = -1  # a failing probe: no sample, and the sampler goes on
+        self.clock.advance(60)
+        depth[0] = 2
+        for _ in range(3):
+            self.clock.advance(60)  # 240, 300 (the next 5 minutes) and 360
+        start = 50 * 86400
+        self.assertEqual(self.history.samples, [(start + 60, 3), (start + 120, 7),
+                                                (start + 240, 2), (start + 300, 2),
+                                                (start + 360, 2)])
+        body = await self.served()
+        self.assertEqual(body["queue_depth_step_s"], 300)
+        self.assertEqual(body["queue_depth"], [  # the peak of each 5 minutes
+            {"t": "1970-02-20T00:00:00Z", "messages": 7},
+            {"t": "1970-02-20T00:05:00Z", "messages": 2}])
+        self.assertEqual(len(body["per_hour"]), 24)  # the rest of the stats as before
+
+        # two days on: what is older than the retention (a day) is pruned
+        self.clock.advance(2 * 86400)
+        await self.history.flush()
+        await self.history.prune()
+        body = await self.served()
+        self.assertEqual(body["queue_depth"], [{"t": "1970-02-22T00:05:00Z", "messages": 2}])
+
+        await self.history.stopService()
+        assert self.history.sampler is not None
+        self.assertFalse(self.history.sampler.running)
+        self.clock.advance(60)
+        self.assertEqual(self.history.samples, [])
+
+    async def test_watching_a_running_history_starts_sampling(self) -> None:
+        self.history.startService()
+        self.addCleanup(self.history.stopService)
+        self.assertEqual((await self.served())["queue_depth"], [])  # nothing sampled yet
+        self.history.watch_queue(lambda: 5, interval=30, clock=self.clock)
+        self.clock.advance(30)
+        self.assertEqual(self.history.samples, [(50 * 86400 + 30, 5)])

@@ -21,6 +21,19 @@ function destinationText(d) {
   return t("dest_none");
 }
 
+// The queue depth sampled over the hours of the per-hour charts: its peak per step.
+function queueDepth(stats, hourLabel) {
+  const start = Date.parse(stats.per_hour[0].hour);
+  const end = Date.parse(stats.per_hour[stats.per_hour.length - 1].hour) + 3600e3;
+  const step = (stats.queue_depth_step_s || 300) * 1000;
+  const points = (stats.queue_depth || []).map((s) => ({ time: Date.parse(s.t), value: s.messages,
+    title: when(s.t) + ": " + t("queue_depth_point", { n: s.messages }) }));
+  return [el("h2", {}, t("queue_depth")),
+    lineChart("queue-chart", points, { label: t("queue_depth"), start, end, step, tickEvery: 3 * 3600e3, tickLabel: hourLabel }),
+    el("p", { class: "hint", id: "queue-depth-note" },
+      points.length ? t("queue_depth_note", { minutes: step / 60000 }) : t("queue_depth_none"))];
+}
+
 PAGES.dashboard = async function dashboard() {
   const box = el("div", { id: "dashboard" });
   content.append(box, el("div", { class: "buttons" }, autoRefresh(() => draw(box), 15)));
@@ -62,11 +75,12 @@ async function draw(box) {
     parts.push(el("h2", {}, t("workers")), table([t("worker"), t("pid"), t("status"), t("restarts")],
       d.workers.map((w) => [data(w.id), data(w.pid), stateLabel(w.alive ? "up" : "down"), String(w.restarts)]), { id: "workers" }));
   }
-  const hours = stats.per_hour.map((h) => ({ label: new Date(h.hour).toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit", hour12: false }),
-    title: when(h.hour), values: h }));
+  const hourLabel = (time) => new Date(time).toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit", hour12: false });
+  const hours = stats.per_hour.map((h) => ({ label: hourLabel(h.hour), title: when(h.hour), values: h }));
   parts.push(el("h2", {}, t("per_hour")), stackedBars("chart", hours, SERIES(), { label: t("per_hour") }),
     el("h2", {}, t("latency")), stackedBars("latency-chart", hours.map((h) => ({ ...h, values: { latency: h.values.latency_s || 0 } })),
       [["latency", t("latency_s")]], { label: t("latency"), unit: "" }),
+    ...queueDepth(stats, hourLabel),
     el("h2", {}, t("per_upstream")), hbars("upstream-chart", (stats.per_upstream || []).map((u) => ({ label: u.upstream, values: u })), SERIES().slice(1)),
     el("h2", {}, t("per_credential")), hbars("credential-chart", (stats.per_credential || []).map((c) => ({ label: c.credential, values: { received: c.messages } })), [["received", t("messages")]]));
   box.replaceChildren(...parts.filter(Boolean));
