@@ -213,7 +213,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     ctx.spool.commit_listeners.append(ctx.stats.accepted)
     manager.observers.append(ctx.stats.delivery_event)
     history = build_history(config, reactor)
-    history.watch_queue(lambda: len(manager.queued) + len(manager.active))
+    history.watch_queue(lambda: len(manager.queued))  # messages being delivered included
     history.setServiceParent(top)  # before the manager: it stops after it, keeping its events
     ctx.spool.commit_listeners.append(history.accepted)
     manager.observers.append(history.delivery_event)

