@@ -133,6 +133,8 @@ def build(config: Config, reactor: Any, link: MainLink, side: AcceptorSide,
             ports.append(adopt(reactor, fds[listener.name],
                                session_factory(ctx, listener, reactor)))
     reactor.addSystemEventTrigger("before", "shutdown", ctx.close_sessions)
+    # The Redis backend's own threads would keep the process alive after the reactor.
+    reactor.addSystemEventTrigger("before", "shutdown", ctx.policy.counters.close)
     return ports
 
 
@@ -152,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("acceptor {index} (pid {pid}) serving {count} listener(s)", index=args.index,
              pid=os.getpid(), count=len(args.listener))
     reactor.run()  # type: ignore[attr-defined]
-    return 0
+    sys.stderr.flush()
+    os._exit(0)  # no thread left behind (a Redis call stuck in its timeout, say) may keep
+    # an acceptor alive, and with it the listening socket, after the main process is gone
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class Acceptor:
     status: dict[str, Any] = field(default_factory=dict)
     ended: Deferred | None = None
     kill_timer: Any = None  # the KILL after STOP_TIMEOUT, while stopping
+    restart_timer: Any = None  # the start after a death, while it waits
 
     def public(self) -> dict[str, Any]:
         alive = self.process is not None
@@ -233,7 +234,7 @@ class AcceptorPool(Service):
         slot.failures_in_row = 0 if lived > 60 else slot.failures_in_row + 1
         delay = RESTART_DELAYS[min(slot.failures_in_row, len(RESTART_DELAYS) - 1)]
         slot.restarts += 1
-        self.reactor.callLater(delay, self._restart, slot)
+        slot.restart_timer = self.reactor.callLater(delay, self._restart, slot)
 
     def _restart(self, slot: Acceptor) -> None:
         if not self.stopping and slot.process is None:
@@ -248,6 +249,8 @@ class AcceptorPool(Service):
             self._poll.stop()
         waits = []
         for slot in self.slots:
+            if slot.restart_timer is not None and slot.restart_timer.active():
+                slot.restart_timer.cancel()
             if slot.process is not None and slot.ended is not None:
                 waits.append(slot.ended)
                 self._signal(slot, "TERM")

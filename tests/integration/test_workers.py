@@ -247,3 +247,33 @@ class AcceptorHealthTests(WorkersTestCase):
         self.assertEqual(health["status"], "degraded")
         self.assertIn("acceptor_down", [r["code"] for r in health["details"]["degraded_reasons"]])
         await self.until(lambda: self.pool.slots[1].link is not None)
+
+
+class AcceptorExitTests(WorkersTestCase):
+    async def test_acceptor_with_redis_exits_when_the_main_process_goes(self) -> None:
+        """Its Redis threads once kept an acceptor alive after the main process died, with
+        the listening socket, so that a restart could not bind (seen after a CI run)."""
+        from twisted.trial.unittest import SkipTest
+
+        from tests.redisserver import RedisServer
+
+        try:
+            redis = RedisServer()
+        except FileNotFoundError as e:
+            raise SkipTest(str(e)) from None
+        self.addCleanup(redis.stop)
+        await self.start(rate_limits={"backend": redis.url, "global": {"hour": 100}})
+        sessions = await self.spread_sessions(2)  # the Redis threads are in use
+        answers = [await deferToThread(s.send, "r@client.example") for s in sessions]
+        self.assertTrue(all(a.startswith(b"250") for a in answers), answers)
+        victim = self.pool.slots[0]
+        pid = victim.process.pid
+        victim.process.closeChildFD(3)  # what the main process's death looks like to it
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            self.assertLess(time.monotonic(), deadline, "the acceptor stayed alive")
+            await deferLater(reactor, 0.1, lambda: None)
