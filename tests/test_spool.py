@@ -298,3 +298,30 @@ class SpoolTests(TestCase):
         self.assertEqual(len(set(ids)), len(ids))
         self.assertEqual([i[:11] for i in ids], sorted(i[:11] for i in ids))
         self.assertTrue(all(len(i) == 15 and i.isalnum() for i in ids))
+
+
+def test_record_reader_takes_any_file_without_failing() -> None:
+    """Whatever a damaged or hostile file ends with, the record reader answers None or
+    the record, and a reader of the body gets at most the file: never an exception."""
+    import random
+
+    from relaymail.spool.record import envelope_record
+
+    rng = random.Random(5)
+    directory = tempfile.mkdtemp()
+    path = os.path.join(directory, "x.eml")
+    good = envelope_record(b'{"queue_id": "X"}')
+    tails = [b"", good, good[:-1], good[1:], b"\n%RMENV1 9999999999 00000000%\n",
+             b"\n%RMENV1 0000000005 00000000%\n", good.replace(b"%RMENV1", b"%RMENV2")]
+    for _ in range(300):
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80)))
+        tail = rng.choice(tails)
+        if rng.random() < 0.3 and tail:
+            cut = rng.randrange(len(tail))
+            tail = tail[:cut] + bytes([rng.randrange(256)]) + tail[cut + 1:]
+        with open(path, "wb") as f:
+            f.write(body + tail)
+        record = read_record(path)
+        assert record is None or record == b'{"queue_id": "X"}'
+        with open_body(path) as f:
+            assert len(f.read()) <= len(body + tail)

@@ -40,8 +40,15 @@ def start_logged(config: str) -> subprocess.Popen:
 
 
 def acceptors_of(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    """The main process's children, from /proc (no procps needed on a fresh machine)."""
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    except FileNotFoundError:  # the process (or a thread) is gone
+        pass
+    return out
 
 
 def gone(pids: list[int], seconds: float = 15) -> bool:
