@@ -15,6 +15,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from relaymail import logs
 from relaymail.config import Config, ConfigError, ListenerConfig
 from relaymail.credentials import CredentialStore
+from relaymail.events.hub import EventHub
+from relaymail.events.outbox import Outbox
 from relaymail.history import History
 from relaymail.logs import Logger
 from relaymail.policy.build import PolicyService
@@ -127,7 +129,8 @@ def web_tls_options(config: Config) -> Any:
 
 def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
                 ctx: ServerContext, history: History | None = None,
-                acceptors: AcceptorPool | None = None) -> ListenerService:
+                acceptors: AcceptorPool | None = None, events: EventHub | None = None
+                ) -> ListenerService:
     """The HTTP API on ``web.endpoint``, in the same reactor; HTTPS with ``web.tls``, like
     an implicit-TLS SMTP listener.  Requests are checked (Host, body size) by
     relaymail.web.guard before their bodies are read."""
@@ -136,7 +139,7 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
                      CredentialsAPI(credentials_of(ctx), thread_runner(reactor)), ctx.signer,
-                     history, web_auth(config, reactor, ctx))
+                     history, web_auth(config, reactor, ctx), events)
     factory: Any = WebSite(api.app.resource(), gate_for(config, api.may_send_body))
     tls_options = web_tls_options(config)
     if tls_options is not None:
@@ -158,6 +161,27 @@ def build_history(config: Config, reactor: Any) -> History:
     history = History(path, reactor, config.web.history_retention_days, reactor.seconds)
     history.setName("history")
     return history
+
+
+def build_events(config: Config, reactor: Any, ctx: ServerContext, manager: Any) -> EventHub:
+    """Webhooks (when configured) and the suppression list's automatic side, fed by the
+    spool, the relay manager and the SMTP sessions of this process."""
+    outbox = None
+    if config.webhooks:
+        outbox = Outbox(os.path.join(config.spool_dir, "webhooks.db"), reactor,
+                        reactor.seconds, config.web.history_retention_days)
+    hub = EventHub(config.webhooks, outbox, ctx.suppression, reactor,
+                   auto_suppress=config.suppression.auto)
+    manager.observers.append(hub.delivery_event)
+    if outbox is not None:
+        ctx.spool.commit_listeners.append(hub.accepted)
+        manager.barriers.append(hub.durable)
+    suppression = ctx.suppression
+    if suppression is not None:
+        ctx.report = hub.suppressed
+        manager.suppressed = suppression.__contains__
+    hub.setName("events")
+    return hub
 
 
 def acceptor_pool(config: Config, reactor: Any, ctx: ServerContext, manager: Any
@@ -183,8 +207,10 @@ def acceptor_pool(config: Config, reactor: Any, ctx: ServerContext, manager: Any
         d.addErrback(lambda f: log.failure("scanning the spool after an acceptor ended",
                                            failure=f))
 
-    pool = AcceptorPool(config, reactor, lambda: Authority(ctx.policy.counters, committed),
-                        rescan, tracker=ctx.connections)
+    def authority() -> Authority:
+        return Authority(ctx.policy.counters, committed, ctx.report)
+
+    pool = AcceptorPool(config, reactor, authority, rescan, tracker=ctx.connections)
     ctx.policy.elsewhere.append(pool.policy_stats)
     pool.setName("acceptors")
     return pool
@@ -202,6 +228,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     PolicyService(ctx.policy).setServiceParent(top)
     manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered,
                             signer=ctx.signer)
+    events = build_events(config, reactor, ctx, manager)
     top.acceptors = None  # type: ignore[attr-defined]
     if config.smtp.workers:
         top.acceptors = acceptor_pool(config, reactor, ctx, manager)  # type: ignore[attr-defined]
@@ -218,11 +245,13 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     ctx.spool.commit_listeners.append(history.accepted)
     manager.observers.append(history.delivery_event)
     top.history = history  # type: ignore[attr-defined]
+    events.setServiceParent(top)  # before the manager too: its last events are kept
+    top.events = events  # type: ignore[attr-defined]
     manager.setName("relay")
     manager.setServiceParent(top)
     if config.web.enabled:
         acceptors = top.acceptors  # type: ignore[attr-defined]
-        web_service(config, reactor, manager, spool_service, ctx, history, acceptors)\
+        web_service(config, reactor, manager, spool_service, ctx, history, acceptors, events)\
             .setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     top.relay = manager  # type: ignore[attr-defined]

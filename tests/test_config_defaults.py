@@ -43,6 +43,9 @@ DOC_TABLES = {
     "rate_limits": ("`rate_limits`", "key"),
     "rate_limits.auth_failures": ("`rate_limits`", "auth_failures key"),
     "web": ("`web`", "key"),
+    "webhooks[]": ("`webhooks`", "webhook key"),
+    "suppression": ("`suppression`", "key"),
+    "archive": ("`archive`", "key"),
     "log": ("`log`", "key"),
 }
 

@@ -130,6 +130,23 @@ TABLE: dict[str, Any] = {
     "web.tls.private_key": None,
     "web.behind_tls_proxy": False,
     "web.trusted_proxies": ["127.0.0.0/8", "::1/128"],
+    # webhooks, suppression list, archive (relaymail.events)
+    "webhooks": [],
+    "webhooks[].name": None,
+    "webhooks[].events": ["accepted", "delivered", "deferred", "bounced", "failed",
+                          "suppressed"],
+    "webhooks[].sender_domains": [],
+    "webhooks[].credentials": [],
+    "webhooks[].timeout": 10,
+    "webhooks[].retry_for": 86400,
+    "webhooks[].max_backlog": 100_000,
+    "webhooks[].concurrency": 4,
+    "suppression.enabled": True,
+    "suppression.auto": True,
+    "archive.enabled": False,
+    "archive.path": None,
+    "archive.retention_days": 30,
+    "archive.max_bytes": 1_073_741_824,
     "log.level": "info",
 }
 

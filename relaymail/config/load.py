@@ -16,6 +16,14 @@ from relaymail.config.check import Check, ConfigError
 from relaymail.config.defaults import DEFAULTS
 from relaymail.config.delivery import DeliveryConfig, validate_delivery
 from relaymail.config.dkim import validate_dkim
+from relaymail.config.events import (
+    ArchiveConfig,
+    SuppressionConfig,
+    WebhookConfig,
+    validate_archive,
+    validate_suppression,
+    validate_webhooks,
+)
 from relaymail.config.rate_limits import RateLimitConfig, validate_rate_limits
 from relaymail.config.routes import RouteConfig, validate_routes
 from relaymail.config.smtp import SMTPConfig, validate_smtp
@@ -49,6 +57,9 @@ class Config:
     rate_limits: RateLimitConfig
     web: WebConfig
     log: LogConfig
+    webhooks: tuple[WebhookConfig, ...]
+    suppression: SuppressionConfig
+    archive: ArchiveConfig
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -149,6 +160,9 @@ def validate(merged: dict[str, Any], source: str) -> Config:
         rate_limits=validate_rate_limits(c, merged["rate_limits"]),
         web=validate_web(c, merged["web"]),
         log=LogConfig(level=c.choice(merged["log"]["level"], "log.level", LOG_LEVELS)),
+        webhooks=validate_webhooks(c, merged["webhooks"]),
+        suppression=validate_suppression(c, merged["suppression"]),
+        archive=validate_archive(c, merged["archive"]),
     )
 
 

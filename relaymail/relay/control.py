@@ -139,7 +139,9 @@ class QueueControl:
             recipient.state = FAILED
             recipient.last_reply = "5.0.0 returned to the sender by the mail administrator"
         if pending:
+            self.manager.report_failed(envelope, pending, pending[0].last_reply or "")
             await self.manager.send_bounce(envelope, pending)
+            await self.manager.events_durable()
         if state == "hold":
             await self.spool.move(qid, "hold", "queue")
         await self.manager.finish(envelope)

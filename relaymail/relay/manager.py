@@ -20,6 +20,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 
+from relaymail.common.headers import header_lines, header_value
 from relaymail.config import DeliveryConfig
 from relaymail.logs import Logger
 from relaymail.relay.bounce import build_bounce
@@ -63,6 +64,10 @@ class RelayManager(Service):
         self.heap: list[tuple[float, str]] = []
         self.active: dict[str, list[Deferred]] = {}
         self.observers: list[Callable[[dict[str, Any]], None]] = []
+        # Awaited before a message whose events were reported is removed or updated: the
+        # webhook outbox makes its events durable first (relaymail.events.hub).
+        self.barriers: list[Callable[[], Deferred]] = []
+        self.suppressed: Callable[[str], bool] = lambda address: False
         self.counters = dict.fromkeys(COUNTERS, 0)  # delivered, deferred, failed, bounces
         self.not_attempted = 0  # retries skipped because every upstream was marked down
         self.editor: Any = None  # relay.rewrite.HeaderEditor, kept for live config changes
@@ -184,6 +189,7 @@ class RelayManager(Service):
             still = []
         if newly_failed:
             await self.send_bounce(envelope, newly_failed)
+        await self.events_durable()
         if still:
             envelope.next_attempt = now + self.backoff(envelope.attempts)
             await self._save_or_keep(envelope)
@@ -279,7 +285,32 @@ class RelayManager(Service):
                           "relay": outcome.upstream, "tls": outcome.tls, "code": outcome.code,
                           "transport": outcome.transport,
                           "reply": outcome.reply, "delay": delay, "time": now,
-                          "attempt": envelope.attempts})
+                          "attempt": envelope.attempts,
+                          "message_id": envelope.extra.get("message_id"),
+                          "credential": envelope.credential,
+                          "received_at": envelope.received_at})
+
+    def report_failed(self, envelope: Envelope, recipients: list[Recipient], why: str
+                      ) -> None:
+        """Recipients given up on without a reply of their own (expired in the queue,
+        returned by the operator): one ``failed`` event."""
+        now = self.now()
+        self._notify({"event": "failed", "queue_id": envelope.queue_id,
+                      "sender": envelope.sender, "recipients": [r.address for r in recipients],
+                      "relay": None, "tls": None, "code": None, "transport": None,
+                      "reply": why, "delay": round(now - envelope.received_at, 3),
+                      "time": now, "attempt": envelope.attempts,
+                      "message_id": envelope.extra.get("message_id"),
+                      "credential": envelope.credential,
+                      "received_at": envelope.received_at})
+
+    async def events_durable(self) -> None:
+        """Wait until the events reported so far are durable (see ``barriers``)."""
+        for barrier in self.barriers:
+            try:
+                await barrier()
+            except Exception:
+                log.failure("relay: an event barrier failed")
 
     def _notify(self, event: dict[str, Any]) -> None:
         for observer in self.observers:
@@ -296,6 +327,8 @@ class RelayManager(Service):
                                     f"last reply: {recipient.last_reply or 'none'}")
         log.info("{queue_id}: expired with {count} recipient(s) undelivered",
                  queue_id=envelope.queue_id, count=len(still))
+        self.report_failed(envelope, still, f"4.4.7 message expired after {days:g} days in "
+                                            f"the queue")
         return still
 
     async def _save_or_keep(self, envelope: Envelope) -> None:
@@ -323,6 +356,10 @@ class RelayManager(Service):
         """Queue an RFC 3464 report to the sender (never for the null sender)."""
         if not self.delivery.bounces or not envelope.sender:
             return
+        if self.suppressed(envelope.sender):
+            log.info("{queue_id}: no non-delivery notification: <{sender}> is suppressed",
+                     queue_id=envelope.queue_id, sender=envelope.sender)
+            return
         path = self.spool.path("data", envelope.queue_id + ".eml")
         try:
             head = await self.spool.run_in_thread(read_head, path)
@@ -348,10 +385,14 @@ class RelayManager(Service):
         writer = self.spool.new_message()
         writer.write(body)
         now = self.now()
+        extra = dict(extra or {})
+        message_id = header_value(header_lines(body), b"message-id")
+        if message_id is not None:
+            extra.setdefault("message_id", message_id)
         envelope = Envelope(queue_id=writer.queue_id, sender=sender,
                             recipients=[Recipient(a) for a in recipients], received_at=now,
                             helo=self.hostname, protocol="local", next_attempt=now,
-                            body_8bit=any(b > 127 for b in body), extra=extra or {})
+                            body_8bit=any(b > 127 for b in body), extra=extra)
         return await self.spool.commit(writer, envelope)
 
     # ------------------------------------------------------------------ queue control

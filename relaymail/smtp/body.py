@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from relaymail.common.headers import header_value
 from relaymail.common.replies import MESSAGE_TOO_BIG, Reply
 from relaymail.policy.dkim import RelaxedBodyHash
 from relaymail.spool import MessageWriter
@@ -214,6 +215,10 @@ class BodyReader:
     @property
     def header_block(self) -> bytes:
         return b"".join(self.header_lines)
+
+    def message_id(self) -> str | None:
+        """The Message-ID header's value, unfolded (for events and the archive)."""
+        return header_value(self.header_lines, b"message-id")
 
     def _fail(self, reply: Reply) -> None:
         if self.problem is not None:

@@ -3,6 +3,7 @@ factory; used by the single-process service and by every acceptor process alike.
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
@@ -11,6 +12,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relaymail.config import Config, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
+from relaymail.events.suppression import SuppressionList, SuppressionStore
 from relaymail.policy.build import build_policy
 from relaymail.policy.counters import Counters
 from relaymail.policy.dkim import build_signer
@@ -47,7 +49,16 @@ def build_context(config: Config, reactor: Any, counters: Counters | None = None
         limits=policy.limits,
         lockout=policy.lockout,
         policy=policy,
+        suppression=build_suppression(config, reactor),
     )
+
+
+def build_suppression(config: Config, reactor: Any) -> SuppressionList | None:
+    """This process's view of the suppression list (``<spool_dir>/suppression.db``)."""
+    if not config.suppression.enabled:
+        return None
+    store = SuppressionStore(os.path.join(config.spool_dir, "suppression.db"))
+    return SuppressionList(store, thread_runner(reactor), reactor, clock=reactor.seconds)
 
 
 def listener_factory(ctx: ServerContext, listener: ListenerConfig) -> Any:

@@ -36,6 +36,10 @@ class ServerContext:
     lockout: AuthLockout | None = None  # AUTH brute-force protection
     policy: Any = None  # relaymail.policy.build.Policy: the above and their counters
     sessions: set[Any] = field(default_factory=set)  # live sessions, closed at shutdown
+    suppression: Any = None  # relaymail.events.suppression.SuppressionList, when enabled
+    # Event documents for the main process's hub (webhooks): called in place there, sent
+    # over AMP from an acceptor.
+    report: Callable[[dict[str, Any]], None] | None = None
 
     def close_sessions(self) -> None:
         """Shutdown: abort every session still open (one we said goodbye to included: a

@@ -26,6 +26,7 @@ from relaymail.common.addresses import (
 )
 from relaymail.common.networks import in_networks
 from relaymail.common.replies import Continue, Reply
+from relaymail.events.model import suppressed as suppressed_event
 from relaymail.logs import Logger
 from relaymail.policy.dkim import (
     RelaxedBodyHash,
@@ -174,7 +175,7 @@ class TransactionLayer:
             rcpt_options(rcpt.params)
         except AddressError as e:
             return e.reply
-        refusal = self.rcpt_refusal(txn)
+        refusal = self.rcpt_refusal(txn) or self.suppressed(txn, rcpt.address)
         # Accepted recipients are logged at debug: the queued line counts them and the
         # delivery lines name them; a log line each cost a tenth of the throughput.
         emit = log.info if refusal else log.debug
@@ -206,6 +207,19 @@ class TransactionLayer:
         if len(txn.recipients) >= self.context.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         return None
+
+    def suppressed(self, txn: Transaction, address: str) -> Reply | None:
+        """``550 5.1.1`` for a recipient on the suppression list, reported as an event."""
+        suppression = self.context.suppression
+        if suppression is None:
+            return None
+        refusal: Reply | None = suppression.refusal(address)
+        if refusal is not None and self.context.report is not None:
+            self.context.report(suppressed_event(self.context.clock(), txn.sender.address,
+                                                 address, self.state.credential,
+                                                 f"{refusal.code} {refusal.enhanced} "
+                                                 f"{refusal.text}", txn.queue_id))
+        return refusal
 
     def may_relay(self) -> bool:
         """Relaymail has no local mailboxes: every recipient is relaying, whatever its form."""
@@ -263,6 +277,9 @@ class TransactionLayer:
         envelope.body_8bit = envelope.body_8bit or body.eight_bit_seen
         if body.body_hash is not None:  # for a signature made again at relay time
             envelope.extra["body_hash"] = body.body_hash.digest_b64().decode()
+        message_id = body.message_id()
+        if message_id is not None:
+            envelope.extra["message_id"] = message_id
         return ensureDeferred(self.sign_and_commit(txn, body, envelope))
 
     async def sign_and_commit(self, txn: Transaction, body: BodyReader, envelope: Envelope

@@ -19,12 +19,14 @@ from twisted.web.iweb import IRequest
 
 import relaymail
 from relaymail.config import Config
+from relaymail.events.hub import EventHub
 from relaymail.history import History
 from relaymail.policy.dkim import Signer
 from relaymail.relay.manager import RelayManager
 from relaymail.web.access import AccessGate
 from relaymail.web.applier import ConfigApplier
 from relaymail.web.credentials_api import CredentialsAPI
+from relaymail.web.events_api import SuppressionsAPI, WebhooksAPI
 from relaymail.web.guard import reached_over_tls
 from relaymail.web.health_api import HealthAPI
 from relaymail.web.history_api import MailLogsAPI
@@ -41,7 +43,7 @@ from relaymail.web.setup import FirstRunSetup, console_url
 
 SUBAPPS: tuple[type[SubApp], ...] = (
     HealthAPI, RelayConfigAPI, RelayStatusAPI, QueueAPI, CredentialsAPI, MailLogsAPI,
-    SendAPI, FirstRunSetup, ConsoleLogin, ConsolePages, ApiDocs)
+    SendAPI, WebhooksAPI, SuppressionsAPI, FirstRunSetup, ConsoleLogin, ConsolePages, ApiDocs)
 
 
 def tls_check(config: Callable[[], Config] | None) -> Callable[[IRequest], bool]:
@@ -68,7 +70,8 @@ class ControlAPI:
                  open_to_loopback: bool = True, config: Config | None = None,
                  reactor: IReactorTime | None = None,
                  credentials: CredentialsAPI | None = None, signer: Signer | None = None,
-                 history: History | None = None, auth: WebAuth | None = None) -> None:
+                 history: History | None = None, auth: WebAuth | None = None,
+                 events: EventHub | None = None) -> None:
         self.gate = AccessGate(token, auth, open_to_loopback)
         built: list[SubApp] = [QueueAPI(manager), RelayStatusAPI(manager, policy),
                                ApiDocs(relaymail.__version__, self.routes)]
@@ -86,6 +89,10 @@ class ControlAPI:
             built.append(credentials)
         if history is not None:
             built.append(MailLogsAPI(history, manager.now))
+        if events is not None and events.outbox is not None:
+            built.append(WebhooksAPI(events))
+        if events is not None and events.suppression is not None:
+            built.append(SuppressionsAPI(events.suppression))
         if auth is not None:
             setup: FirstRunSetup | None = None
             if applier is not None and config is not None:

@@ -126,7 +126,17 @@ def build(config: Config, reactor: Any, link: MainLink, side: AcceptorSide,
             log.warn("acceptor: could not announce {queue_id}: {error}",
                      queue_id=envelope.queue_id, error=e)
 
+    def report(event: dict[str, Any]) -> None:
+        try:
+            link.callRemote(p.Report, event=json.dumps(event))
+        except Exception as e:
+            log.warn("acceptor: could not report an event: {error}", error=e)
+
     ctx.spool.commit_listeners.append(committed)
+    ctx.report = report
+    if ctx.suppression is not None:
+        ctx.suppression.start()
+        reactor.addSystemEventTrigger("before", "shutdown", ctx.suppression.stop)
     ports = []
     for listener in config.smtp.listeners:
         if listener.name in fds:

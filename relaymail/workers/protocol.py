@@ -1,8 +1,9 @@
 """The AMP commands between the main process and its acceptor processes.
 
-Acceptor -> main: ``Committed`` (a message is durable in the spool; its envelope as JSON)
-and the counter operations of relaymail.policy.counters, so that a limit of 3 per hour
-admits 3 whichever acceptors the sessions land on.  Main -> acceptor: ``Status``.
+Acceptor -> main: ``Committed`` (a message is durable in the spool; its envelope as JSON),
+``Report`` (an event for the webhooks) and the counter operations of
+relaymail.policy.counters, so that a limit of 3 per hour admits 3 whichever acceptors the
+sessions land on.  Main -> acceptor: ``Status``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ class Committed(amp.Command):
     with a dying acceptor is found by the scan after its death."""
 
     arguments = [(b"envelope", amp.Unicode())]
+    requiresAnswer = False
+    response = []  # type: ignore[var-annotated]
+
+
+class Report(amp.Command):
+    """An event document (JSON) for the main process's event hub: a recipient refused
+    because it is suppressed.  Not waited for: events are best effort until the hub has
+    them, like the log line the acceptor writes with it."""
+
+    arguments = [(b"event", amp.Unicode())]
     requiresAnswer = False
     response = []  # type: ignore[var-annotated]
 

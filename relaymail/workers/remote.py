@@ -7,6 +7,7 @@ so every limit and lockout is counted in one place.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,10 +59,23 @@ class Authority(amp.CommandLocator):
     """The main process's side: counter commands on ``counters``; ``committed`` is called
     with each message an acceptor committed (its envelope JSON)."""
 
-    def __init__(self, counters: Counters, committed: Callable[[str], None]) -> None:
+    def __init__(self, counters: Counters, committed: Callable[[str], None],
+                 reported: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__()
         self.counters = counters
         self.committed = committed
+        self.reported = reported
+
+    @p.Report.responder
+    def on_report(self, event: str) -> dict[str, Any]:
+        if self.reported is not None:
+            try:
+                doc = json.loads(event)
+            except ValueError:
+                return {}
+            if isinstance(doc, dict):
+                self.reported(doc)
+        return {}
 
     @p.Committed.responder
     def on_committed(self, envelope: str) -> dict[str, Any]:

@@ -1,0 +1,291 @@
+"""The webhook outbox: every event for every endpoint, in SQLite, until it is delivered or
+given up on.  This is what makes webhooks durable.
+
+Events are buffered in memory for at most ``FLUSH_INTERVAL`` and written in one
+transaction, fsync'd (``synchronous=FULL``): one fsync per batch, whatever the number of
+events.  :meth:`Outbox.durable` fires once everything added so far is on disk; the relay
+manager waits for it before it removes or updates a message whose events it reported, so
+that a crash can repeat an event (at least once, each with its ``id``), never lose it.
+
+All SQLite work runs in one thread of its own, one connection, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from relaymail.logs import Logger
+from relaymail.spool.safeio import open_private
+
+log = Logger(namespace="relaymail.webhooks")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    body BLOB NOT NULL,            -- the JSON document, exactly as it is POSTed
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    state TEXT NOT NULL,           -- pending, delivered, failed
+    last_error TEXT,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint, state, next_attempt);
+CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (state, updated);
+"""
+FLUSH_INTERVAL = 0.1
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+KEEP_DELIVERED = 86400.0
+
+
+@dataclass
+class Delivery:
+    """One event for one endpoint, as the sender works on it."""
+
+    id: int
+    endpoint: str
+    event_id: str
+    event: str
+    body: bytes
+    created: float
+    attempts: int
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "endpoint": self.endpoint, "event_id": self.event_id,
+                "event": self.event, "created": self.created, "attempts": self.attempts}
+
+
+class Outbox:
+    """The SQLite outbox, with a write buffer; every public method is safe on the reactor
+    thread (it returns a Deferred)."""
+
+    def __init__(self, path: str, reactor: Any, clock: Callable[[], float],
+                 keep_failed_days: float = 30.0) -> None:
+        self.path = path
+        self.reactor = reactor
+        self.clock = clock
+        self.keep_failed = keep_failed_days * 86400
+        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="webhooks")
+        self.db: sqlite3.Connection | None = None
+        self.buffer: list[tuple[Any, ...]] = []
+        self.waiting: list[Deferred] = []  # durable() callers of the buffered rows
+        self.flushing: Deferred | None = None
+        self.flusher = LoopingCall(self.flush)
+        self.flusher.clock = reactor
+        self.on_written: list[Callable[[set[str]], None]] = []  # endpoints with new rows
+
+    # -- lifecycle
+
+    def start(self) -> Deferred:
+        self.pool.start()
+        self.flusher.start(FLUSH_INTERVAL, now=False)
+        return self._run(self._open)
+
+    def stop(self) -> Deferred:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if not self.pool.started:
+            return
+        if self.flusher.running:
+            self.flusher.stop()
+        try:
+            await self.flush()
+            await self._run(self._close)
+        finally:
+            self.pool.stop()
+
+    def _run(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(self.reactor, self.pool, f, *args)
+
+    def _open(self) -> None:
+        if not os.path.exists(self.path):
+            os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: it names people
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # an event is durable once written
+        self.db.executescript(SCHEMA)
+
+    def _close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    # -- adding events
+
+    def add(self, endpoint: str, event_id: str, event: str, body: bytes,
+            state: str = PENDING, error: str | None = None) -> None:
+        now = self.clock()
+        self.buffer.append((endpoint, event_id, event, body, now, now, state, error, now))
+
+    def durable(self) -> Deferred:
+        """Fires once every event added so far is on disk."""
+        if not self.buffer and self.flushing is None:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self.waiting.append(d)
+        if self.flushing is None:
+            self.flush()
+        return d
+
+    def flush(self) -> Deferred:
+        """Write the buffer in one transaction (after the one being written, if any)."""
+        if self.flushing is not None:
+            return self.flushing
+        if not self.buffer:
+            return succeed(None)
+        rows, self.buffer = self.buffer, []
+        waiting, self.waiting = self.waiting, []
+        d = self._run(self._insert, rows)
+        self.flushing = d
+
+        def written(_: Any) -> None:
+            self.flushing = None
+            for waiter in waiting:
+                waiter.callback(None)
+            endpoints = {row[0] for row in rows}
+            for listener in self.on_written:
+                listener(endpoints)
+            if self.buffer and self.waiting:
+                self.flush()
+
+        def failed(failure: Any) -> None:
+            self.flushing = None
+            log.error("webhooks: cannot write {count} event(s) to {path}: {error}; "
+                      "retrying", count=len(rows), path=self.path,
+                      error=failure.getErrorMessage())
+            self.buffer[:0] = rows  # kept, in order, for the next flush
+            self.waiting[:0] = waiting
+
+        d.addCallbacks(written, failed)
+        return d
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        assert self.db is not None
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO deliveries (endpoint, event_id, event, body, created, "
+                "next_attempt, state, last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows)
+
+    # -- the senders' side
+
+    def due(self, endpoint: str, now: float, limit: int, exclude: set[int]) -> Deferred:
+        """Pending deliveries of ``endpoint`` whose time has come (oldest first)."""
+        return self._run(self._due, endpoint, now, limit, tuple(exclude))
+
+    def _due(self, endpoint: str, now: float, limit: int, exclude: tuple[int, ...]
+             ) -> list[Delivery]:
+        assert self.db is not None
+        rows = self.db.execute(
+            "SELECT id, endpoint, event_id, event, body, created, attempts FROM deliveries "
+            "WHERE endpoint = ? AND state = 'pending' AND next_attempt <= ? "
+            "ORDER BY next_attempt, id LIMIT ?", (endpoint, now, limit + len(exclude)))
+        found = [Delivery(*row) for row in rows if row[0] not in exclude]
+        return found[:limit]
+
+    def next_due(self, endpoint: str) -> Deferred:
+        """The time of ``endpoint``'s next pending delivery, or None."""
+        return self._run(lambda: self._scalar(
+            "SELECT min(next_attempt) FROM deliveries WHERE endpoint = ? AND "
+            "state = 'pending'", endpoint))
+
+    def backlog(self) -> Deferred:
+        """Pending deliveries per endpoint."""
+        return self._run(self._counts, PENDING)
+
+    def failed_counts(self) -> Deferred:
+        return self._run(self._counts, FAILED)
+
+    def _counts(self, state: str) -> dict[str, int]:
+        assert self.db is not None
+        return dict(self.db.execute("SELECT endpoint, count(*) FROM deliveries WHERE "
+                                    "state = ? GROUP BY endpoint", (state,)).fetchall())
+
+    def _scalar(self, sql: str, *args: Any) -> Any:
+        assert self.db is not None
+        return self.db.execute(sql, args).fetchone()[0]
+
+    def record(self, delivery_id: int, state: str, attempts: int, next_attempt: float,
+               error: str | None) -> Deferred:
+        """The outcome of one attempt: delivered, failed for good, or pending again."""
+        return self._run(self._record, delivery_id, state, attempts, next_attempt, error,
+                         self.clock())
+
+    def _record(self, delivery_id: int, state: str, attempts: int, next_attempt: float,
+                error: str | None, now: float) -> None:
+        assert self.db is not None
+        with self.db:
+            self.db.execute("UPDATE deliveries SET state = ?, attempts = ?, next_attempt = ?,"
+                            " last_error = ?, updated = ? WHERE id = ?",
+                            (state, attempts, next_attempt, error, now, delivery_id))
+
+    # -- the console's side
+
+    def list(self, state: str | None, endpoint: str | None, limit: int, offset: int
+             ) -> Deferred:
+        return self._run(self._list, state, endpoint, limit, offset)
+
+    def _list(self, state: str | None, endpoint: str | None, limit: int, offset: int
+              ) -> dict[str, Any]:
+        assert self.db is not None
+        where, args = [], []
+        for column, value in (("state", state), ("endpoint", endpoint)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        total = self.db.execute(f"SELECT count(*) FROM deliveries {clause}", args).fetchone()[0]
+        rows = self.db.execute(
+            f"SELECT id, endpoint, event_id, event, created, attempts, next_attempt, state, "
+            f"last_error, updated, body FROM deliveries {clause} ORDER BY id DESC LIMIT ? "
+            f"OFFSET ?", [*args, limit, offset]).fetchall()
+        keys = ("id", "endpoint", "event_id", "event", "created", "attempts", "next_attempt",
+                "state", "last_error", "updated", "body")
+        items = [dict(zip(keys, row, strict=True)) for row in rows]
+        for item in items:
+            item["body"] = bytes(item["body"]).decode("utf-8", "replace")
+        return {"total": total, "items": items}
+
+    def retry(self, delivery_id: int | None) -> Deferred:
+        """Make a failed delivery (or all of them: None) pending and due now; fires with
+        the endpoints touched."""
+        return self._run(self._retry, delivery_id, self.clock())
+
+    def _retry(self, delivery_id: int | None, now: float) -> set[str]:
+        assert self.db is not None
+        where, args = "state = 'failed'", [now, now]
+        if delivery_id is not None:
+            where += " AND id = ?"
+            args.append(delivery_id)
+        with self.db:
+            touched = {row[0] for row in self.db.execute(
+                f"SELECT DISTINCT endpoint FROM deliveries WHERE {where}", args[2:])}
+            # created moves too: the retry_for window starts again from the operator's retry
+            self.db.execute(f"UPDATE deliveries SET state = 'pending', next_attempt = ?, "
+                            f"created = ?, last_error = NULL WHERE {where}", args)
+        return touched
+
+    def prune(self) -> Deferred:
+        return self._run(self._prune, self.clock())
+
+    def _prune(self, now: float) -> None:
+        assert self.db is not None
+        with self.db:
+            self.db.execute("DELETE FROM deliveries WHERE state = 'delivered' AND updated < ?",
+                            (now - KEEP_DELIVERED,))
+            self.db.execute("DELETE FROM deliveries WHERE state = 'failed' AND updated < ?",
+                            (now - self.keep_failed,))
+

@@ -1,0 +1,219 @@
+"""Delivers one endpoint's webhook events: signed POSTs with treq, a few at a time, each
+bounded by the endpoint's timeout, retried with back-off until ``retry_for`` has passed
+since the event, then marked failed (and shown in the console).
+
+A sender works only from the outbox (relaymail.events.outbox): it holds at most a few
+hundred deliveries in memory, whatever the backlog, and nothing it does waits on SMTP or
+on the relay, so a slow or dead endpoint slows nothing but itself.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import treq
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
+from twisted.python.failure import Failure
+
+from relaymail.config.events import WebhookConfig
+from relaymail.events.outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
+from relaymail.events.signature import HEADER, sign
+from relaymail.logs import Logger
+
+log = Logger(namespace="relaymail.webhooks")
+
+RETRY_SCHEDULE = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+LOAD = 200  # deliveries read from the outbox at once
+IDLE_POLL = 30.0  # look for due retries at least this often
+MAX_ERROR = 200
+USER_AGENT = "relaymail-webhooks/1"
+
+
+class HTTPError(Exception):
+    """The endpoint answered, but not with 2xx."""
+
+
+class WebhookSender:
+    """The delivery loop of one endpoint."""
+
+    def __init__(self, endpoint: WebhookConfig, outbox: Outbox, reactor: Any,
+                 http: Any = None, clock: Callable[[], float] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.endpoint = endpoint
+        self.outbox = outbox
+        self.reactor = reactor
+        self.http = http if http is not None else treq
+        self.clock = clock or reactor.seconds
+        self.rng = rng or random.Random()
+        self.ready: deque[Delivery] = deque()
+        self.inflight: dict[int, Deferred] = {}
+        self.loading = False
+        self.running = False
+        self.timer: Any = None
+        self.soon: Any = None
+        self.backlog = 0  # pending in the outbox (kept in step by the hub and here)
+        self.delivered = 0
+        self.failed = 0  # given up after retry_for
+        self.errors = 0  # attempts that did not get a 2xx
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self.running = True
+        self.kick()
+
+    def stop(self) -> None:
+        """Stop sending; requests in flight are cancelled and stay pending in the outbox."""
+        self.running = False
+        for call in (self.timer, self.soon):
+            if call is not None and call.active():
+                call.cancel()
+        for d in list(self.inflight.values()):
+            d.cancel()
+
+    def kick(self, _: Any = None) -> None:
+        """Look for work soon (new events were written, or a retry came due)."""
+        if self.running and (self.soon is None or not self.soon.active()):
+            self.soon = self.reactor.callLater(0, self.pump)
+
+    # -- the loop
+
+    def pump(self) -> None:
+        if not self.running:
+            return
+        while self.ready and len(self.inflight) < self.endpoint.concurrency:
+            self._send(self.ready.popleft())
+        if not self.ready and not self.loading and len(self.inflight) < \
+                self.endpoint.concurrency:
+            self._load()
+
+    def _load(self) -> None:
+        self.loading = True
+        exclude = set(self.inflight)
+        d = self.outbox.due(self.name, self.clock(), LOAD, exclude)
+
+        def loaded(found: list[Delivery]) -> None:
+            self.loading = False
+            self.ready.extend(x for x in found if x.id not in self.inflight)
+            if found:
+                self.pump()
+            elif not self.inflight:
+                self._arm_timer()
+
+        def failed(failure: Failure) -> None:
+            self.loading = False
+            log.error("webhook {name}: cannot read the outbox: {error}", name=self.name,
+                      error=failure.getErrorMessage())
+            self._arm_timer(5.0)
+
+        d.addCallbacks(loaded, failed)
+
+    def _arm_timer(self, at_most: float = IDLE_POLL) -> None:
+        if not self.running:
+            return
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+
+        def due_at(when: float | None) -> None:
+            wait = at_most if when is None else max(0.0, min(at_most, when - self.clock()))
+            if self.running:
+                self.timer = self.reactor.callLater(wait + 0.01, self.pump)
+
+        self.outbox.next_due(self.name).addCallbacks(
+            due_at, lambda f: due_at(None))
+
+    def _send(self, delivery: Delivery) -> None:
+        d = ensureDeferred(self._post(delivery))
+        d.addTimeout(self.endpoint.timeout, self.reactor)
+        self.inflight[delivery.id] = d
+        d.addCallbacks(self._succeeded, self._failed_attempt, callbackArgs=(delivery,),
+                       errbackArgs=(delivery,))
+        d.addErrback(lambda f: log.failure("webhook {name}: bookkeeping failed", f,
+                                           name=self.name))
+
+    async def _post(self, delivery: Delivery) -> int:
+        timestamp = int(self.clock())
+        headers = {"Content-Type": ["application/json"],
+                   HEADER: [sign(self.endpoint.secret, timestamp, delivery.body)],
+                   "X-Relaymail-Event-Id": [delivery.event_id],
+                   "X-Relaymail-Event": [delivery.event],
+                   "User-Agent": [USER_AGENT]}
+        response = await self.http.post(self.endpoint.url, data=delivery.body,
+                                        headers=headers, allow_redirects=False,
+                                        timeout=self.endpoint.timeout)
+        await treq.collect(response, lambda _: None)  # drained: the connection is reused
+        if not 200 <= response.code < 300:
+            phrase = (response.phrase or b"").decode("ascii", "replace")[:60]
+            raise HTTPError(f"HTTP {response.code} {phrase}".strip())
+        return int(response.code)
+
+    # -- outcomes
+
+    def _succeeded(self, code: int, delivery: Delivery) -> None:
+        self._finish(delivery)
+        self.delivered += 1
+        self.backlog = max(0, self.backlog - 1)
+        self.last_success = self.clock()
+        log.debug("webhook {name}: {event_id} delivered (HTTP {code})", name=self.name,
+                  event_id=delivery.event_id, code=code)
+        self.outbox.record(delivery.id, DELIVERED, delivery.attempts + 1, 0.0, None)
+
+    def _failed_attempt(self, failure: Failure, delivery: Delivery) -> None:
+        self._finish(delivery)
+        if not self.running and failure.check(CancelledError):
+            return  # stopping: it stays pending, as it is in the outbox
+        error = describe(failure, self.endpoint.timeout)
+        attempts = delivery.attempts + 1
+        now = self.clock()
+        self.errors += 1
+        self.last_error, self.last_error_at = error, now
+        deadline = delivery.created + self.endpoint.retry_for
+        if now >= deadline:
+            self.failed += 1
+            self.backlog = max(0, self.backlog - 1)
+            log.warn("webhook {name}: {event_id} failed after {attempts} attempt(s): {error}",
+                     name=self.name, event_id=delivery.event_id, attempts=attempts,
+                     error=error)
+            self.outbox.record(delivery.id, FAILED, attempts, 0.0, error)
+            return
+        wait = self.backoff(attempts)
+        log.info("webhook {name}: {event_id} attempt {attempts} failed ({error}); next in "
+                 "{wait:.0f} s", name=self.name, event_id=delivery.event_id,
+                 attempts=attempts, error=error, wait=wait)
+        self.outbox.record(delivery.id, PENDING, attempts, min(now + wait, deadline), error)
+        self._arm_timer()
+
+    def _finish(self, delivery: Delivery) -> None:
+        self.inflight.pop(delivery.id, None)
+        self.kick()
+
+    def backoff(self, attempts: int) -> float:
+        base = RETRY_SCHEDULE[min(attempts, len(RETRY_SCHEDULE)) - 1]
+        return base * self.rng.uniform(0.9, 1.1)
+
+    def public(self) -> dict[str, Any]:
+        return {**self.endpoint.public(), "backlog": self.backlog,
+                "delivered": self.delivered, "failed": self.failed, "errors": self.errors,
+                "in_flight": len(self.inflight), "last_success": self.last_success,
+                "last_error": self.last_error, "last_error_at": self.last_error_at}
+
+
+def describe(failure: Failure, timeout: float) -> str:
+    """A short, safe description of what went wrong (no response body, no secret)."""
+    if failure.check(CancelledError, TimeoutError):
+        text = f"no answer within {timeout:g} s"
+    elif failure.check(HTTPError):
+        text = str(failure.value)
+    else:
+        text = f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+    return "".join(c if c.isprintable() else "?" for c in text)[:MAX_ERROR]
