@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -163,7 +164,8 @@ def build_history(config: Config, reactor: Any) -> History:
     return history
 
 
-def build_events(config: Config, reactor: Any, ctx: ServerContext, manager: Any) -> EventHub:
+def build_events(config: Config, reactor: Any, ctx: ServerContext, manager: Any,
+                 recovered: Callable[[], Any] = list) -> EventHub:
     """Webhooks (when configured) and the suppression list's automatic side, fed by the
     spool, the relay manager and the SMTP sessions of this process."""
     outbox = None
@@ -171,7 +173,7 @@ def build_events(config: Config, reactor: Any, ctx: ServerContext, manager: Any)
         outbox = Outbox(os.path.join(config.spool_dir, "webhooks.db"), reactor,
                         reactor.seconds, config.web.history_retention_days)
     hub = EventHub(config.webhooks, outbox, ctx.suppression, reactor,
-                   auto_suppress=config.suppression.auto)
+                   auto_suppress=config.suppression.auto, recovered=recovered)
     manager.observers.append(hub.delivery_event)
     if outbox is not None:
         ctx.spool.commit_listeners.append(hub.accepted)
@@ -228,7 +230,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     PolicyService(ctx.policy).setServiceParent(top)
     manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered,
                             signer=ctx.signer)
-    events = build_events(config, reactor, ctx, manager)
+    events = build_events(config, reactor, ctx, manager, lambda: spool_service.recovered)
     top.acceptors = None  # type: ignore[attr-defined]
     if config.smtp.workers:
         top.acceptors = acceptor_pool(config, reactor, ctx, manager)  # type: ignore[attr-defined]

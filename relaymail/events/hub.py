@@ -10,12 +10,14 @@ event is on disk before the state change it reports is (see relaymail.events.out
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from relaymail.config.events import WebhookConfig
 from relaymail.events import model
@@ -44,14 +46,21 @@ def wanted(endpoint: WebhookConfig, doc: dict[str, Any]) -> bool:
 class EventHub(Service):
     """Webhooks and the suppression list's automatic side, for one main process."""
 
-    def __init__(self, endpoints: Iterable[WebhookConfig], outbox: Outbox | None,
+    def __init__(self, endpoints: Sequence[WebhookConfig], outbox: Outbox | None,
                  suppression: SuppressionList | None, reactor: Any, auto_suppress: bool = True,
-                 http: Any = None) -> None:
+                 http: Any = None,
+                 recovered: Callable[[], Iterable[Envelope]] = list) -> None:
         self.outbox = outbox
+        self.recovered = recovered  # what the spool recovered at startup
         self.suppression = suppression
         self.auto_suppress = auto_suppress
         self.reactor = reactor
         self.senders: dict[str, WebhookSender] = {}
+        self.pool: HTTPConnectionPool | None = None
+        if outbox is not None and http is None:
+            self.pool = HTTPConnectionPool(reactor, persistent=True)
+            self.pool.maxPersistentPerHost = max([e.concurrency for e in endpoints] or [1])
+            http = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=10))
         if outbox is not None:
             for endpoint in endpoints:
                 self.senders[endpoint.name] = WebhookSender(endpoint, outbox, reactor, http)
@@ -75,7 +84,7 @@ class EventHub(Service):
         d.addErrback(lambda f: log.failure("webhooks: cannot open the outbox", f))
         self.pruner.start(3600, now=False)
 
-    def _started(self, backlog: dict[str, int]) -> None:
+    def _started(self, backlog: dict[str, int]) -> Deferred | None:
         for name, sender in self.senders.items():
             sender.backlog = backlog.get(name, 0)
             sender.start()
@@ -83,6 +92,21 @@ class EventHub(Service):
         if stale:
             log.info("webhooks: events kept for endpoints no longer configured: {names}",
                      names=", ".join(sorted(stale)))
+        return self._accepted_after_crash() if "accepted" in self.wants else None
+
+    def _accepted_after_crash(self) -> Deferred:
+        """Report the accepted events that a crash lost (see relaymail.events.outbox)."""
+        assert self.outbox is not None
+        envelopes = {e.queue_id: e for e in self.recovered()}
+
+        def report(missing: set[str]) -> None:
+            if missing:
+                log.info("webhooks: {count} recovered message(s) get their accepted events now",
+                         count=len(missing))
+            for qid in sorted(missing):
+                self.accepted(envelopes[qid])
+
+        return self.outbox.missing_accepted(list(envelopes)).addCallback(report)
 
     def stopService(self) -> Deferred:
         super().stopService()
@@ -92,7 +116,10 @@ class EventHub(Service):
             self.pruner.stop()
         for sender in self.senders.values():
             sender.stop()
-        return self.outbox.stop() if self.outbox is not None else succeed(None)
+        waits = [self.outbox.stop()] if self.outbox is not None else []
+        if self.pool is not None:
+            waits.append(self.pool.closeCachedConnections())
+        return DeferredList(waits)
 
     def _prune(self) -> Deferred:
         assert self.outbox is not None
@@ -171,11 +198,11 @@ class EventHub(Service):
                 log.warn("webhook {name}: backlog full ({max}); events are kept as failed "
                          "({count} so far)", name=sender.name,
                          max=sender.endpoint.max_backlog, count=self.dropped)
-            self.outbox.add(sender.name, doc["id"], doc["event"], body, FAILED,
+            self.outbox.add(sender.name, doc["id"], doc["event"], doc["queue_id"], body, FAILED,
                             "backlog full: not sent")
             return
         sender.backlog += 1
-        self.outbox.add(sender.name, doc["id"], doc["event"], body)
+        self.outbox.add(sender.name, doc["id"], doc["event"], doc["queue_id"], body)
 
     def retry(self, delivery_id: int | None) -> Deferred:
         """Send failed deliveries again (one, or all with None)."""

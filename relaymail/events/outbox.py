@@ -1,6 +1,12 @@
 """The webhook outbox: every event for every endpoint, in SQLite, until it is delivered or
 given up on.  This is what makes webhooks durable.
 
+The ``accepted`` events of a message are written after its 250 (in an acceptor process
+the 250 is not ours to hold back), so a crash can lose them while the message itself is
+safe in the spool; :meth:`Outbox.missing_accepted` finds such messages among those
+recovered at startup, and the hub reports them then (``accepted_seen`` remembers which
+messages had theirs written, for as long as a message can stay queued).
+
 Events are buffered in memory for at most ``FLUSH_INTERVAL`` and written in one
 transaction, fsync'd (``synchronous=FULL``): one fsync per batch, whatever the number of
 events.  :meth:`Outbox.durable` fires once everything added so far is on disk; the relay
@@ -34,6 +40,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     endpoint TEXT NOT NULL,
     event_id TEXT NOT NULL,
     event TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
     body BLOB NOT NULL,            -- the JSON document, exactly as it is POSTed
     created REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -44,6 +51,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint, state, next_attempt);
 CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (state, updated);
+CREATE TABLE IF NOT EXISTS accepted_seen (   -- messages whose accepted events are written
+    queue_id TEXT PRIMARY KEY,
+    time REAL NOT NULL
+);
 """
 FLUSH_INTERVAL = 0.1
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -72,8 +83,9 @@ class Outbox:
     thread (it returns a Deferred)."""
 
     def __init__(self, path: str, reactor: Any, clock: Callable[[], float],
-                 keep_failed_days: float = 30.0) -> None:
+                 keep_failed_days: float = 30.0, keep_seen: float = 6 * 86400) -> None:
         self.path = path
+        self.keep_seen = keep_seen  # longer than a message may stay queued
         self.reactor = reactor
         self.clock = clock
         self.keep_failed = keep_failed_days * 86400
@@ -125,10 +137,11 @@ class Outbox:
 
     # -- adding events
 
-    def add(self, endpoint: str, event_id: str, event: str, body: bytes,
+    def add(self, endpoint: str, event_id: str, event: str, queue_id: str, body: bytes,
             state: str = PENDING, error: str | None = None) -> None:
         now = self.clock()
-        self.buffer.append((endpoint, event_id, event, body, now, now, state, error, now))
+        self.buffer.append((endpoint, event_id, event, queue_id, body, now, now, state, error,
+                            now))
 
     def durable(self) -> Deferred:
         """Fires once every event added so far is on disk."""
@@ -176,9 +189,25 @@ class Outbox:
         assert self.db is not None
         with self.db:
             self.db.executemany(
-                "INSERT INTO deliveries (endpoint, event_id, event, body, created, "
-                "next_attempt, state, last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deliveries (endpoint, event_id, event, queue_id, body, created, "
+                "next_attempt, state, last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows)
+            self.db.executemany("INSERT OR IGNORE INTO accepted_seen VALUES (?, ?)",
+                                {(row[3], row[5]) for row in rows if row[2] == "accepted"})
+
+    def missing_accepted(self, queue_ids: list[str]) -> Deferred:
+        """Those of ``queue_ids`` whose accepted events were never written."""
+        return self._run(self._missing_accepted, queue_ids)
+
+    def _missing_accepted(self, queue_ids: list[str]) -> set[str]:
+        assert self.db is not None
+        missing = set(queue_ids)
+        for start in range(0, len(queue_ids), 500):
+            chunk = queue_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            missing -= {row[0] for row in self.db.execute(
+                f"SELECT queue_id FROM accepted_seen WHERE queue_id IN ({marks})", chunk)}
+        return missing
 
     # -- the senders' side
 
@@ -249,11 +278,11 @@ class Outbox:
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         total = self.db.execute(f"SELECT count(*) FROM deliveries {clause}", args).fetchone()[0]
         rows = self.db.execute(
-            f"SELECT id, endpoint, event_id, event, created, attempts, next_attempt, state, "
-            f"last_error, updated, body FROM deliveries {clause} ORDER BY id DESC LIMIT ? "
-            f"OFFSET ?", [*args, limit, offset]).fetchall()
-        keys = ("id", "endpoint", "event_id", "event", "created", "attempts", "next_attempt",
-                "state", "last_error", "updated", "body")
+            f"SELECT id, endpoint, event_id, event, queue_id, created, attempts, next_attempt, "
+            f"state, last_error, updated, body FROM deliveries {clause} ORDER BY id DESC "
+            f"LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        keys = ("id", "endpoint", "event_id", "event", "queue_id", "created", "attempts",
+                "next_attempt", "state", "last_error", "updated", "body")
         items = [dict(zip(keys, row, strict=True)) for row in rows]
         for item in items:
             item["body"] = bytes(item["body"]).decode("utf-8", "replace")
@@ -288,4 +317,5 @@ class Outbox:
                             (now - KEEP_DELIVERED,))
             self.db.execute("DELETE FROM deliveries WHERE state = 'failed' AND updated < ?",
                             (now - self.keep_failed,))
+            self.db.execute("DELETE FROM accepted_seen WHERE time < ?", (now - self.keep_seen,))
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import treq
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
 
 from relaymail.config.events import WebhookConfig
 from relaymail.events.outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
@@ -45,9 +47,10 @@ class WebhookSender:
         self.endpoint = endpoint
         self.outbox = outbox
         self.reactor = reactor
-        self.http = http if http is not None else treq
+        self.http = http if http is not None else treq  # treq's API: post(url, ...)
         self.clock = clock or reactor.seconds
         self.rng = rng or random.Random()
+        self.schedule = RETRY_SCHEDULE  # seconds after the 1st, 2nd, ... failed attempt
         self.ready: deque[Delivery] = deque()
         self.inflight: dict[int, Deferred] = {}
         self.loading = False
@@ -148,10 +151,10 @@ class WebhookSender:
                    "X-Relaymail-Event-Id": [delivery.event_id],
                    "X-Relaymail-Event": [delivery.event],
                    "User-Agent": [USER_AGENT]}
+        # The whole exchange is bounded by the timeout in _send (addTimeout), not treq's.
         response = await self.http.post(self.endpoint.url, data=delivery.body,
-                                        headers=headers, allow_redirects=False,
-                                        timeout=self.endpoint.timeout)
-        await treq.collect(response, lambda _: None)  # drained: the connection is reused
+                                        headers=headers, allow_redirects=False)
+        await drain(response)  # read to the end: the connection goes back to the pool
         if not 200 <= response.code < 300:
             phrase = (response.phrase or b"").decode("ascii", "replace")[:60]
             raise HTTPError(f"HTTP {response.code} {phrase}".strip())
@@ -170,7 +173,7 @@ class WebhookSender:
 
     def _failed_attempt(self, failure: Failure, delivery: Delivery) -> None:
         self._finish(delivery)
-        if not self.running and failure.check(CancelledError):
+        if not self.running and cancelled(failure):
             return  # stopping: it stays pending, as it is in the outbox
         error = describe(failure, self.endpoint.timeout)
         attempts = delivery.attempts + 1
@@ -198,7 +201,7 @@ class WebhookSender:
         self.kick()
 
     def backoff(self, attempts: int) -> float:
-        base = RETRY_SCHEDULE[min(attempts, len(RETRY_SCHEDULE)) - 1]
+        base = self.schedule[min(attempts, len(self.schedule)) - 1]
         return base * self.rng.uniform(0.9, 1.1)
 
     def public(self) -> dict[str, Any]:
@@ -208,9 +211,47 @@ class WebhookSender:
                 "last_error": self.last_error, "last_error_at": self.last_error_at}
 
 
+class _Discard(Protocol):
+    """Reads a response body and throws it away; cancelling closes the connection (a
+    body that never ends must not keep it, or come back to the pool later)."""
+
+    def __init__(self) -> None:
+        self.done: Deferred = Deferred(self._cancel)
+
+    def _cancel(self, _: Deferred) -> None:
+        transport: Any = self.transport  # an IPushProducer (TransportProxyProducer)
+        if transport is not None:
+            transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+def drain(response: Any) -> Deferred:
+    """Fires when ``response``'s body (a treq or Twisted response) has been read."""
+    body = _Discard()
+    getattr(response, "original", response).deliverBody(body)
+    return body.done
+
+
+def cancelled(failure: Failure) -> bool:
+    """Cut short by us (the timeout, or stopping): the agent reports a cancelled request as
+    ResponseNeverReceived carrying the CancelledError."""
+    if failure.check(CancelledError, TimeoutError):
+        return True
+    if failure.check(ResponseNeverReceived):
+        reasons = getattr(failure.value, "reasons", [])
+        return any(r.check(CancelledError) for r in reasons)
+    return False
+
+
 def describe(failure: Failure, timeout: float) -> str:
     """A short, safe description of what went wrong (no response body, no secret)."""
-    if failure.check(CancelledError, TimeoutError):
+    if cancelled(failure):
         text = f"no answer within {timeout:g} s"
     elif failure.check(HTTPError):
         text = str(failure.value)
