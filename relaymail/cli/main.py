@@ -12,6 +12,8 @@ from relaymail.cli.dkim import add_parser as add_dkim_parser
 from relaymail.cli.oauth2 import add_parser as add_oauth2_parser
 from relaymail.cli.queue import CommandError
 from relaymail.cli.queue import add_parser as add_queue_parser
+from relaymail.cli.suppression import SuppressionCommandError
+from relaymail.cli.suppression import add_parser as add_suppression_parser
 from relaymail.config import Config, ConfigError, check_runtime, load_config
 from relaymail.credentials import CredentialsError, CredentialStore, hash_password
 from relaymail.dnscheck import add_parser as add_dns_check_parser
@@ -25,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, CredentialsError, CommandError) as e:
+    except (ConfigError, CredentialsError, CommandError, SuppressionCommandError) as e:
         print(f"relaymail: {e}", file=sys.stderr)
         return 2
 
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.set_defaults(run=cmd_credentials_remove)
 
     add_queue_parser(sub)
+    add_suppression_parser(sub)
     add_dkim_parser(sub)
     add_dns_check_parser(sub)
     add_oauth2_parser(sub)

@@ -95,6 +95,7 @@ class SuppressionStore:
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         if not os.path.exists(self.path):
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
             os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: addresses
         db = sqlite3.connect(self.path, timeout=5.0)
         try:

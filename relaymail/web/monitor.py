@@ -48,6 +48,7 @@ class Monitor:
     run_in_thread: Callable[..., Deferred]
     clock: Callable[[], float]
     acceptors: Any = None  # relaymail.workers.supervisor.AcceptorPool with smtp.workers
+    events: Any = None  # relaymail.events.hub.EventHub: webhooks, the suppression list
 
     def refusals(self) -> Counter[tuple[int, str]]:
         """SMTP refusals counted here and, with acceptor processes, in each of them."""
@@ -192,6 +193,8 @@ class _Collector:
         yield GaugeMetricFamily("relaymail_spool_writable", "1 when a probe file could be "
                                 "written in the spool.", value=int(self.disk.writable))
         yield from policy_families(m.policy())
+        if m.events is not None:
+            yield from event_families(m.events)
 
 
 def counter(name: str, doc: str, samples: list[tuple[tuple[str, ...], float]],
@@ -247,3 +250,27 @@ def acceptor_families(workers: list[dict[str, Any]]) -> Iterator[Any]:
         restarts.add_metric([str(worker["id"])], worker["restarts"])
     yield alive
     yield restarts
+
+
+def event_families(hub: Any) -> Iterator[Any]:
+    """Webhook backlog and outcomes per endpoint; the suppression list's size."""
+    backlog = GaugeMetricFamily("relaymail_webhook_backlog", "Events waiting to be delivered "
+                                "to the endpoint (in the outbox).", labels=["endpoint"])
+    results = CounterMetricFamily("relaymail_webhook_events", "Events by outcome: delivered "
+                                  "(a 2xx), failed (given up after retry_for).",
+                                  labels=["endpoint", "result"])
+    errors = CounterMetricFamily("relaymail_webhook_attempt_errors", "POSTs that got no 2xx "
+                                 "(retried).", labels=["endpoint"])
+    for name, sender in sorted(hub.senders.items()):
+        backlog.add_metric([name], sender.backlog)
+        results.add_metric([name, "delivered"], sender.delivered)
+        results.add_metric([name, "failed"], sender.failed)
+        errors.add_metric([name], sender.errors)
+    yield backlog
+    yield results
+    yield errors
+    yield CounterMetricFamily("relaymail_webhook_backlog_full", "Events stored as failed "
+                              "because their endpoint's backlog was full.", value=hub.dropped)
+    if hub.suppression is not None:
+        yield GaugeMetricFamily("relaymail_suppressed_addresses", "Addresses on the "
+                                "suppression list.", value=len(hub.suppression.known))

@@ -39,6 +39,12 @@ class SendAPI(SubApp):
                                           self.manager.now(), config.smtp.max_recipients)
         except ValueError as e:  # ComposeError, or a body that is not JSON
             return json_reply(request, {"error": str(e)}, 400)
+        suppressed = [r for r in rcpts if self.manager.suppressed(r)]
+        if suppressed:  # as at RCPT: nothing is queued for an address that bounced for good
+            return json_reply(request, {
+                "error": f"recipient suppressed: {', '.join(suppressed)}",
+                "code": "recipient_suppressed", "params": {"recipients": ", ".join(suppressed)},
+                "suppressed": suppressed}, 422)
         data = await self.manager.spool.run_in_thread(sign_whole, self.signer, data)
         try:
             qid = await self.manager.inject(sender, rcpts, data, {"source": "api"})

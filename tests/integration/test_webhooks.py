@@ -127,6 +127,12 @@ class WebhookTests(RelayTestCase):
         self.assertEqual(code, 200)
         self.assertEqual([(e["address"], e["source"], e["queue_id"]) for e in listed["items"]],
                          [("gone@dest.test", "bounce", qid)])
+        # The send API refuses it the same way, naming it.
+        code, answer = await self.api("POST", "/api/send", {
+            "from": "shop@client.test", "to": ["ok@dest.test", "gone@dest.test"],
+            "subject": "s", "text": "t"})
+        self.assertEqual((code, answer["code"], answer["suppressed"]),
+                         (422, "recipient_suppressed", ["gone@dest.test"]))
         # Removed, it is accepted again.
         code, _ = await self.api("DELETE", "/api/suppressions/gone@dest.test")
         self.assertEqual(code, 200)
@@ -156,6 +162,11 @@ class WebhookTests(RelayTestCase):
         self.assertEqual((hook["delivered"], hook["errors"], hook["backlog"]), (1, 3, 0))
         self.assertNotIn("secret", json.dumps(hooks))
         self.assertEqual(hook["last_error"], "HTTP 500 Internal Server Error")
+        code, metrics = await self.api("GET", "/metrics")
+        self.assertIn(b'relaymail_webhook_events_total{endpoint="app",result="delivered"} 1.0',
+                      metrics)
+        self.assertIn(b'relaymail_webhook_attempt_errors_total{endpoint="app"} 3.0', metrics)
+        self.assertIn(b'relaymail_webhook_backlog{endpoint="app"} 0.0', metrics)
         self.assertIn("attempt 2 failed (no answer within 1 s)", self.log_text())
 
     async def test_given_up_after_retry_for_then_retried_from_the_api(self) -> None:
