@@ -255,3 +255,32 @@ class OutboxTests(TestCase):
         due = await outbox.due("hook", reactor.seconds() + 1, 10, {due[0].id})
         self.assertEqual(len(due), 4)
         self.assertTrue(outbox.durable().called)  # nothing buffered: at once
+
+
+def test_a_reload_that_overlaps_a_local_write_is_not_used(tmp_path: object) -> None:
+    """The watcher's load may read the file before our write lands; it must not wipe the
+    address just added in memory (seen as a flaky RCPT accepted after a hard bounce)."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    calls: list[tuple[Deferred, object, tuple[object, ...]]] = []
+
+    def run_later(f: object, *args: object) -> Deferred:
+        d: Deferred = Deferred()
+        calls.append((d, f, args))
+        return d
+
+    def run(index: int) -> None:
+        d, f, args = calls[index]
+        d.callback(f(*args))  # type: ignore[operator]
+
+    store = SuppressionStore(os.path.join(str(tmp_path), "suppression.db"))
+    one = SuppressionList(store, run_later, Clock())
+    one.add("x@y.test", "bounced", "bounce")  # calls[0]: the write, not yet done
+    one.refresh()  # calls[1]: a load
+    run(1)  # the load reads the file without x@y.test
+    assert "x@y.test" in one
+    run(0)  # the write lands
+    one.refresh()  # the next look reads it again (the stale load was not kept)
+    run(2)
+    assert "x@y.test" in one and one._stamp is not None

@@ -91,7 +91,8 @@ class Outbox:
         self.keep_failed = keep_failed_days * 86400
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="webhooks")
         self.db: sqlite3.Connection | None = None
-        self.buffer: list[tuple[Any, ...]] = []
+        self.buffer: list[tuple[Any, ...]] = []  # new deliveries
+        self.outcomes: list[tuple[Any, ...]] = []  # attempts' results, written with them
         self.waiting: list[Deferred] = []  # durable() callers of the buffered rows
         self.flushing: Deferred | None = None
         self.flusher = LoopingCall(self.flush)
@@ -145,7 +146,7 @@ class Outbox:
 
     def durable(self) -> Deferred:
         """Fires once every event added so far is on disk."""
-        if not self.buffer and self.flushing is None:
+        if not self.buffer and not self.outcomes and self.flushing is None:
             return succeed(None)
         d: Deferred = Deferred()
         self.waiting.append(d)
@@ -157,11 +158,12 @@ class Outbox:
         """Write the buffer in one transaction (after the one being written, if any)."""
         if self.flushing is not None:
             return self.flushing
-        if not self.buffer:
+        if not self.buffer and not self.outcomes:
             return succeed(None)
         rows, self.buffer = self.buffer, []
+        outcomes, self.outcomes = self.outcomes, []
         waiting, self.waiting = self.waiting, []
-        d = self._run(self._insert, rows)
+        d = self._run(self._write, rows, outcomes)
         self.flushing = d
 
         def written(_: Any) -> None:
@@ -171,7 +173,7 @@ class Outbox:
             endpoints = {row[0] for row in rows}
             for listener in self.on_written:
                 listener(endpoints)
-            if self.buffer and self.waiting:
+            if (self.buffer or self.outcomes) and self.waiting:
                 self.flush()
 
         def failed(failure: Any) -> None:
@@ -180,14 +182,19 @@ class Outbox:
                       "retrying", count=len(rows), path=self.path,
                       error=failure.getErrorMessage())
             self.buffer[:0] = rows  # kept, in order, for the next flush
+            self.outcomes[:0] = outcomes
             self.waiting[:0] = waiting
 
         d.addCallbacks(written, failed)
         return d
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, rows: list[tuple[Any, ...]], outcomes: list[tuple[Any, ...]]) -> None:
+        """New deliveries and attempts' results, in one transaction (one fsync)."""
         assert self.db is not None
         with self.db:
+            self.db.executemany("UPDATE deliveries SET state = ?, attempts = ?, "
+                                "next_attempt = ?, last_error = ?, updated = ? WHERE id = ?",
+                                outcomes)
             self.db.executemany(
                 "INSERT INTO deliveries (endpoint, event_id, event, queue_id, body, created, "
                 "next_attempt, state, last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -212,8 +219,10 @@ class Outbox:
     # -- the senders' side
 
     def due(self, endpoint: str, now: float, limit: int, exclude: set[int]) -> Deferred:
-        """Pending deliveries of ``endpoint`` whose time has come (oldest first)."""
-        return self._run(self._due, endpoint, now, limit, tuple(exclude))
+        """Pending deliveries of ``endpoint`` whose time has come (oldest first), once the
+        results recorded so far are written (a delivery just made is not pending)."""
+        return self.durable().addCallback(
+            lambda _: self._run(self._due, endpoint, now, limit, tuple(exclude)))
 
     def _due(self, endpoint: str, now: float, limit: int, exclude: tuple[int, ...]
              ) -> list[Delivery]:
@@ -248,18 +257,11 @@ class Outbox:
         return self.db.execute(sql, args).fetchone()[0]
 
     def record(self, delivery_id: int, state: str, attempts: int, next_attempt: float,
-               error: str | None) -> Deferred:
-        """The outcome of one attempt: delivered, failed for good, or pending again."""
-        return self._run(self._record, delivery_id, state, attempts, next_attempt, error,
-                         self.clock())
-
-    def _record(self, delivery_id: int, state: str, attempts: int, next_attempt: float,
-                error: str | None, now: float) -> None:
-        assert self.db is not None
-        with self.db:
-            self.db.execute("UPDATE deliveries SET state = ?, attempts = ?, next_attempt = ?,"
-                            " last_error = ?, updated = ? WHERE id = ?",
-                            (state, attempts, next_attempt, error, now, delivery_id))
+               error: str | None) -> None:
+        """The outcome of one attempt: delivered, failed for good, or pending again;
+        written with the next batch (lost with a crash, the event is sent again)."""
+        self.outcomes.append((state, attempts, next_attempt, error, self.clock(),
+                              delivery_id))
 
     # -- the console's side
 

@@ -162,6 +162,8 @@ class SuppressionList:
         self.known: dict[str, tuple[str, float]] = {}  # address -> (source, created)
         self._stamp: tuple[tuple[int, int], ...] | None = None
         self._loading: Deferred | None = None
+        self._changes = 0  # local writes finished; a load that overlaps one is not used
+        self._writing = 0  # local writes in progress
         self.watcher = LoopingCall(self.refresh)
         self.watcher.clock = reactor
 
@@ -182,10 +184,13 @@ class SuppressionList:
             return self._loading
         d = self.run_in_thread(self._load_if_changed)
         self._loading = d
+        changes = self._changes
 
         def done(result: Any) -> None:
             self._loading = None
-            if result is not None:
+            if self._writing or changes != self._changes:
+                self._stamp = None  # read while we wrote: maybe without it; read again
+            elif result is not None:
                 self._stamp, self.known = result
 
         def failed(failure: Any) -> None:
@@ -236,12 +241,19 @@ class SuppressionList:
             return succeed(0)
         for e in entries:
             self.known.setdefault(e.address, (e.source, e.created))
-        return self.run_in_thread(self.store.add, entries)
+        self._writing += 1
+        return self.run_in_thread(self.store.add, entries).addBoth(self._changed)
+
+    def _changed(self, result: Any) -> Any:
+        self._writing -= 1
+        self._changes += 1  # the write is done: a load from now on sees it
+        return result
 
     def remove(self, address: str) -> Deferred:
         key = normalize(address)
         self.known.pop(key, None)
-        return self.run_in_thread(self.store.remove, key)
+        self._writing += 1
+        return self.run_in_thread(self.store.remove, key).addBoth(self._changed)
 
     def search(self, text: str = "", limit: int = 100, offset: int = 0) -> Deferred:
         return self.run_in_thread(self.store.search, text, limit, offset)
