@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/hotpath.py
+	$(BIN)/python bench/events.py
 
 fuzz: $(STAMP)
 	$(BIN)/python bench/fuzz.py --inputs 1000000
