@@ -228,3 +228,33 @@ class WebhookTests(RelayTestCase):
         await wait_until(lambda: self.sender_of(relay, "mine").delivered == 1, what="mine")
         self.assertEqual(self.sender_of(relay, "other").delivered, 0)
         self.assertEqual([d["event"] for d in receiver.events()], ["delivered"])
+
+    async def test_a_bounce_that_bounces_suppresses_the_sender(self) -> None:
+        """Our bounce to shop@ is refused (even for a policy reason): shop@ is suppressed,
+        and the next bounce to it is not sent."""
+        receiver = self.receiver()
+        upstream = await self.scripted(Script(rcpt={
+            "gone@dest.test": "550 5.1.1 no such user",
+            "other@dest.test": "550 5.1.1 no such user",
+            "shop@client.test": "550 5.7.1 we do not take bounces"}))
+        web = free_port()
+        relay = await self.relay(
+            web={"enabled": True, "endpoint": f"tcp:{web}:interface=127.0.0.1"},
+            webhooks=[{"url": receiver.url, "secret": SECRET, "events": ["bounced"]}],
+            **smarthost(plain(upstream.port)))
+        await self.submit(relay, ["gone@dest.test"], message())
+        suppression = relay.service.context.suppression
+        await wait_until(lambda: "shop@client.test" in suppression, what="sender suppressed")
+        await wait_until(lambda: any(d["sender"] == "" for d in receiver.events()),
+                         what="the bounce's own bounced event")
+        bounces = [d for d in receiver.events() if d["sender"] == ""]
+        self.assertEqual(bounces[0]["recipient"], "shop@client.test")
+        self.assertEqual(relay.manager.counters["bounces"], 1)
+        # gone@ is suppressed too; a new bounce for shop@ (another address failing) is not
+        # queued: the second message's failure makes no bounce.
+        await self.submit(relay, ["other@dest.test"], message("2"))
+        await wait_until(lambda: "other@dest.test" in suppression, what="other suppressed")
+        await self.drained(relay)
+        self.assertEqual(relay.manager.counters["bounces"], 1)
+        self.assertIn("no non-delivery notification: <shop@client.test> is suppressed",
+                      self.log_text())
