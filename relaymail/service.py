@@ -16,6 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from relaymail import logs
 from relaymail.config import Config, ConfigError, ListenerConfig
 from relaymail.credentials import CredentialStore
+from relaymail.events.archive import Archive, build_archive
 from relaymail.events.hub import EventHub
 from relaymail.events.outbox import Outbox
 from relaymail.history import History
@@ -130,8 +131,8 @@ def web_tls_options(config: Config) -> Any:
 
 def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
                 ctx: ServerContext, history: History | None = None,
-                acceptors: AcceptorPool | None = None, events: EventHub | None = None
-                ) -> ListenerService:
+                acceptors: AcceptorPool | None = None, events: EventHub | None = None,
+                archive: Archive | None = None) -> ListenerService:
     """The HTTP API on ``web.endpoint``, in the same reactor; HTTPS with ``web.tls``, like
     an implicit-TLS SMTP listener.  Requests are checked (Host, body size) by
     relaymail.web.guard before their bodies are read."""
@@ -140,7 +141,7 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
                      CredentialsAPI(credentials_of(ctx), thread_runner(reactor)), ctx.signer,
-                     history, web_auth(config, reactor, ctx), events)
+                     history, web_auth(config, reactor, ctx), events, archive)
     factory: Any = WebSite(api.app.resource(), gate_for(config, api.may_send_body))
     tls_options = web_tls_options(config)
     if tls_options is not None:
@@ -249,12 +250,20 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     top.history = history  # type: ignore[attr-defined]
     events.setServiceParent(top)  # before the manager too: its last events are kept
     top.events = events  # type: ignore[attr-defined]
+    archive = None
+    if config.archive.enabled:  # a copy of every message, linked before the manager runs
+        archive = build_archive(config, reactor, ctx.spool.path("data"),
+                                lambda: spool_service.recovered)
+        archive.setServiceParent(top)  # before the manager: it keeps the last events
+        ctx.spool.commit_listeners.append(archive.accepted)
+        manager.observers.append(archive.delivery_event)
+    top.archive = archive  # type: ignore[attr-defined]
     manager.setName("relay")
     manager.setServiceParent(top)
     if config.web.enabled:
         acceptors = top.acceptors  # type: ignore[attr-defined]
-        web_service(config, reactor, manager, spool_service, ctx, history, acceptors, events)\
-            .setServiceParent(top)
+        web_service(config, reactor, manager, spool_service, ctx, history, acceptors, events,
+                    archive).setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     top.relay = manager  # type: ignore[attr-defined]
     return top

@@ -3,7 +3,8 @@ access check.
 
 Each area is a sub-app (relaymail.web.routing.SubApp) holding only what it needs: the
 console's pages and logins, the queue, the relay's settings and status, the delivery
-history, SMTP credentials, sending, health and metrics, and this API's own description.
+history, SMTP credentials, sending, webhooks, the suppression list, the archive, health and
+metrics, and this API's own description.
 ``ControlAPI`` builds the ones its collaborators allow and mounts all their routes into its
 Klein ``app``; a route whose sub-app was not built answers 404.  Shapes follow DESIGN.md.
 """
@@ -19,12 +20,14 @@ from twisted.web.iweb import IRequest
 
 import relaymail
 from relaymail.config import Config
+from relaymail.events.archive import Archive
 from relaymail.events.hub import EventHub
 from relaymail.history import History
 from relaymail.policy.dkim import Signer
 from relaymail.relay.manager import RelayManager
 from relaymail.web.access import AccessGate
 from relaymail.web.applier import ConfigApplier
+from relaymail.web.archive_api import ArchiveAPI
 from relaymail.web.credentials_api import CredentialsAPI
 from relaymail.web.events_api import SuppressionsAPI, WebhooksAPI
 from relaymail.web.guard import reached_over_tls
@@ -43,7 +46,11 @@ from relaymail.web.setup import FirstRunSetup, console_url
 
 SUBAPPS: tuple[type[SubApp], ...] = (
     HealthAPI, RelayConfigAPI, RelayStatusAPI, QueueAPI, CredentialsAPI, MailLogsAPI,
-    SendAPI, WebhooksAPI, SuppressionsAPI, FirstRunSetup, ConsoleLogin, ConsolePages, ApiDocs)
+    SendAPI, WebhooksAPI, SuppressionsAPI, ArchiveAPI, FirstRunSetup, ConsoleLogin, ConsolePages,
+    ApiDocs)
+# Console pages of areas a process may be built without: their nav entries are hidden then.
+OPTIONAL_PAGES: dict[str, type[SubApp]] = {
+    "archive": ArchiveAPI, "webhooks": WebhooksAPI, "suppressions": SuppressionsAPI}
 
 
 def tls_check(config: Callable[[], Config] | None) -> Callable[[IRequest], bool]:
@@ -71,7 +78,7 @@ class ControlAPI:
                  reactor: IReactorTime | None = None,
                  credentials: CredentialsAPI | None = None, signer: Signer | None = None,
                  history: History | None = None, auth: WebAuth | None = None,
-                 events: EventHub | None = None) -> None:
+                 events: EventHub | None = None, archive: Archive | None = None) -> None:
         self.gate = AccessGate(token, auth, open_to_loopback)
         built: list[SubApp] = [QueueAPI(manager), RelayStatusAPI(manager, policy),
                                ApiDocs(relaymail.__version__, self.routes)]
@@ -93,6 +100,8 @@ class ControlAPI:
             built.append(WebhooksAPI(events))
         if events is not None and events.suppression is not None:
             built.append(SuppressionsAPI(events.suppression))
+        if archive is not None:
+            built.append(ArchiveAPI(archive, manager.spool.run_in_thread))
         if auth is not None:
             setup: FirstRunSetup | None = None
             if applier is not None and config is not None:
@@ -100,7 +109,10 @@ class ControlAPI:
                                       tls_check(current))
                 built.append(setup)
                 setup.announce(console_url(config))  # twistd shows it once logging starts
-            built += [ConsolePages(auth, lambda: setup is not None and setup.pending, current),
+            kinds = {type(s) for s in built}
+            absent = frozenset(p for p, kind in OPTIONAL_PAGES.items() if kind not in kinds)
+            built += [ConsolePages(auth, lambda: setup is not None and setup.pending, current,
+                                   absent),
                       ConsoleLogin(auth, tls_check(current))]
         self.subapps: dict[type[SubApp], SubApp] = {type(s): s for s in built}
 

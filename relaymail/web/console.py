@@ -16,15 +16,19 @@ from importlib import resources
 
 from relaymail.web.i18n import MESSAGES
 
-PAGES = ("dashboard", "relay", "queue", "hold", "failed", "credentials", "logs", "send")
+PAGES = ("dashboard", "relay", "queue", "hold", "failed", "credentials", "logs", "archive",
+         "send", "webhooks", "suppressions")
 # Pages without navigation, open without a session.
 OPEN_PAGES = ("login", "setup")
+# frame-src: the archive's message view frames /api/archive/<id>/html, which is sandboxed
+# by its own policy (relaymail.web.archive_api).
 CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-       b"img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+       b"img-src 'self' data:; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       b"base-uri 'none'")
 PATHS = {"dashboard": "/", **{p: f"/{p}" for p in PAGES if p != "dashboard"}}
 # In load order: the helpers first, the page that starts it all last.
 SCRIPTS = ("console.js", "chart.js", "dashboard.js", "queue.js", "relay.js",
-           "credentials.js", "logs.js", "main.js")
+           "credentials.js", "logs.js", "archive.js", "events.js", "main.js")
 
 
 @functools.cache
@@ -34,16 +38,19 @@ def static_file(name: str) -> bytes:
 
 
 def shell(page: str, lang: str, user: str | None, presets: list[dict[str, object]],
-          extra: dict[str, object] | None = None) -> bytes:
+          extra: dict[str, object] | None = None, absent: frozenset[str] = frozenset()
+          ) -> bytes:
+    """A page; ``absent`` pages (areas not built here) are left out of the navigation."""
     t = MESSAGES[lang]
     other = "zh" if lang == "en" else "en"
+    shown = [p for p in PAGES if p not in absent]
     nav = "" if user is None else "".join(
         f'<a href="{PATHS[p]}"{" class=on" if p == page else ""}>{html.escape(t["nav_" + p])}'
-        "</a>" for p in PAGES)
+        "</a>" for p in shown)
     logout = "" if user is None else \
         f'<button id="logout" type="button">{html.escape(t["logout"])}</button>'
     data = html.escape(json.dumps({"page": page, "lang": lang, "t": t, "presets": presets,
-                                   **(extra or {})}, ensure_ascii=False))
+                                   "pages": shown, **(extra or {})}, ensure_ascii=False))
     title = t["nav_" + page] if page in PAGES else t[page]
     links = "" if user is None else (
         '<footer><a href="/health" id="link-health">' + html.escape(t["link_health"]) +

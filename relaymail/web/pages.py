@@ -51,10 +51,12 @@ class ConsolePages(SubApp):
     unavailable = "console login is not configured"
 
     def __init__(self, auth: WebAuth, setup_pending: Callable[[], bool] = lambda: False,
-                 config: Callable[[], Config] | None = None) -> None:
+                 config: Callable[[], Config] | None = None,
+                 absent: frozenset[str] = frozenset()) -> None:
         self.auth = auth
         self.setup_pending = setup_pending  # first-run setup open: no admin password yet
         self.config = config  # the configuration in force: the SMTP listeners to show
+        self.absent = absent  # pages of areas this process was built without: not in the nav
 
     @route("get", "/static/{name}", "The console's script and style sheet", Access.PUBLIC)
     def static(self, request: IRequest, name: str) -> bytes:
@@ -90,7 +92,7 @@ class ConsolePages(SubApp):
         return self.page(request, "dashboard")
 
     @route("get", "/{name}", "Console pages: relay, queue, hold, failed, credentials, logs, "
-           "send", Access.PUBLIC)
+           "send, archive, webhooks, suppressions", Access.PUBLIC)
     def console_page(self, request: IRequest, name: str) -> bytes:
         return self.page(request, name)
 
@@ -105,4 +107,4 @@ class ConsolePages(SubApp):
         page_headers(request, b"text/html; charset=utf-8")
         listeners = listener_list(self.config()) if self.config is not None else []
         return shell(name, choose_language(request), session.user, preset_list(),
-                     {"listeners": listeners})
+                     {"listeners": listeners}, self.absent)

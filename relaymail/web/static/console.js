@@ -193,3 +193,29 @@ async function copyText(text) {
   }
   return t("copied");
 }
+
+// Previous, "first–last of total", next: a paged list; ``go(offset)`` loads that page.
+function pager(box, offset, shown, total, size, go) {
+  const last = Math.min(total, offset + shown);
+  box.replaceChildren(
+    button(t("previous"), async () => { await go(Math.max(0, offset - size)); return null; }, { id: "prev", class: "small", disabled: offset === 0 }),
+    el("span", { id: "range" }, t("rows_of", { first: total ? offset + 1 : 0, last, total })),
+    button(t("next"), async () => { await go(offset + size); return null; }, { id: "next", class: "small", disabled: last >= total }));
+}
+
+// Query parameters without the empty ones.
+function searchQuery(values) {
+  const query = new URLSearchParams();
+  for (const [key, v] of Object.entries(values)) if (v !== "" && v !== null && v !== undefined) query.set(key, v);
+  return query;
+}
+
+// An area this relay was built without (its API answers 404 with no message code): says
+// so on the page, instead of an error.
+function notHere(e, key) {
+  if (!(e instanceof ApiError) || e.status !== 404 || e.body.code) throw e;
+  content.replaceChildren(el("p", { class: "hint", id: "not-here" }, t(key)));
+}
+
+// Is this console page (and its area) available here?
+function hasPage(name) { return (C.pages || []).includes(name); }

@@ -1,5 +1,6 @@
-// Delivery log (filters, date range, pages, total; readable times, queue IDs linked), the
-// send form, the login page and the first-run setup page.
+// Delivery log (filters, date range, pages, total; readable times, queue IDs linked to the
+// queue and, when the archive is on, to the archived copy), the send form, the login page
+// and the first-run setup page.
 "use strict";
 
 const PAGE_SIZE = 50;
@@ -11,27 +12,22 @@ PAGES.logs = async function logs() {
   const status = el("select", { id: "f-status" }, el("option", { value: "" }, t("any_status")),
     ["received", "sent", "deferred", "bounced"].map((s) => el("option", { value: s, selected: params.get("status") === s }, t(s))));
   const list = el("div", { id: "list" });
-  const pager = el("div", { class: "pager", id: "pager" });
+  const pages = el("div", { class: "pager", id: "pager" });
   let offset = 0;
   const form = onSubmit(el("form", { class: "filters" }, field(t("sender"), input("sender", { type: "search" })),
     field(t("recipient"), input("recipient", { type: "search" })), field(t("queue_id"), input("queue_id", { type: "search", value: params.get("queue_id") || "" })),
     field(t("status"), status), field(t("since"), input("since", { type: "datetime-local" })), field(t("until"), input("until", { type: "datetime-local" })),
     el("button", { type: "submit" }, t("search"))), async () => { offset = 0; await load(); });
   const load = async () => {
-    const query = new URLSearchParams({ sender: value("sender"), recipient: value("recipient"), queue_id: value("queue_id"),
+    const query = searchQuery({ sender: value("sender"), recipient: value("recipient"), queue_id: value("queue_id"),
       status: status.value, since: isoOf(value("since")), until: isoOf(value("until")), limit: PAGE_SIZE, offset });
-    for (const [key, v] of [...query.entries()]) if (v === "") query.delete(key);
     const answer = await api("GET", "/api/mail-logs?" + query);
     list.replaceChildren(table([t("time"), t("queue_id"), t("sender"), t("recipient"), t("status"), t("relay_host"), t("reply")],
-      answer.items.map((r) => [timeCell(r.time), qidLink(r.queue_id), data(r.sender || "<>"), data(r.recipient), stateLabel(r.status),
-        data(r.relay || ""), data(r.reply || "", { class: "data reply" })]), { id: "log-table" }));
-    const last = Math.min(answer.total, offset + answer.items.length);
-    pager.replaceChildren(
-      button(t("previous"), async () => { offset = Math.max(0, offset - PAGE_SIZE); await load(); return null; }, { id: "prev", class: "small", disabled: offset === 0 }),
-      el("span", { id: "range" }, t("rows_of", { first: answer.total ? offset + 1 : 0, last, total: answer.total })),
-      button(t("next"), async () => { offset += PAGE_SIZE; await load(); return null; }, { id: "next", class: "small", disabled: last >= answer.total }));
+      answer.items.map((r) => [timeCell(r.time), el("span", {}, qidLink(r.queue_id), archivedLink(r.queue_id)), data(r.sender || "<>"),
+        data(r.recipient), stateLabel(r.status), data(r.relay || ""), data(r.reply || "", { class: "data reply" })]), { id: "log-table" }));
+    pager(pages, offset, answer.items.length, answer.total, PAGE_SIZE, async (at) => { offset = at; await load(); });
   };
-  content.append(form, pager, list);
+  content.append(form, pages, list);
   await load();
 };
 

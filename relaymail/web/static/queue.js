@@ -1,6 +1,7 @@
 // Queue, held mail and failed mail: each message with its state in words, attempts, next
 // retry and last reply per recipient; actions that say what they did; a message page with
-// headers and its timeline from the delivery history (/queue?id=QUEUE_ID).
+// headers and its timeline from the delivery history (/queue?id=QUEUE_ID), linked to its
+// archived copy when the archive is on.
 "use strict";
 
 // The state an operator thinks in: delivering, queued (never tried), deferred, held, failed.
@@ -79,7 +80,8 @@ PAGES.failed = queuePage("failed");
 
 async function messagePage(qid) {
   const box = el("section", { id: "details" });
-  content.append(el("p", {}, el("a", { href: "/queue" }, t("back_to_queue"))), box);
+  content.append(el("p", { class: "buttons" }, el("a", { href: "/queue" }, t("back_to_queue")),
+    hasPage("archive") ? el("a", { href: "/archive?id=" + encodeURIComponent(qid), id: "archived-copy" }, t("view_archived")) : null), box);
   const load = async () => {
     let m = null;
     try {
