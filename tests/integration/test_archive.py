@@ -3,7 +3,8 @@
 smtplib, delivered to a scripted upstream and removed from the spool, is still readable
 through /api/archive: searched by sender, recipient, subject, Message-ID and status, shown
 parsed, as raw source, as sandboxed HTML and part by part, with the headers that keep a
-browser safe; a bounce of ours is archived too; the retention removes old copies."""
+browser safe; a bounce of ours is archived too; the retention removes old copies; mail
+committed in an acceptor process is archived too."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
 from twisted.web.client import HTTPConnectionPool
 
-from tests.helpers import free_port
+from relaymail.spool.record import open_body
+from tests.helpers import free_port, send_mail
 from tests.integration.test_relay import RelayTestCase, plain, smarthost
+from tests.integration.test_workers import WorkersTestCase
 from tests.test_archive import PNG
 from tests.upstreams import Script, wait_until
 
@@ -226,3 +230,24 @@ class ArchiveTests(RelayTestCase):
         code, body = await self.json("/api/archive")
         self.assertEqual((code, body["error"]), (404, "the archive is off (archive.enabled)"))
         self.assertIsNone(other.service.archive)
+
+
+class AcceptorArchiveTests(WorkersTestCase):
+    async def test_mail_committed_in_an_acceptor_is_archived(self) -> None:
+        """A message an acceptor process commits reaches the main process's archive (the
+        link is made there, before its relay manager delivers and removes it)."""
+        service = await self.start(workers=1, archive={"enabled": True})
+        refused = await deferToThread(send_mail, self.port, "shop@client.test",
+                                      ["a@dest.test"], message())
+        self.assertEqual(refused, {})
+        await self.until(lambda: self.delivered() == 1)
+        await self.until(lambda: not service.relay.queued and not service.relay.active)
+        archive = service.getServiceNamed("archive")
+        await archive.flush()
+        found = await archive.search({"message_id": MESSAGE_ID}, 10, 0)
+        self.assertEqual(len(found["items"]), 1)
+        qid = found["items"][0]["queue_id"]
+        self.assertEqual(found["items"][0]["recipients"][0]["status"], "sent")
+        self.assertFalse(os.path.exists(service.context.spool.path("data", qid + ".eml")))
+        with open_body(archive.file(qid)) as f:
+            self.assertIn(b"Subject: Order 42 shipped", f.read())
