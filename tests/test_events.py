@@ -284,3 +284,22 @@ def test_a_reload_that_overlaps_a_local_write_is_not_used(tmp_path: object) -> N
     one.refresh()  # the next look reads it again (the stale load was not kept)
     run(2)
     assert "x@y.test" in one and one._stamp is not None
+
+
+class OutboxBarrierTests(TestCase):
+    async def test_durable_asked_during_a_flush_fires_when_it_ends(self) -> None:
+        """Asked while a batch is being written and nothing is buffered, the barrier is
+        kept by that batch (it waited for an unrelated later event: a stalled sender and
+        a shutdown that never ended)."""
+        outbox = Outbox(os.path.join(tempfile.mkdtemp(), "webhooks.db"), reactor,
+                        reactor.seconds)
+        await outbox.start()
+        self.addCleanup(outbox.stop)
+        outbox.add("hook", "evt_1", "delivered", "Q1", b"{}")
+        writing = outbox.flush()
+        barrier = outbox.durable()
+        self.assertFalse(barrier.called)
+        await writing
+        self.assertTrue(barrier.called)
+        due = outbox.due("hook", reactor.seconds() + 1, 10, set())  # waits on durable()
+        self.assertEqual(len(await due), 1)

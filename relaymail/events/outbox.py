@@ -124,8 +124,8 @@ class Outbox:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     def _open(self) -> None:
-        if not os.path.exists(self.path):
-            os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: it names people
+        os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: it names people
+        os.chmod(self.path, 0o600)
         self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # an event is durable once written
@@ -173,8 +173,12 @@ class Outbox:
             endpoints = {row[0] for row in rows}
             for listener in self.on_written:
                 listener(endpoints)
-            if (self.buffer or self.outcomes) and self.waiting:
+            if self.waiting and (self.buffer or self.outcomes):
                 self.flush()
+            elif self.waiting:  # asked for while this batch was written, nothing since:
+                for waiter in self.waiting[:]:  # everything before them is on disk now
+                    self.waiting.remove(waiter)
+                    waiter.callback(None)
 
         def failed(failure: Any) -> None:
             self.flushing = None

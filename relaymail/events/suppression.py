@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 from relaymail.common.replies import Reply
 from relaymail.logs import Logger
@@ -247,6 +248,8 @@ class SuppressionList:
     def _changed(self, result: Any) -> Any:
         self._writing -= 1
         self._changes += 1  # the write is done: a load from now on sees it
+        if isinstance(result, Failure):
+            self._stamp = None  # memory went ahead of a write that failed: read the file
         return result
 
     def remove(self, address: str) -> Deferred:

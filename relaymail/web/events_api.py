@@ -12,7 +12,12 @@ from twisted.web.iweb import IRequest
 
 from relaymail.events.hub import EventHub
 from relaymail.events.outbox import DELIVERED, FAILED, PENDING
-from relaymail.events.suppression import MAX_REASON, SuppressionError, SuppressionList
+from relaymail.events.suppression import (
+    MAX_REASON,
+    SuppressionError,
+    SuppressionList,
+    normalize,
+)
 from relaymail.web.http import int_arg, json_body, json_reply, str_arg
 from relaymail.web.routing import SubApp, query, route
 from relaymail.web.shapes import iso
@@ -43,8 +48,12 @@ class WebhooksAPI(SubApp):
 
     @route("get", "/api/webhooks", "The webhook endpoints (no secrets): events, filters, "
            "backlog, delivered and failed counts, the last error")
-    def endpoints(self, request: IRequest) -> bytes:
+    async def endpoints(self, request: IRequest) -> bytes:
+        assert self.hub.outbox is not None
+        failed = await self.hub.outbox.failed_counts()  # kept across restarts, unlike ours
         items = [timestamps(e, "last_success", "last_error_at") for e in self.hub.public()]
+        for item in items:
+            item["failed_kept"] = failed.get(item["name"], 0)
         return json_reply(request, {"endpoints": items, "backlog_full": self.hub.dropped})
 
     @route("get", "/api/webhooks/deliveries", "Webhook deliveries, newest first, with the "
@@ -68,7 +77,7 @@ class WebhooksAPI(SubApp):
     @route("post", "/api/webhooks/deliveries/{delivery_id}/retry",
            "Send one failed delivery again, now")
     async def retry_one(self, request: IRequest, delivery_id: str) -> bytes:
-        if not delivery_id.isdigit():
+        if not (delivery_id.isascii() and delivery_id.isdigit()) or len(delivery_id) > 18:
             return json_reply(request, {"error": f"no delivery {delivery_id[:40]}",
                                         "code": "webhook_no_delivery"}, 404)
         touched = await self.hub.retry(int(delivery_id))
@@ -128,7 +137,7 @@ class SuppressionsAPI(SubApp):
             return json_reply(request, {"error": f"{address[:320]} is not suppressed",
                                         "code": "suppression_unknown",
                                         "params": {"address": address[:320]}}, 404)
-        return json_reply(request, {"address": address, "removed": True})
+        return json_reply(request, {"address": normalize(address), "removed": True})
 
     @route("get", "/api/suppressions/export", "The whole list as CSV (address, reason, "
            "source, queue_id, created)")

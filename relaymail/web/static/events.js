@@ -15,7 +15,7 @@ PAGES.webhooks = async function webhooks() {
   const loadEndpoints = async () => {
     const answer = await api("GET", "/api/webhooks");
     endpoints.replaceChildren(table([t("name"), t("url"), t("events"), t("backlog"), t("delivered_n"), t("failed_n"), t("last_success"), t("last_error")],
-      answer.endpoints.map((e) => [data(e.name), data(e.url), data(e.events.join(", ")), String(e.backlog), String(e.delivered), String(e.failed),
+      answer.endpoints.map((e) => [data(e.name), data(e.url), data(e.events.join(", ")), String(e.backlog), String(e.delivered), String(e.failed_kept),
         timeCell(e.last_success), e.last_error ? el("span", {}, timeCell(e.last_error_at), " ", data(e.last_error, { class: "data reply" })) : ""]),
       { id: "endpoint-table" }));
   };
