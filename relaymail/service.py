@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -39,6 +40,28 @@ from relaymail.workers.remote import Authority
 from relaymail.workers.supervisor import AcceptorPool
 
 log = Logger(namespace="relaymail.service")
+
+
+class RelaymailService(MultiService):
+    """The process's services, stopped in two steps: first everything else (the listeners,
+    then the relay manager, which finishes its attempts), then the ``recorders`` that keep
+    what the manager reports (history, events, archive).  A MultiService stops its
+    children all at once, so a recorder stopped with the manager would miss its last
+    events, and the manager would wait forever for an outbox already closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorders: list[Service] = []
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        ordered = list(self)[::-1]
+
+        def stop(services: list[Any]) -> Deferred:
+            return DeferredList([maybeDeferred(s.stopService) for s in services])
+
+        first = stop([s for s in ordered if s not in self.recorders])
+        return first.addCallback(lambda _: stop([s for s in ordered if s in self.recorders]))
 
 
 class SpoolService(Service):
@@ -219,11 +242,11 @@ def acceptor_pool(config: Config, reactor: Any, ctx: ServerContext, manager: Any
     return pool
 
 
-def build_service(config: Config, reactor: Any) -> MultiService:
+def build_service(config: Config, reactor: Any) -> RelaymailService:
     """The whole process as one MultiService (started and stopped by twistd)."""
     logs.set_level(config.log.level)
     ctx = build_context(config, reactor)
-    top = MultiService()
+    top = RelaymailService()
     spool_service = SpoolService(ctx.spool)
     spool_service.setName("spool")
     SessionCloser(ctx).setServiceParent(top)  # first in, so stopped after the listeners
@@ -244,17 +267,20 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     manager.observers.append(ctx.stats.delivery_event)
     history = build_history(config, reactor)
     history.watch_queue(lambda: len(manager.queued))  # messages being delivered included
-    history.setServiceParent(top)  # before the manager: it stops after it, keeping its events
+    history.setServiceParent(top)
+    top.recorders.append(history)  # stopped after the manager, keeping its last events
     ctx.spool.commit_listeners.append(history.accepted)
     manager.observers.append(history.delivery_event)
     top.history = history  # type: ignore[attr-defined]
-    events.setServiceParent(top)  # before the manager too: its last events are kept
+    events.setServiceParent(top)
+    top.recorders.append(events)
     top.events = events  # type: ignore[attr-defined]
     archive = None
     if config.archive.enabled:  # a copy of every message, linked before the manager runs
         archive = build_archive(config, reactor, ctx.spool.path("data"),
                                 lambda: spool_service.recovered)
-        archive.setServiceParent(top)  # before the manager: it keeps the last events
+        archive.setServiceParent(top)
+        top.recorders.append(archive)
         ctx.spool.commit_listeners.append(archive.accepted)
         manager.observers.append(archive.delivery_event)
     top.archive = archive  # type: ignore[attr-defined]

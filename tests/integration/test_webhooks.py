@@ -6,6 +6,7 @@ endpoint slows neither SMTP nor delivery; a hard bounce suppresses the recipient
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import time
 from dataclasses import replace
@@ -258,3 +259,51 @@ class WebhookTests(RelayTestCase):
         self.assertEqual(relay.manager.counters["bounces"], 1)
         self.assertIn("no non-delivery notification: <shop@client.test> is suppressed",
                       self.log_text())
+
+    async def test_stopping_mid_delivery_keeps_the_last_events(self) -> None:
+        """The manager finishes its attempts before the outbox closes: the attempt cut
+        short by the stop is recorded as deferred, and the stop ends."""
+        import sqlite3
+
+        receiver = self.receiver(default=503)  # nothing leaves the outbox
+        upstream = await self.scripted(Script(stall_on="DATA"))
+        relay = await self.start(upstream.port, {"url": receiver.url, "name": "app",
+                                                 "events": ["deferred"]})
+        await self.submit(relay, ["a@dest.test"], message())
+        await wait_until(lambda: bool(relay.manager.active), what="an attempt in progress")
+        await relay.stop()
+        with sqlite3.connect(os.path.join(self.dir, "spool", "webhooks.db")) as db:
+            rows = db.execute("SELECT event, state FROM deliveries").fetchall()
+        self.assertEqual(rows, [("deferred", "pending")])
+
+
+def test_recorders_stop_only_after_the_rest_has_stopped() -> None:
+    """RelaymailService: the history, events and archive stop once the relay manager's own
+    stop is done (a MultiService would stop them at the same time)."""
+    from twisted.application.service import Service
+    from twisted.internet.defer import Deferred
+
+    from relaymail.service import RelaymailService
+
+    calls: list[str] = []
+    manager_done: Deferred = Deferred()
+
+    class Manager(Service):
+        def stopService(self) -> Deferred:
+            calls.append("manager")
+            return manager_done
+
+    class Recorder(Service):
+        def stopService(self) -> None:
+            calls.append("recorder")
+
+    top = RelaymailService()
+    recorder = Recorder()
+    recorder.setServiceParent(top)
+    top.recorders.append(recorder)
+    Manager().setServiceParent(top)
+    top.startService()
+    stopped = top.stopService()
+    assert calls == ["manager"] and not stopped.called
+    manager_done.callback(None)
+    assert calls == ["manager", "recorder"] and stopped.called
