@@ -13,14 +13,14 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from relaymail.config.events import WebhookConfig
 from relaymail.events import model
+from relaymail.events.http import capped_client
 from relaymail.events.outbox import FAILED, Outbox
 from relaymail.events.sender import WebhookSender
 from relaymail.events.suppression import Entry, SuppressionList, is_hard_bounce, normalize
@@ -60,7 +60,7 @@ class EventHub(Service):
         if outbox is not None and http is None:
             self.pool = HTTPConnectionPool(reactor, persistent=True)
             self.pool.maxPersistentPerHost = max([e.concurrency for e in endpoints] or [1])
-            http = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=10))
+            http = capped_client(reactor, self.pool)
         if outbox is not None:
             for endpoint in endpoints:
                 self.senders[endpoint.name] = WebhookSender(endpoint, outbox, reactor, http)

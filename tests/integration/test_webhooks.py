@@ -5,6 +5,7 @@ endpoint slows neither SMTP nor delivery; a hard bounce suppresses the recipient
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import smtplib
@@ -275,6 +276,54 @@ class WebhookTests(RelayTestCase):
         with sqlite3.connect(os.path.join(self.dir, "spool", "webhooks.db")) as db:
             rows = db.execute("SELECT event, state FROM deliveries").fetchall()
         self.assertEqual(rows, [("deferred", "pending")])
+
+    async def test_endless_headers_are_cut_off(self) -> None:
+        """An endpoint that answers 200 and then header lines without end: the connection
+        is aborted after 1 MiB (Twisted bounds a line, not their number), long before the
+        timeout, and the process does not grow with it."""
+        import socket
+        import threading
+
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        sent = [0]
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = server.accept()
+                    with conn, contextlib.suppress(OSError):
+                        conn.recv(65536)
+                        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                        line = b"X-Flood: " + b"a" * 8000 + b"\r\n"
+                        while sent[0] < 200_000_000:
+                            conn.sendall(line)
+                            sent[0] += len(line)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        self.addCleanup(server.close)
+        upstream = await self.scripted()
+        port = server.getsockname()[1]
+        relay = await self.start(upstream.port, {"url": f"http://127.0.0.1:{port}/",
+                                                 "name": "flood", "events": ["accepted"],
+                                                 "timeout": 30})
+        sender = self.sender_of(relay, "flood")
+        sender.schedule = (60.0,)
+        before = resident_kib()
+        started = time.monotonic()
+        await self.submit(relay, ["a@dest.test"], message())
+        await wait_until(lambda: sender.errors >= 1, seconds=20, what="the attempt cut off")
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertLess(sent[0], 50_000_000)
+        self.assertLess(resident_kib() - before, 50_000)
+        self.assertEqual(sender.delivered, 0)
+
+
+def resident_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 def test_recorders_stop_only_after_the_rest_has_stopped() -> None:
