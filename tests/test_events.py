@@ -156,7 +156,9 @@ def test_describe_failures_briefly_and_safely() -> None:
     ({"event": "bounced", "sender": "a@x", "enhanced_code": "5.7.1"}, False),  # policy
     ({"event": "bounced", "sender": "a@x", "enhanced_code": "5.2.2"}, False),  # mailbox full
     ({"event": "bounced", "sender": "a@x", "enhanced_code": None}, False),
-    ({"event": "bounced", "sender": "", "enhanced_code": "5.7.1"}, True),  # bounce of a bounce
+    ({"event": "bounced", "sender": "", "enhanced_code": None}, True),  # bounce of a bounce
+    ({"event": "bounced", "sender": "", "enhanced_code": "5.1.1"}, True),
+    ({"event": "bounced", "sender": "", "enhanced_code": "5.7.1"}, False),  # refuses bounces
     ({"event": "deferred", "sender": "", "enhanced_code": "4.1.1"}, False),
     ({"event": "failed", "sender": "a@x", "enhanced_code": "4.4.7"}, False),
 ])
@@ -303,3 +305,45 @@ class OutboxBarrierTests(TestCase):
         self.assertTrue(barrier.called)
         due = outbox.due("hook", reactor.seconds() + 1, 10, set())  # waits on durable()
         self.assertEqual(len(await due), 1)
+
+
+@pytest.mark.parametrize(("cell", "back"), [("=1+2@evil.test", "=1+2@evil.test"),
+                                            ("-x@y.test", "-x@y.test"), ("a@b.test", "a@b.test")])
+def test_export_cells_never_start_a_formula(cell: str, back: str) -> None:
+    text = to_csv([Entry(cell, "+cmd|' /c calc'!A0", "manual", None, 0.0)])
+    row = text.splitlines()[1]
+    assert not row.startswith(("=", "+", "-", "@")) and ",+" not in row
+    [entry] = from_csv(text, 0.0)
+    assert (entry.address, entry.reason) == (back, "+cmd|' /c calc'!A0")
+
+
+def test_quoted_local_part_is_the_same_address() -> None:
+    assert normalize('"gone"@Dest.test') == "gone@dest.test"
+    assert normalize('"a..b"@dest.test') == '"a..b"@dest.test'  # needs its quotes
+
+
+def test_reasons_are_stored_printable(tmp_path: object) -> None:
+    store = SuppressionStore(os.path.join(str(tmp_path), "s.db"))
+    store.add([Entry("a@x.test", "550 5.1.1 \x1b[31mred\r\nX: y", "bounce", None, 0.0)])
+    [entry] = store.entries()
+    assert "\x1b" not in entry.reason and "\r" not in entry.reason
+
+
+def test_signature_verify_never_raises_on_junk() -> None:
+    assert not verify(SECRET, "t=1700000000,v1=ü", b"x", 1700000000)
+    assert not verify(SECRET, "t=1700000000,v1", b"x", 1700000000)
+
+
+def test_acceptor_reports_are_rebuilt() -> None:
+    import json
+
+    from relaymail.workers.remote import rebuilt
+    good = model.suppressed(1.0, "s@x.test", "r@y.test", None, "550 5.1.1 x", "Q1")
+    doc = rebuilt(json.dumps({**good, "event": "suppressed", "id": "evt_forged",
+                              "extra": "x" * 10}))
+    assert doc is not None and doc["id"] != "evt_forged" and "extra" not in doc
+    assert rebuilt(json.dumps({**good, "event": "delivered"})) is None
+    assert rebuilt(json.dumps({**good, "sender": 5})) is None
+    assert rebuilt("[]") is None and rebuilt("not json") is None
+    long = rebuilt(json.dumps({**good, "recipient": "r" * 5000}))
+    assert long is not None and len(long["recipient"]) == 320

@@ -10,6 +10,9 @@ event is on disk before the state change it reports is (see relaymail.events.out
 from __future__ import annotations
 
 import json
+import sqlite3
+import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -28,6 +31,7 @@ from relaymail.logs import Logger
 from relaymail.spool.envelope import Envelope
 
 log = Logger(namespace="relaymail.events")
+SUPPRESSED_PER_MINUTE = 60
 
 
 def wanted(endpoint: WebhookConfig, doc: dict[str, Any]) -> bool:
@@ -67,10 +71,23 @@ class EventHub(Service):
             outbox.on_written.append(self._written)
         self.wants = {e for s in self.senders.values() for e in s.endpoint.events}
         self.dropped = 0
+        self.minute = 0
+        self.per_submitter: Counter[str] = Counter()
+        self.suppressed_dropped = 0  # over SUPPRESSED_PER_MINUTE
         self.pruner = LoopingCall(self._prune)
         self.pruner.clock = reactor
 
     # -- lifecycle
+
+    def privilegedStartService(self) -> None:
+        if self.outbox is not None:
+            try:
+                self.outbox.open()
+            except (OSError, sqlite3.Error) as e:
+                sys.stderr.write(f"relaymail: cannot open the webhook outbox "
+                                 f"{self.outbox.path}: {e}\n")
+                raise SystemExit(1) from None
+        super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
@@ -148,9 +165,20 @@ class EventHub(Service):
             self.dispatch(docs)
 
     def suppressed(self, doc: dict[str, Any]) -> None:
-        """A recipient refused at RCPT (here or in an acceptor)."""
-        if "suppressed" in self.wants:
-            self.dispatch([doc])
+        """A recipient refused at RCPT (here or in an acceptor); at most
+        SUPPRESSED_PER_MINUTE per submitter (login, else sender), so that a client cannot
+        fill the endpoints' backlogs by repeating refused recipients."""
+        if "suppressed" not in self.wants:
+            return
+        minute = int(doc["time"] // 60)
+        if minute != self.minute:
+            self.minute, self.per_submitter = minute, Counter()
+        key = doc.get("credential") or doc.get("sender") or ""
+        self.per_submitter[key] += 1
+        if self.per_submitter[key] > SUPPRESSED_PER_MINUTE:
+            self.suppressed_dropped += 1
+            return
+        self.dispatch([doc])
 
     def durable(self) -> Deferred:
         """Relay manager barrier: fires once the events reported so far are on disk."""

@@ -98,13 +98,20 @@ class Outbox:
         self.flusher = LoopingCall(self.flush)
         self.flusher.clock = reactor
         self.on_written: list[Callable[[set[str]], None]] = []  # endpoints with new rows
+        self.failures = 0
+        self.last_complaint = -60.0
 
     # -- lifecycle
+
+    def open(self) -> None:
+        """Open (and create) the file now, on the calling thread: at startup, so that an
+        outbox that cannot be used stops startup instead of every delivery later."""
+        self._open()
 
     def start(self) -> Deferred:
         self.pool.start()
         self.flusher.start(FLUSH_INTERVAL, now=False)
-        return self._run(self._open)
+        return succeed(None) if self.db is not None else self._run(self._open)
 
     def stop(self) -> Deferred:
         return ensureDeferred(self._stop())
@@ -182,9 +189,14 @@ class Outbox:
 
         def failed(failure: Any) -> None:
             self.flushing = None
-            log.error("webhooks: cannot write {count} event(s) to {path}: {error}; "
-                      "retrying", count=len(rows), path=self.path,
-                      error=failure.getErrorMessage())
+            self.failures += 1
+            now = self.clock()
+            if now - self.last_complaint >= 60:  # once a minute, not ten times a second
+                self.last_complaint = now
+                log.error("webhooks: cannot write {count} event(s) to {path}: {error}; "
+                          "retrying ({failures} failed writes so far)", count=len(rows),
+                          path=self.path, error=failure.getErrorMessage(),
+                          failures=self.failures)
             self.buffer[:0] = rows  # kept, in order, for the next flush
             self.outcomes[:0] = outcomes
             self.waiting[:0] = waiting

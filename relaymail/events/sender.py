@@ -18,7 +18,7 @@ import treq
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseNeverReceived
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 
 from relaymail.config.events import WebhookConfig
 from relaymail.events.outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
@@ -243,7 +243,7 @@ def cancelled(failure: Failure) -> bool:
     ResponseNeverReceived carrying the CancelledError."""
     if failure.check(CancelledError, TimeoutError):
         return True
-    if failure.check(ResponseNeverReceived):
+    if failure.check(ResponseNeverReceived, ResponseFailed):
         reasons = getattr(failure.value, "reasons", [])
         return any(r.check(CancelledError) for r in reasons)
     return False

@@ -35,5 +35,6 @@ def verify(secret: str, header: str, body: bytes, now: float,
         return False
     if abs(now - timestamp) > tolerance:
         return False
-    expected = sign(secret, timestamp, body).partition(",v1=")[2]
-    return any(hmac.compare_digest(expected, v) for v in fields.get("v1", []))
+    expected = sign(secret, timestamp, body).partition(",v1=")[2].encode()
+    return any(hmac.compare_digest(expected, v.encode("utf-8", "replace"))
+               for v in fields.get("v1", []))

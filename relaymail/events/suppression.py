@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from relaymail.common.replies import Reply
-from relaymail.logs import Logger
+from relaymail.logs import Logger, printable
 from relaymail.spool.safeio import open_private
 
 log = Logger(namespace="relaymail.suppression")
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS suppressed (
 CREATE INDEX IF NOT EXISTS suppressed_created ON suppressed (created);
 """
 SOURCES = ("bounce", "manual", "import")
+DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
 MAX_REASON = 500
 MAX_ADDRESS = 320
 # RFC 3463 codes that say the mailbox itself is wrong: unknown user, bad domain, bad
@@ -69,21 +72,35 @@ class Entry:
 
 
 def normalize(address: str) -> str:
-    text = address.strip().strip("<>").strip().lower()
+    """The lookup key: lower case, without <>, a quoted local part unquoted when it needs
+    no quotes (``"bob"@x`` is ``bob@x``)."""
+    text = unquoted(address.strip().strip("<>").strip()).lower()
     if not text or len(text) > MAX_ADDRESS or "@" not in text or any(
             c.isspace() or ord(c) < 32 for c in text):
         raise SuppressionError(f"not an address: {address[:80]!r}")
     return text
 
 
+def unquoted(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    if at and len(local) >= 2 and local[0] == local[-1] == '"':
+        inner = local[1:-1]
+        if DOT_ATOM.fullmatch(inner):
+            return f"{inner}@{domain}"
+    return address
+
+
 def is_hard_bounce(event: dict[str, Any]) -> bool:
     """A webhook ``bounced`` document that should suppress its recipient: a mailbox-level
-    5xx (HARD_CODES), or any 5xx to a null sender (a bounce of ours that bounced)."""
+    5xx (HARD_CODES), or a 5xx to a null sender (a bounce of ours that bounced) unless it
+    is about policy (5.7.x): a server that refuses bounces as such says nothing about the
+    address, and a client could forge MAIL FROM to get someone suppressed that way."""
     if event.get("event") != "bounced":
         return False
+    code = event.get("enhanced_code")
     if not event.get("sender"):
-        return True
-    return event.get("enhanced_code") in HARD_CODES
+        return not (code or "").startswith("5.7.")
+    return code in HARD_CODES
 
 
 class SuppressionStore:
@@ -100,7 +117,10 @@ class SuppressionStore:
             os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: addresses
         db = sqlite3.connect(self.path, timeout=5.0)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            # A rollback journal, not WAL: only a write changes the file, so the watchers'
+            # stamp (its mtime and size) changes only with the list (WAL files come and go
+            # with every connection, and every process reloaded the list for nothing).
+            db.execute("PRAGMA journal_mode=DELETE")
             db.executescript(SCHEMA)
             with db:
                 yield db
@@ -111,8 +131,8 @@ class SuppressionStore:
         """Add or refresh entries; returns how many were new."""
         with self._db() as db:
             before = db.total_changes
-            rows = [(e.address, e.reason[:MAX_REASON], e.source, e.queue_id, e.created)
-                    for e in entries]
+            rows = [(e.address, printable(e.reason, MAX_REASON), e.source, e.queue_id,
+                     e.created) for e in entries]
             db.executemany("INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)", rows)
             return db.total_changes - before
 
@@ -138,16 +158,19 @@ class SuppressionStore:
                               (pattern, limit, offset)).fetchall()
         return total, [Entry(*row) for row in rows]
 
-    def stamp(self) -> tuple[tuple[int, int], ...]:
-        """What changes when the file does (its WAL included)."""
-        out = []
-        for path in (self.path, self.path + "-wal"):
-            try:
-                st = os.stat(path)
-                out.append((st.st_mtime_ns, st.st_size))
-            except FileNotFoundError:
-                out.append((0, 0))
-        return tuple(out)
+    def stamp(self) -> tuple[int, int]:
+        """What changes when the list does: the file's mtime and size."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_size)
+
+    def addresses(self) -> dict[str, tuple[str, float]]:
+        """Every address with its source and time: what a process keeps in memory."""
+        with self._db() as db:
+            return {row[0]: (row[1], row[2]) for row in db.execute(
+                "SELECT address, source, created FROM suppressed")}
 
 
 class SuppressionList:
@@ -161,7 +184,7 @@ class SuppressionList:
         self.enabled = enabled
         self.clock = clock
         self.known: dict[str, tuple[str, float]] = {}  # address -> (source, created)
-        self._stamp: tuple[tuple[int, int], ...] | None = None
+        self._stamp: tuple[int, int] | None = None
         self._loading: Deferred | None = None
         self._changes = 0  # local writes finished; a load that overlaps one is not used
         self._writing = 0  # local writes in progress
@@ -205,11 +228,10 @@ class SuppressionList:
         stamp = self.store.stamp()
         if stamp == self._stamp:
             return None
-        if stamp[0] == (0, 0):
+        if stamp == (0, 0):
             return stamp, {}
-        entries = self.store.entries()
-        return stamp, {e.address: (e.source, e.created) for e in entries}  # stamp first: a
-        # change made while reading is seen by the next look
+        return stamp, self.store.addresses()  # stamp first: a change made while reading is
+        # seen by the next look
 
     # -- the check at RCPT
 
@@ -217,7 +239,7 @@ class SuppressionList:
         """``550 5.1.1`` naming the suppression when ``address`` is on the list."""
         if not self.enabled or not self.known:
             return None
-        found = self.known.get(address.lower())
+        found = self.known.get(address.lower()) or self.known.get(unquoted(address).lower())
         if found is None:
             return None
         source, created = found
@@ -227,7 +249,7 @@ class SuppressionList:
                                    f"{day}")
 
     def __contains__(self, address: str) -> bool:
-        return self.enabled and address.lower() in self.known
+        return self.enabled and unquoted(address).lower() in self.known
 
     # -- changes (main process only)
 
@@ -275,9 +297,19 @@ def to_csv(entries: list[Entry]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["address", "reason", "source", "queue_id", "created"])
     for e in sorted(entries, key=lambda e: e.created):
-        writer.writerow([e.address, e.reason, e.source, e.queue_id or "",
+        writer.writerow([cell(e.address), cell(e.reason), e.source, e.queue_id or "",
                          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.created))])
     return out.getvalue()
+
+
+def cell(text: str) -> str:
+    """A CSV cell a spreadsheet will not run: a leading = + - @ tab or CR gets a quote
+    (``from_csv`` takes it off again)."""
+    return "'" + text if text.startswith(FORMULA) else text
+
+
+def uncell(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA) else text
 
 
 def from_csv(text: str, now: float, limit: int = 1_000_000) -> list[Entry]:
@@ -289,9 +321,9 @@ def from_csv(text: str, now: float, limit: int = 1_000_000) -> list[Entry]:
         if len(entries) >= limit:
             raise SuppressionError(f"more than {limit} addresses")
         try:
-            address = normalize(row[0])
+            address = normalize(uncell(row[0].strip()))
         except SuppressionError as e:
             raise SuppressionError(f"line {number}: {e}") from None
-        reason = row[1].strip() if len(row) > 1 and row[1].strip() else "imported"
+        reason = uncell(row[1].strip()) if len(row) > 1 and row[1].strip() else "imported"
         entries.append(Entry(address, reason[:MAX_REASON], "import", None, now))
     return entries

@@ -24,13 +24,15 @@ from relaymail.web.shapes import iso
 
 DELIVERY_STATES = (PENDING, DELIVERED, FAILED)
 MAX_PAGE = 500
+MAX_OFFSET = 10**9  # SQLite takes 64-bit integers; more is no page anyway
 ADD = {"type": "object", "required": ["address"], "properties": {
     "address": {"type": "string"}, "reason": {"type": "string"}}}
 IMPORT = {"type": "object", "required": ["csv"], "properties": {"csv": {"type": "string"}}}
 
 
 def page(request: IRequest) -> tuple[int, int]:
-    return min(int_arg(request, "limit", 100), MAX_PAGE), int_arg(request, "offset", 0)
+    return (min(int_arg(request, "limit", 100), MAX_PAGE),
+            min(int_arg(request, "offset", 0), MAX_OFFSET))
 
 
 def timestamps(item: dict[str, Any], *names: str) -> dict[str, Any]:

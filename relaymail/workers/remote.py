@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.protocols import amp
 
+from relaymail.events import model
 from relaymail.policy.counters import Bucket, Counters
 from relaymail.workers import protocol as p
 
@@ -69,11 +70,8 @@ class Authority(amp.CommandLocator):
     @p.Report.responder
     def on_report(self, event: str) -> dict[str, Any]:
         if self.reported is not None:
-            try:
-                doc = json.loads(event)
-            except ValueError:
-                return {}
-            if isinstance(doc, dict):
+            doc = rebuilt(event)
+            if doc is not None:
                 self.reported(doc)
         return {}
 
@@ -110,3 +108,25 @@ class Authority(amp.CommandLocator):
     @p.Delete.responder
     def delete(self, key: str) -> Deferred:
         return self.counters.delete(key).addCallback(lambda _: {})
+
+
+def rebuilt(text: str) -> dict[str, Any] | None:
+    """An acceptor's ``suppressed`` report, made again here from bounded fields: an
+    acceptor is the process exposed to SMTP clients, so what it sends is not taken as is."""
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("event") != "suppressed":
+            return None
+        fields: dict[str, str] = {}
+        for key in ("sender", "recipient", "reply", "queue_id"):
+            value = doc.get(key)
+            if not isinstance(value, str):
+                return None
+            fields[key] = value
+        credential = doc.get("credential")
+        return model.suppressed(float(doc["time"]), fields["sender"][:320],
+                                fields["recipient"][:320],
+                                credential[:320] if isinstance(credential, str) else None,
+                                fields["reply"][:500], fields["queue_id"][:40])
+    except (ValueError, KeyError, TypeError):
+        return None
