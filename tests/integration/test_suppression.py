@@ -99,3 +99,19 @@ def test_cli_import_export_and_errors(tmp_path: Any) -> None:
     assert missing.returncode == 2 and "nobody@x.test is not suppressed" in missing.stderr
     mode = os.stat(os.path.join(str(tmp_path), "spool", "suppression.db")).st_mode & 0o777
     assert mode == 0o600
+
+
+def test_an_unusable_webhook_outbox_stops_startup(tmp_path: Any) -> None:
+    from tests.integration.test_twistd import twistd
+
+    config = write_config(str(tmp_path), free_port(), extra={"webhooks": [
+        {"url": "http://127.0.0.1:9/", "secret": SECRET}]})
+    os.makedirs(os.path.join(str(tmp_path), "spool", "webhooks.db"))  # a directory
+    proc = twistd(config)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode != 0
+    assert b"relaymail: cannot open the webhook outbox " in out + err
+    assert b"Traceback" not in out + err
