@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import treq
+from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -51,6 +52,7 @@ class WebhookSender:
         self.clock = clock or reactor.seconds
         self.rng = rng or random.Random()
         self.schedule = RETRY_SCHEDULE  # seconds after the 1st, 2nd, ... failed attempt
+        self.url = EncodedURL.from_text(endpoint.url)
         self.ready: deque[Delivery] = deque()
         self.inflight: dict[int, Deferred] = {}
         self.loading = False
@@ -151,9 +153,11 @@ class WebhookSender:
                    "X-Relaymail-Event-Id": [delivery.event_id],
                    "X-Relaymail-Event": [delivery.event],
                    "User-Agent": [USER_AGENT]}
-        # The whole exchange is bounded by the timeout in _send (addTimeout), not treq's.
-        response = await self.http.post(self.endpoint.url, data=delivery.body,
-                                        headers=headers, allow_redirects=False)
+        # The whole exchange is bounded by the timeout in _send (addTimeout), not treq's;
+        # unbuffered: drain() reads and drops the body instead of treq keeping it; the URL
+        # parsed once.
+        response = await self.http.post(self.url, data=delivery.body, headers=headers,
+                                        allow_redirects=False, unbuffered=True)
         await drain(response)  # read to the end: the connection goes back to the pool
         if not 200 <= response.code < 300:
             phrase = (response.phrase or b"").decode("ascii", "replace")[:60]
