@@ -119,7 +119,7 @@ def hook(**kw: object) -> WebhookConfig:
     base: dict[str, object] = dict(name="h", url="http://x/", events=("delivered",),
                                    secret=SECRET, sender_domains=(), credentials=(),
                                    timeout=10.0, retry_for=86400.0, max_backlog=10,
-                                   concurrency=1)
+                                   concurrency=1, batch_size=1)
     base.update(kw)
     return WebhookConfig(**base)  # type: ignore[arg-type]
 

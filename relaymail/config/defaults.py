@@ -141,6 +141,7 @@ TABLE: dict[str, Any] = {
     "webhooks[].retry_for": 86400,
     "webhooks[].max_backlog": 100_000,
     "webhooks[].concurrency": 4,
+    "webhooks[].batch_size": 1,
     "suppression.enabled": True,
     "suppression.auto": True,
     "archive.enabled": False,

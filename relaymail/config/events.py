@@ -17,6 +17,7 @@ WEBHOOK_KEYS = {"url", *item_defaults("webhooks[]"), "secret"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DOMAIN_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 MIN_SECRET = 16
+MAX_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class WebhookConfig:
     retry_for: float  # seconds after the event, then it is marked failed
     max_backlog: int  # undelivered events kept for this endpoint; more are dropped
     concurrency: int  # requests in flight at once
+    batch_size: int  # 1: a document per POST; more: a JSON array of up to this many
 
     def public(self) -> dict[str, Any]:
         """The endpoint as the API shows it: everything but the secret."""
@@ -40,7 +42,7 @@ class WebhookConfig:
                 "sender_domains": list(self.sender_domains),
                 "credentials": list(self.credentials), "timeout": self.timeout,
                 "retry_for": self.retry_for, "max_backlog": self.max_backlog,
-                "concurrency": self.concurrency}
+                "concurrency": self.concurrency, "batch_size": self.batch_size}
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,15 @@ def validate_webhook(c: Check, value: Any, key: str) -> WebhookConfig:
         retry_for=c.number(d["retry_for"], f"{key}.retry_for", 60),
         max_backlog=c.integer(d["max_backlog"], f"{key}.max_backlog", 1),
         concurrency=c.integer(d["concurrency"], f"{key}.concurrency", 1),
+        batch_size=batch_size(c, d["batch_size"], f"{key}.batch_size"),
     )
+
+
+def batch_size(c: Check, value: Any, key: str) -> int:
+    size = c.integer(value, key, 1)
+    if size > MAX_BATCH:
+        raise c.fail(key, f"at most {MAX_BATCH}", value)
+    return size
 
 
 def webhook_url(c: Check, value: Any, key: str) -> str:

@@ -54,7 +54,8 @@ class WebhookSender:
         self.schedule = RETRY_SCHEDULE  # seconds after the 1st, 2nd, ... failed attempt
         self.url = EncodedURL.from_text(endpoint.url)
         self.ready: deque[Delivery] = deque()
-        self.inflight: dict[int, Deferred] = {}
+        self.inflight: dict[int, Deferred] = {}  # delivery ID -> its request
+        self.requests = 0  # POSTs in flight
         self.loading = False
         self.running = False
         self.timer: Any = None
@@ -83,7 +84,7 @@ class WebhookSender:
         for call in (self.timer, self.soon):
             if call is not None and call.active():
                 call.cancel()
-        for d in list(self.inflight.values()):
+        for d in {id(d): d for d in self.inflight.values()}.values():  # a batch shares one
             d.cancel()
 
     def kick(self, _: Any = None) -> None:
@@ -96,16 +97,17 @@ class WebhookSender:
     def pump(self) -> None:
         if not self.running:
             return
-        while self.ready and len(self.inflight) < self.endpoint.concurrency:
-            self._send(self.ready.popleft())
-        if not self.ready and not self.loading and len(self.inflight) < \
-                self.endpoint.concurrency:
+        size = self.endpoint.batch_size
+        while self.ready and self.requests < self.endpoint.concurrency:
+            self._send([self.ready.popleft() for _ in range(min(size, len(self.ready)))])
+        if not self.ready and not self.loading and self.requests < self.endpoint.concurrency:
             self._load()
 
     def _load(self) -> None:
         self.loading = True
         exclude = set(self.inflight)
-        d = self.outbox.due(self.name, self.clock(), LOAD, exclude)
+        load = max(LOAD, self.endpoint.batch_size * self.endpoint.concurrency)
+        d = self.outbox.due(self.name, self.clock(), load, exclude)
 
         def loaded(found: list[Delivery]) -> None:
             self.loading = False
@@ -137,26 +139,37 @@ class WebhookSender:
         self.outbox.next_due(self.name).addCallbacks(
             due_at, lambda f: due_at(None))
 
-    def _send(self, delivery: Delivery) -> None:
-        d = ensureDeferred(self._post(delivery))
+    def _send(self, batch: list[Delivery]) -> None:
+        d = ensureDeferred(self._post(batch))
         d.addTimeout(self.endpoint.timeout, self.reactor)
-        self.inflight[delivery.id] = d
-        d.addCallbacks(self._succeeded, self._failed_attempt, callbackArgs=(delivery,),
-                       errbackArgs=(delivery,))
+        self.requests += 1
+        for delivery in batch:
+            self.inflight[delivery.id] = d
+        d.addCallbacks(self._succeeded, self._failed_attempt, callbackArgs=(batch,),
+                       errbackArgs=(batch,))
         d.addErrback(lambda f: log.failure("webhook {name}: bookkeeping failed", f,
                                            name=self.name))
 
-    async def _post(self, delivery: Delivery) -> int:
-        timestamp = int(self.clock())
-        headers = {"Content-Type": ["application/json"],
-                   HEADER: [sign(self.endpoint.secret, timestamp, delivery.body)],
-                   "X-Relaymail-Event-Id": [delivery.event_id],
-                   "X-Relaymail-Event": [delivery.event],
-                   "User-Agent": [USER_AGENT]}
+    def body_and_headers(self, batch: list[Delivery]) -> tuple[bytes, dict[str, list[str]]]:
+        """One document as it is (``batch_size`` 1), or a JSON array of them."""
+        headers = {"Content-Type": ["application/json"], "User-Agent": [USER_AGENT]}
+        if self.endpoint.batch_size == 1:
+            [delivery] = batch
+            body = delivery.body
+            headers["X-Relaymail-Event-Id"] = [delivery.event_id]
+            headers["X-Relaymail-Event"] = [delivery.event]
+        else:
+            body = b"[" + b",".join(d.body for d in batch) + b"]"
+            headers["X-Relaymail-Events"] = [str(len(batch))]
+        headers[HEADER] = [sign(self.endpoint.secret, int(self.clock()), body)]
+        return body, headers
+
+    async def _post(self, batch: list[Delivery]) -> int:
+        body, headers = self.body_and_headers(batch)
         # The whole exchange is bounded by the timeout in _send (addTimeout), not treq's;
         # unbuffered: drain() reads and drops the body instead of treq keeping it; the URL
         # parsed once.
-        response = await self.http.post(self.url, data=delivery.body, headers=headers,
+        response = await self.http.post(self.url, data=body, headers=headers,
                                         allow_redirects=False, unbuffered=True)
         await drain(response)  # read to the end: the connection goes back to the pool
         if not 200 <= response.code < 300:
@@ -166,42 +179,54 @@ class WebhookSender:
 
     # -- outcomes
 
-    def _succeeded(self, code: int, delivery: Delivery) -> None:
-        self._finish(delivery)
-        self.delivered += 1
-        self.backlog = max(0, self.backlog - 1)
+    def _succeeded(self, code: int, batch: list[Delivery]) -> None:
+        self._finish(batch)
+        self.delivered += len(batch)
+        self.backlog = max(0, self.backlog - len(batch))
         self.last_success = self.clock()
-        log.debug("webhook {name}: {event_id} delivered (HTTP {code})", name=self.name,
-                  event_id=delivery.event_id, code=code)
-        self.outbox.record(delivery.id, DELIVERED, delivery.attempts + 1, 0.0, None)
+        log.debug("webhook {name}: {count} event(s) delivered (HTTP {code}), first "
+                  "{event_id}", name=self.name, count=len(batch),
+                  event_id=batch[0].event_id, code=code)
+        for delivery in batch:
+            self.outbox.record(delivery.id, DELIVERED, delivery.attempts + 1, 0.0, None)
 
-    def _failed_attempt(self, failure: Failure, delivery: Delivery) -> None:
-        self._finish(delivery)
+    def _failed_attempt(self, failure: Failure, batch: list[Delivery]) -> None:
+        self._finish(batch)
         if not self.running and cancelled(failure):
-            return  # stopping: it stays pending, as it is in the outbox
+            return  # stopping: they stay pending, as they are in the outbox
         error = describe(failure, self.endpoint.timeout)
-        attempts = delivery.attempts + 1
         now = self.clock()
         self.errors += 1
         self.last_error, self.last_error_at = error, now
-        deadline = delivery.created + self.endpoint.retry_for
-        if now >= deadline:
-            self.failed += 1
-            self.backlog = max(0, self.backlog - 1)
-            log.warn("webhook {name}: {event_id} failed after {attempts} attempt(s): {error}",
-                     name=self.name, event_id=delivery.event_id, attempts=attempts,
-                     error=error)
-            self.outbox.record(delivery.id, FAILED, attempts, 0.0, error)
-            return
-        wait = self.backoff(attempts)
-        log.info("webhook {name}: {event_id} attempt {attempts} failed ({error}); next in "
-                 "{wait:.0f} s", name=self.name, event_id=delivery.event_id,
-                 attempts=attempts, error=error, wait=wait)
-        self.outbox.record(delivery.id, PENDING, attempts, min(now + wait, deadline), error)
+        given_up = 0
+        for delivery in batch:
+            attempts = delivery.attempts + 1
+            deadline = delivery.created + self.endpoint.retry_for
+            if now >= deadline:
+                given_up += 1
+                self.outbox.record(delivery.id, FAILED, attempts, 0.0, error)
+            else:
+                wait = self.backoff(attempts)
+                self.outbox.record(delivery.id, PENDING, attempts, min(now + wait, deadline),
+                                   error)
+        self.failed += given_up
+        self.backlog = max(0, self.backlog - given_up)
+        first = batch[0]
+        if given_up:
+            log.warn("webhook {name}: {count} event(s) failed for good after {attempts} "
+                     "attempt(s), first {event_id}: {error}", name=self.name, count=given_up,
+                     attempts=first.attempts + 1, event_id=first.event_id, error=error)
+        if given_up < len(batch):
+            log.info("webhook {name}: {event_id} attempt {attempts} failed ({error}); "
+                     "{count} event(s) tried again later", name=self.name,
+                     event_id=first.event_id, attempts=first.attempts + 1, error=error,
+                     count=len(batch) - given_up)
         self._arm_timer()
 
-    def _finish(self, delivery: Delivery) -> None:
-        self.inflight.pop(delivery.id, None)
+    def _finish(self, batch: list[Delivery]) -> None:
+        self.requests -= 1
+        for delivery in batch:
+            self.inflight.pop(delivery.id, None)
         self.kick()
 
     def backoff(self, attempts: int) -> float:
@@ -211,7 +236,7 @@ class WebhookSender:
     def public(self) -> dict[str, Any]:
         return {**self.endpoint.public(), "backlog": self.backlog,
                 "delivered": self.delivered, "failed": self.failed, "errors": self.errors,
-                "in_flight": len(self.inflight), "last_success": self.last_success,
+                "in_flight": self.requests, "last_success": self.last_success,
                 "last_error": self.last_error, "last_error_at": self.last_error_at}
 
 

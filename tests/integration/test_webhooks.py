@@ -208,7 +208,7 @@ class WebhookTests(RelayTestCase):
         await wait_until(lambda: len(live.events()) == 30, what="the live endpoint's 30")
         dead_sender = self.sender_of(relay, "dead")
         self.assertLessEqual(dead_sender.backlog, 10)
-        self.assertLessEqual(len(dead_sender.inflight), 2)
+        self.assertLessEqual(dead_sender.requests, 2)
         self.assertGreater(relay.service.getServiceNamed("events").dropped, 0)
         self.assertLess(took, 20, "SMTP and delivery waited for the dead endpoint")
         _code, page = await self.api("GET", "/api/webhooks/deliveries?state=failed&endpoint=dead")
@@ -319,6 +319,32 @@ class WebhookTests(RelayTestCase):
         self.assertLess(sent[0], 50_000_000)
         self.assertLess(resident_kib() - before, 50_000)
         self.assertEqual(sender.delivered, 0)
+
+    async def test_batches_are_signed_arrays_retried_whole(self) -> None:
+        receiver = self.receiver()
+        receiver.answers = [503]
+        upstream = await self.scripted()
+        relay = await self.start(upstream.port, {"url": receiver.url, "name": "batched",
+                                                 "events": ["accepted"], "batch_size": 50,
+                                                 "concurrency": 1})
+        sender = self.sender_of(relay, "batched")
+        sender.schedule = (0.3,)
+        recipients = [f"r{i}@dest.test" for i in range(30)]
+        await self.submit(relay, recipients, message())
+        await wait_until(lambda: sender.delivered == 30, what="30 events delivered")
+        posts = [r for r in receiver.received if r.answered == 200]
+        arrays = [r.json() for r in posts]
+        self.assertTrue(all(isinstance(a, list) for a in arrays))
+        self.assertEqual(sorted(d["recipient"] for a in arrays for d in a), sorted(recipients))
+        self.assertLess(len(posts), 30)  # batched, not one POST each
+        failed_first = receiver.received[0]
+        self.assertEqual(failed_first.answered, 503)
+        for r in receiver.received:
+            self.assertTrue(independent_verify(SECRET, r.headers[HEADER], r.body))
+            self.assertEqual(r.headers["X-Relaymail-Events"], str(len(r.json())))
+            self.assertNotIn("X-Relaymail-Event-Id", r.headers)
+        retried = {d["id"] for d in failed_first.json()}
+        self.assertLessEqual(retried, {d["id"] for a in arrays for d in a})
 
 
 def resident_kib() -> int:
