@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -32,9 +32,15 @@ class DatabaseThread:
         return bool(self.pool.started)
 
     def start(self) -> Deferred:
-        """Start the thread and open the file (0600, never through a symlink) in it."""
+        """Start the thread and open the file (0600, never through a symlink) in it,
+        unless ``open_now`` did already."""
         self.pool.start()
-        return self.run(self._open)
+        return succeed(None) if self.db is not None else self.run(self._open)
+
+    def open_now(self) -> None:
+        """Open the file on the calling thread: at startup, so that a file that cannot be
+        used stops startup (sqlite3.Error or OSError) rather than every write later."""
+        self._open()
 
     def run(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -50,6 +56,7 @@ class DatabaseThread:
 
     def _open(self) -> None:
         os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: it names people
+        os.chmod(self.path, 0o600)  # a file made before by someone else, too
         self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={self.synchronous}")

@@ -18,7 +18,6 @@ All SQLite work runs in one thread of its own, one connection, in order.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,11 +25,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 
+from relaymail.common.dbthread import DatabaseThread
 from relaymail.logs import Logger
-from relaymail.spool.safeio import open_private
 
 log = Logger(namespace="relaymail.webhooks")
 
@@ -89,8 +86,8 @@ class Outbox:
         self.reactor = reactor
         self.clock = clock
         self.keep_failed = keep_failed_days * 86400
-        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="webhooks")
-        self.db: sqlite3.Connection | None = None
+        # synchronous=FULL: an event is durable once its batch is written
+        self.store = DatabaseThread(path, reactor, "webhooks", SCHEMA, synchronous="FULL")
         self.buffer: list[tuple[Any, ...]] = []  # new deliveries
         self.outcomes: list[tuple[Any, ...]] = []  # attempts' results, written with them
         self.waiting: list[Deferred] = []  # durable() callers of the buffered rows
@@ -106,42 +103,32 @@ class Outbox:
     def open(self) -> None:
         """Open (and create) the file now, on the calling thread: at startup, so that an
         outbox that cannot be used stops startup instead of every delivery later."""
-        self._open()
+        self.store.open_now()
 
     def start(self) -> Deferred:
-        self.pool.start()
         self.flusher.start(FLUSH_INTERVAL, now=False)
-        return succeed(None) if self.db is not None else self._run(self._open)
+        return self.store.start()
 
     def stop(self) -> Deferred:
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        if not self.pool.started:
+        if not self.store.started:
             return
         if self.flusher.running:
             self.flusher.stop()
         try:
             await self.flush()
-            await self._run(self._close)
         finally:
-            self.pool.stop()
+            await self.store.stop()
 
     def _run(self, f: Callable[..., Any], *args: Any) -> Deferred:
-        return deferToThreadPool(self.reactor, self.pool, f, *args)
+        return self.store.run(f, *args)
 
-    def _open(self) -> None:
-        os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: it names people
-        os.chmod(self.path, 0o600)
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # an event is durable once written
-        self.db.executescript(SCHEMA)
-
-    def _close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection (in the outbox's thread only)."""
+        return self.store.connection
 
     # -- adding events
 
@@ -206,7 +193,6 @@ class Outbox:
 
     def _write(self, rows: list[tuple[Any, ...]], outcomes: list[tuple[Any, ...]]) -> None:
         """New deliveries and attempts' results, in one transaction (one fsync)."""
-        assert self.db is not None
         with self.db:
             self.db.executemany("UPDATE deliveries SET state = ?, attempts = ?, "
                                 "next_attempt = ?, last_error = ?, updated = ? WHERE id = ?",
@@ -223,7 +209,6 @@ class Outbox:
         return self._run(self._missing_accepted, queue_ids)
 
     def _missing_accepted(self, queue_ids: list[str]) -> set[str]:
-        assert self.db is not None
         missing = set(queue_ids)
         for start in range(0, len(queue_ids), 500):
             chunk = queue_ids[start:start + 500]
@@ -242,7 +227,6 @@ class Outbox:
 
     def _due(self, endpoint: str, now: float, limit: int, exclude: tuple[int, ...]
              ) -> list[Delivery]:
-        assert self.db is not None
         rows = self.db.execute(
             "SELECT id, endpoint, event_id, event, body, created, attempts FROM deliveries "
             "WHERE endpoint = ? AND state = 'pending' AND next_attempt <= ? "
@@ -264,12 +248,10 @@ class Outbox:
         return self._run(self._counts, FAILED)
 
     def _counts(self, state: str) -> dict[str, int]:
-        assert self.db is not None
         return dict(self.db.execute("SELECT endpoint, count(*) FROM deliveries WHERE "
                                     "state = ? GROUP BY endpoint", (state,)).fetchall())
 
     def _scalar(self, sql: str, *args: Any) -> Any:
-        assert self.db is not None
         return self.db.execute(sql, args).fetchone()[0]
 
     def record(self, delivery_id: int, state: str, attempts: int, next_attempt: float,
@@ -287,7 +269,6 @@ class Outbox:
 
     def _list(self, state: str | None, endpoint: str | None, limit: int, offset: int
               ) -> dict[str, Any]:
-        assert self.db is not None
         where, args = [], []
         for column, value in (("state", state), ("endpoint", endpoint)):
             if value:
@@ -312,7 +293,6 @@ class Outbox:
         return self._run(self._retry, delivery_id, self.clock())
 
     def _retry(self, delivery_id: int | None, now: float) -> set[str]:
-        assert self.db is not None
         where, args = "state = 'failed'", [now, now]
         if delivery_id is not None:
             where += " AND id = ?"
@@ -329,7 +309,6 @@ class Outbox:
         return self._run(self._prune, self.clock())
 
     def _prune(self, now: float) -> None:
-        assert self.db is not None
         with self.db:
             self.db.execute("DELETE FROM deliveries WHERE state = 'delivered' AND updated < ?",
                             (now - KEEP_DELIVERED,))
