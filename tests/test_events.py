@@ -192,8 +192,9 @@ def test_store_add_remove_search_and_csv(tmp_path: object) -> None:
     assert store.remove("abc@x.test") and not store.remove("abc@x.test")
     text = to_csv(store.entries())
     again = from_csv(text, 99.0)
-    assert [(e.address, e.reason, e.source) for e in again] == \
-        [("a%b@x.test", "r1", "import"), ("a_c@x.test", "r2", "import")]
+    # an export moved elsewhere keeps why and since when
+    assert [(e.address, e.reason, e.source, e.queue_id, e.created) for e in again] == \
+        [("a%b@x.test", "r1", "manual", None, 10.0), ("a_c@x.test", "r2", "bounce", "Q1", 20.0)]
     assert os.stat(store.path).st_mode & 0o777 == 0o600
 
 

@@ -37,8 +37,9 @@ def independent_verify(secret: str, header: str, body: bytes) -> bool:
 
 
 class WebhookReceiver:
-    def __init__(self, default: Any = 200) -> None:
+    def __init__(self, default: Any = 200, rude: bool = False) -> None:
         self.default = default
+        self.rude = rude  # close each connection after answering, without saying so
         self.answers: list[Any] = []
         self.received: list[Received] = []
         self.lock = threading.Lock()
@@ -64,6 +65,10 @@ class WebhookReceiver:
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+                if receiver.rude:  # a request sent meanwhile meets a closed connection
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                    self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass

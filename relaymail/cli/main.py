@@ -90,6 +90,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     workers = (f"{config.smtp.workers} acceptor process(es)" if config.smtp.workers
                else "sessions in the main process")
     print(f"{args.config}: ok (listeners: {listeners}; {workers}; spool: {config.spool_dir})")
+    hooks = ", ".join(f"{h.name} ({len(h.events)} events)" for h in config.webhooks) or "none"
+    suppression = "on" if config.suppression.enabled else "off"
+    if config.suppression.enabled and config.suppression.auto:
+        suppression += ", hard bounces added"
+    archive = (f"on, {config.archive.retention_days:g} days, {config.archive.max_bytes} bytes"
+               if config.archive.enabled else "off")
+    print(f"webhooks: {hooks}; suppression list: {suppression}; archive: {archive}")
     return 0
 
 

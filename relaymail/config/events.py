@@ -69,7 +69,8 @@ def validate_webhooks(c: Check, value: Any) -> tuple[WebhookConfig, ...]:
     seen: set[str] = set()
     for i, hook in enumerate(items):
         if hook.name in seen:
-            raise c.fail(f"webhooks[{i}].name", "two webhooks have this name", hook.name)
+            raise c.fail(f"webhooks[{i}].name", "two webhooks have this name (without "
+                         "one, the name is the URL's host: give each a name)", hook.name)
         seen.add(hook.name)
     return items
 

@@ -64,6 +64,14 @@ class CappedEndpoints:
         return CappedEndpoint(endpoint)
 
 
+class QuietPool(HTTPConnectionPool):
+    """A connection pool whose connections do not log "Starting factory" and "Stopping
+    factory" (two lines per connection, most of the log under load)."""
+
+    class _factory(HTTPConnectionPool._factory):  # type: ignore[misc,valid-type]  # noqa: N801
+        noisy = False
+
+
 def capped_client(reactor: Any, pool: HTTPConnectionPool, connect_timeout: float = 10
                   ) -> HTTPClient:
     agent = Agent.usingEndpointFactory(reactor, CappedEndpoints(reactor, connect_timeout),

@@ -23,7 +23,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from relaymail.config.events import WebhookConfig
 from relaymail.events import model
-from relaymail.events.http import capped_client
+from relaymail.events.http import QuietPool, capped_client
 from relaymail.events.outbox import FAILED, Outbox
 from relaymail.events.sender import WebhookSender
 from relaymail.events.suppression import Entry, SuppressionList, is_hard_bounce, normalize
@@ -62,7 +62,7 @@ class EventHub(Service):
         self.senders: dict[str, WebhookSender] = {}
         self.pool: HTTPConnectionPool | None = None
         if outbox is not None and http is None:
-            self.pool = HTTPConnectionPool(reactor, persistent=True)
+            self.pool = QuietPool(reactor, persistent=True)
             self.pool.maxPersistentPerHost = max([e.concurrency for e in endpoints] or [1])
             http = capped_client(reactor, self.pool)
         if outbox is not None:
@@ -233,30 +233,18 @@ class EventHub(Service):
         self.outbox.add(sender.name, doc["id"], doc["event"], doc["queue_id"], body)
 
     def retry(self, delivery_id: int | None) -> Deferred:
-        """Send failed deliveries again (one, or all with None)."""
+        """Send failed deliveries again (one, or all with None); fires with how many."""
         assert self.outbox is not None
-        d = self.outbox.retry(delivery_id)
 
-        def touched(names: set[str]) -> int:
-            for name in names:
+        def touched(counts: dict[str, int]) -> int:
+            for name, count in counts.items():
                 sender = self.senders.get(name)
                 if sender is not None:
-                    sender.backlog += 1 if delivery_id is not None else 0
+                    sender.backlog += count
                     sender.kick()
-            return len(names)
+            return sum(counts.values())
 
-        if delivery_id is None:
-            d.addCallback(lambda names: self._recount().addCallback(lambda _: names))
-        return d.addCallback(touched)
-
-    def _recount(self) -> Deferred:
-        assert self.outbox is not None
-
-        def set_backlog(backlog: dict[str, int]) -> None:
-            for name, sender in self.senders.items():
-                sender.backlog = backlog.get(name, 0)
-
-        return self.outbox.backlog().addCallback(set_backlog)
+        return self.outbox.retry(delivery_id).addCallback(touched)
 
     def public(self) -> list[dict[str, Any]]:
         return [s.public() for s in self.senders.values()]

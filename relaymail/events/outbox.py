@@ -289,17 +289,18 @@ class Outbox:
 
     def retry(self, delivery_id: int | None) -> Deferred:
         """Make a failed delivery (or all of them: None) pending and due now; fires with
-        the endpoints touched."""
+        how many per endpoint."""
         return self._run(self._retry, delivery_id, self.clock())
 
-    def _retry(self, delivery_id: int | None, now: float) -> set[str]:
+    def _retry(self, delivery_id: int | None, now: float) -> dict[str, int]:
         where, args = "state = 'failed'", [now, now]
         if delivery_id is not None:
             where += " AND id = ?"
             args.append(delivery_id)
         with self.db:
-            touched = {row[0] for row in self.db.execute(
-                f"SELECT DISTINCT endpoint FROM deliveries WHERE {where}", args[2:])}
+            touched = dict(self.db.execute(
+                f"SELECT endpoint, count(*) FROM deliveries WHERE {where} GROUP BY endpoint",
+                args[2:]).fetchall())
             # created moves too: the retry_for window starts again from the operator's retry
             self.db.execute(f"UPDATE deliveries SET state = 'pending', next_attempt = ?, "
                             f"created = ?, last_error = NULL WHERE {where}", args)

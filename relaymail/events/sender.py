@@ -17,9 +17,14 @@ from typing import Any
 import treq
 from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web._newclient import (
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 
 from relaymail.config.events import WebhookConfig
 from relaymail.events.outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
@@ -139,14 +144,19 @@ class WebhookSender:
         self.outbox.next_due(self.name).addCallbacks(
             due_at, lambda f: due_at(None))
 
-    def _send(self, batch: list[Delivery]) -> None:
+    def _send(self, batch: list[Delivery], again: int | None = None) -> None:
+        """POST ``batch``.  A kept-alive connection the endpoint had closed is tried again
+        at once, ``again`` times (enough to get past every stale connection in the pool),
+        before it counts as a failed attempt."""
+        if again is None:
+            again = self.endpoint.concurrency + 1
         d = ensureDeferred(self._post(batch))
         d.addTimeout(self.endpoint.timeout, self.reactor)
         self.requests += 1
         for delivery in batch:
             self.inflight[delivery.id] = d
         d.addCallbacks(self._succeeded, self._failed_attempt, callbackArgs=(batch,),
-                       errbackArgs=(batch,))
+                       errbackArgs=(batch, again))
         d.addErrback(lambda f: log.failure("webhook {name}: bookkeeping failed", f,
                                            name=self.name))
 
@@ -184,16 +194,22 @@ class WebhookSender:
         self.delivered += len(batch)
         self.backlog = max(0, self.backlog - len(batch))
         self.last_success = self.clock()
-        log.debug("webhook {name}: {count} event(s) delivered (HTTP {code}), first "
-                  "{event_id}", name=self.name, count=len(batch),
-                  event_id=batch[0].event_id, code=code)
+        retried = max(d.attempts for d in batch)
+        (log.info if retried else log.debug)(
+            "webhook {name}: {count} event(s) delivered (HTTP {code}), first {event_id}"
+            "{after}", name=self.name, count=len(batch), event_id=batch[0].event_id,
+            code=code, after=f" after {retried + 1} attempts" if retried else "")
         for delivery in batch:
             self.outbox.record(delivery.id, DELIVERED, delivery.attempts + 1, 0.0, None)
 
-    def _failed_attempt(self, failure: Failure, batch: list[Delivery]) -> None:
+    def _failed_attempt(self, failure: Failure, batch: list[Delivery], again: int = 0
+                        ) -> None:
         self._finish(batch)
         if not self.running and cancelled(failure):
             return  # stopping: they stay pending, as they are in the outbox
+        if again > 0 and self.running and stale_connection(failure):
+            self._send(batch, again - 1)
+            return
         error = describe(failure, self.endpoint.timeout)
         now = self.clock()
         self.errors += 1
@@ -265,6 +281,15 @@ def drain(response: Any) -> Deferred:
     body = _Discard()
     getattr(response, "original", response).deliverBody(body)
     return body.done
+
+
+def stale_connection(failure: Failure) -> bool:
+    """The request went out on a kept-alive connection that the endpoint had closed
+    meanwhile (an HTTP/1.0 server, an idle timeout): nothing reached it."""
+    if not failure.check(RequestTransmissionFailed, ResponseNeverReceived):
+        return False
+    reasons = getattr(failure.value, "reasons", [])
+    return any(r.check(ConnectionDone, ConnectionLost) for r in reasons)
 
 
 def cancelled(failure: Failure) -> bool:

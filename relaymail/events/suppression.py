@@ -12,6 +12,7 @@ provider we relay to treats them so, and a bounce for ``Bob@`` should stop ``bob
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import csv
 import io
@@ -325,5 +326,18 @@ def from_csv(text: str, now: float, limit: int = 1_000_000) -> list[Entry]:
         except SuppressionError as e:
             raise SuppressionError(f"line {number}: {e}") from None
         reason = uncell(row[1].strip()) if len(row) > 1 and row[1].strip() else "imported"
-        entries.append(Entry(address, reason[:MAX_REASON], "import", None, now))
+        source, queue_id, created = exported_history(row, now)
+        entries.append(Entry(address, reason[:MAX_REASON], source, queue_id, created))
     return entries
+
+
+def exported_history(row: list[str], now: float) -> tuple[str, str | None, float]:
+    """An export's source, queue ID and time, kept (a list moved to another instance
+    still says why and since when); a plain list is ``import``, now."""
+    source = row[2].strip() if len(row) > 2 and row[2].strip() in SOURCES else "import"
+    queue_id = row[3].strip()[:40] if len(row) > 3 and row[3].strip().isalnum() else None
+    created = now
+    if len(row) > 4 and row[4].strip():
+        with contextlib.suppress(ValueError):
+            created = calendar.timegm(time.strptime(row[4].strip(), "%Y-%m-%dT%H:%M:%SZ"))
+    return source, queue_id, float(min(created, now))

@@ -36,9 +36,9 @@ def page(request: IRequest) -> tuple[int, int]:
 
 
 def timestamps(item: dict[str, Any], *names: str) -> dict[str, Any]:
+    """ISO 8601 times; null for none (a delivered row has no next attempt)."""
     for name in names:
-        if item.get(name):
-            item[name] = iso(item[name])
+        item[name] = iso(item[name]) if item.get(name) else None
     return item
 
 
@@ -86,12 +86,12 @@ class WebhooksAPI(SubApp):
         if not touched:
             return json_reply(request, {"error": f"no failed delivery {delivery_id}",
                                         "code": "webhook_no_delivery"}, 404)
-        return json_reply(request, {"retried": int(delivery_id)})
+        return json_reply(request, {"retried": 1, "id": int(delivery_id)})
 
     @route("post", "/api/webhooks/retry-failed", "Send every failed delivery again, now")
     async def retry_all(self, request: IRequest) -> bytes:
-        endpoints = await self.hub.retry(None)
-        return json_reply(request, {"endpoints": endpoints})
+        retried = await self.hub.retry(None)
+        return json_reply(request, {"retried": retried})
 
 
 class SuppressionsAPI(SubApp):

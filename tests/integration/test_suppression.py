@@ -99,6 +99,10 @@ def test_cli_import_export_and_errors(tmp_path: Any) -> None:
     assert missing.returncode == 2 and "nobody@x.test is not suppressed" in missing.stderr
     mode = os.stat(os.path.join(str(tmp_path), "spool", "suppression.db")).st_mode & 0o777
     assert mode == 0o600
+    checked = subprocess.run([RELAYMAIL, "--config", config, "check-config"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert "webhooks: none; suppression list: on, hard bounces added; archive: off" \
+        in checked.stdout
 
 
 def test_an_unusable_webhook_outbox_stops_startup(tmp_path: Any) -> None:

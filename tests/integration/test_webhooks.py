@@ -346,6 +346,22 @@ class WebhookTests(RelayTestCase):
         retried = {d["id"] for d in failed_first.json()}
         self.assertLessEqual(retried, {d["id"] for a in arrays for d in a})
 
+    async def test_a_connection_the_endpoint_closed_is_not_a_failure(self) -> None:
+        """An endpoint that closes each kept-alive connection after answering (HTTP/1.1
+        without "Connection: close"): the next POST finds it closed and goes again at once
+        on a new one, not ten seconds later as a failed attempt."""
+        receiver = WebhookReceiver(rude=True).start()
+        self.addCleanup(receiver.stop)
+        upstream = await self.scripted()
+        relay = await self.start(upstream.port, {"url": receiver.url, "name": "rude",
+                                                 "events": ["accepted"], "concurrency": 2})
+        sender = self.sender_of(relay, "rude")
+        for i in range(4):
+            await self.submit(relay, [f"a{i}@dest.test", f"b{i}@dest.test"], message())
+        await wait_until(lambda: sender.delivered == 8, what="8 events delivered")
+        self.assertEqual(sender.errors, 0)
+        self.assertNotIn("Starting factory _HTTP11ClientFactory", self.log_text())
+
 
 def resident_kib() -> int:
     with open("/proc/self/status") as f:
