@@ -193,7 +193,7 @@ class ArchiveBrowserTests(RelayTestCase):
         self.assertIn("shop", r["endpoints"])
         self.assertIn("503", r["endpoints"])
         self.assertIn("将立即重新发送", r["retried_one"])
-        self.assertIn("个端点的失败推送将立即重新发送", r["retried_all"])
+        self.assertIn("条失败推送将立即重新发送", r["retried_all"])
         self.assertIn("已添加 bad@dest.test", r["suppressed"])
         self.assertIn("bad@dest.test", r["suppression_rows"])
         self.assertIn("手动添加", r["suppression_rows"])
@@ -300,7 +300,7 @@ class ArchiveBrowserTests(RelayTestCase):
         page.click("#delivery-table [data-action=retry] >> nth=0")
         out["retried_one"] = c.message("重新发送")
         page.click("#bulk")
-        out["retried_all"] = c.message("个端点")
+        out["retried_all"] = c.message("条失败推送")
 
     def suppressions(self, c: Console, out: dict[str, Any]) -> None:
         page = c.page

@@ -37,7 +37,7 @@ PAGES.webhooks = async function webhooks() {
   const bulk = button(t("retry_failed_webhooks"), async () => {
     const r = await api("POST", "/api/webhooks/retry-failed");
     await load();
-    return t("done_webhook_retry_all", { n: r.endpoints });
+    return t("done_webhook_retry_all", { n: r.retried });
   }, { id: "bulk" });
   content.append(el("p", { class: "hint" }, t("explain_webhooks")), el("h2", {}, t("endpoints")), endpoints,
     el("h2", {}, t("deliveries")), filters, el("div", { class: "buttons" }, bulk, button(t("reload"), async () => { await load(); return null; }, { id: "reload" })),
