@@ -348,3 +348,20 @@ def test_acceptor_reports_are_rebuilt() -> None:
     assert rebuilt("[]") is None and rebuilt("not json") is None
     long = rebuilt(json.dumps({**good, "recipient": "r" * 5000}))
     assert long is not None and len(long["recipient"]) == 320
+
+
+def test_suppressed_events_are_limited_per_submitter_and_minute(tmp_path: object) -> None:
+    from relaymail.events.hub import SUPPRESSED_PER_MINUTE, EventHub
+
+    outbox = Outbox(os.path.join(str(tmp_path), "w.db"), reactor, lambda: 0.0)
+    hub = EventHub([hook(events=("suppressed",))], outbox, None, reactor, http=object())
+
+    def refused(credential: str, when: float) -> None:
+        hub.suppressed(model.suppressed(when, "s@x.test", "r@y.test", credential, "550", "Q"))
+
+    for _ in range(SUPPRESSED_PER_MINUTE + 10):
+        refused("app", 120.0)
+    refused("other", 130.0)
+    assert (len(outbox.buffer), hub.suppressed_dropped) == (SUPPRESSED_PER_MINUTE + 1, 10)
+    refused("app", 185.0)  # the next minute
+    assert len(outbox.buffer) == SUPPRESSED_PER_MINUTE + 2

@@ -271,6 +271,9 @@ def event_families(hub: Any) -> Iterator[Any]:
     yield errors
     yield CounterMetricFamily("relaymail_webhook_backlog_full", "Events stored as failed "
                               "because their endpoint's backlog was full.", value=hub.dropped)
+    yield CounterMetricFamily("relaymail_webhook_suppressed_over_limit", "suppressed events "
+                              "not sent: over 60 a minute from one submitter.",
+                              value=hub.suppressed_dropped)
     if hub.suppression is not None:
         yield GaugeMetricFamily("relaymail_suppressed_addresses", "Addresses on the "
                                 "suppression list.", value=len(hub.suppression.known))
