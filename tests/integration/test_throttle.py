@@ -16,8 +16,11 @@ class ThrottleTests(RelayTestCase):
             await self.send(relay, [f"r{i}@dest.test"])
         await wait_until(lambda: len(upstream.messages) == 6, what="6 deliveries", seconds=20)
         times = sorted(m.at for m in upstream.messages)
-        # any 3 consecutive arrivals span at least the 1 s window (2 per second at most)
-        self.assertTrue(all(b - a >= 0.999 for a, b in zip(times, times[2:], strict=False)),
+        # any 3 consecutive arrivals span about the 1 s window (2 per second at most); the
+        # throttle counts when a message starts, the upstream stamps it when DATA ends, so
+        # the span may fall a few milliseconds short (CI saw 0.9989 s); unthrottled, six
+        # messages on one connection arrive within a few tens of milliseconds
+        self.assertTrue(all(b - a >= 0.95 for a, b in zip(times, times[2:], strict=False)),
                         times)
         self.assertEqual(upstream.most_open, 1)
 
