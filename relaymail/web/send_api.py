@@ -10,14 +10,11 @@ from twisted.web.iweb import IRequest
 from relaymail.config import Config
 from relaymail.policy.dkim import Signer
 from relaymail.relay.manager import RelayManager
-from relaymail.web.compose import compose, sign_whole
+from relaymail.web.compose import SEND_SCHEMA, compose, sign_whole
 from relaymail.web.http import json_body, json_reply
 from relaymail.web.routing import SubApp, route
 
-SEND = {"type": "object", "required": ["from", "to"], "properties": {
-    "from": {"type": "string"}, "from_name": {"type": "string"},
-    "to": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-    "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": "string"}}}
+SEND = SEND_SCHEMA  # the form's fields (relaymail.web.compose)
 
 
 class SendAPI(SubApp):
