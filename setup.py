@@ -9,7 +9,9 @@ setup(
     python_requires=">=3.11",
     packages=[*find_packages(include=["relaymail", "relaymail.*"]), "twisted.plugins"],
     package_data={"relaymail": ["py.typed"], "relaymail.smtp": ["ffdhe2048.pem"],
-                  "relaymail.web": ["static/*"]},
+                  "relaymail.web": ["static/*"],
+                  "relaymail.accounts": ["migrations/*.py", "migrations/*.mako",
+                                         "migrations/versions/*.py"]},
     install_requires=[
         # relaymail uses private attributes of Twisted's SMTP client (_expected,
         # _okresponse, _failresponse, _authinfo, _tlsMode, _esmtpState_plainAuth):
@@ -26,6 +28,9 @@ setup(
         "idna",
         "redis>=5",
         "prometheus_client",
+        "sqlalchemy>=2",  # the accounts database (SQLite or PostgreSQL), Core only
+        "alembic",  # its versioned migrations
+        "psycopg[binary]>=3.1",  # PostgreSQL, when accounts.database is a postgresql:// URL
     ],
     extras_require={
         "test": ["pytest", "aiosmtpd", "trustme", "hypothesis", "ruff", "mypy", "mypy-zope",

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import bcrypt
 from twisted.cred.checkers import ICredentialsChecker
@@ -31,6 +31,10 @@ from relaymail.spool.safeio import write_json_atomically
 
 BCRYPT_ROUNDS = 12
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+")
+
+
+OWNER_FIELDS = ("owner", "owner_id", "owner_sender_domains", "owner_hourly_quota",
+                "owner_daily_quota")
 
 
 class CredentialsError(Exception):
@@ -50,6 +54,12 @@ class Credential:
     check_header_from: bool = False  # the header From must be in the sender's domain
     created: float = 0.0
     description: str = ""
+    # A login of an account user (relaymail.accounts): the user's own bounds apply too.
+    owner: str | None = None
+    owner_id: int | None = None
+    owner_sender_domains: list[str] = field(default_factory=list)
+    owner_hourly_quota: int | None = None
+    owner_daily_quota: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Credential:
@@ -58,9 +68,13 @@ class Credential:
 
     def public(self) -> dict[str, Any]:
         """The credential without its hash, for listings and API answers."""
-        data = asdict(self)
+        data = self.stored()
         data.pop("password_hash")
         return data
+
+    def stored(self) -> dict[str, Any]:
+        """What the credentials file keeps (the owner fields belong to accounts)."""
+        return {k: v for k, v in asdict(self).items() if k not in OWNER_FIELDS}
 
 
 def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
@@ -80,6 +94,12 @@ def check_name(name: str) -> str:
     if not name or len(name) > 128 or not set(name) <= NAME_CHARS:
         raise CredentialsError(f"invalid credential name {name!r}: use letters, digits, .-_@+")
     return name
+
+
+class CredentialSource(Protocol):
+    """What SMTP AUTH and MAIL read: a login's settings by name."""
+
+    def get(self, name: str) -> Credential | None: ...
 
 
 class CredentialStore:
@@ -174,7 +194,7 @@ class CredentialStore:
         return credential
 
     def _write(self, items: dict[str, Credential]) -> None:
-        data = {"credentials": [asdict(c) for c in sorted(items.values(), key=lambda c: c.name)]}
+        data = {"credentials": [c.stored() for c in sorted(items.values(), key=lambda c: c.name)]}
         write_json_atomically(self.path, data)
         self._items, self._stamp = items, None
 
@@ -198,7 +218,7 @@ class CredentialChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, store: CredentialStore, run_in_thread: Callable[..., Deferred],
+    def __init__(self, store: CredentialSource, run_in_thread: Callable[..., Deferred],
                  clock: Callable[[], float] = time.monotonic, cache_seconds: float = 300,
                  cache_size: int = 1024) -> None:
         self.store = store

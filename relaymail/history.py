@@ -43,12 +43,14 @@ CREATE TABLE IF NOT EXISTS events (
     reply TEXT,
     delay REAL,
     attempt INTEGER,
-    credential TEXT                -- the SMTP login that submitted it (received rows)
+    credential TEXT,               -- the SMTP login that submitted it (received rows)
+    account TEXT                   -- the account user it was sent for (received rows)
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE INDEX IF NOT EXISTS events_queue_id ON events (queue_id);
 CREATE INDEX IF NOT EXISTS events_sender ON events (sender);
 CREATE INDEX IF NOT EXISTS events_recipient ON events (recipient);
+CREATE INDEX IF NOT EXISTS events_account ON events (account);
 CREATE TABLE IF NOT EXISTS queue_depth (
     time REAL NOT NULL,
     messages INTEGER NOT NULL      -- queued and being delivered, when sampled
@@ -56,7 +58,11 @@ CREATE TABLE IF NOT EXISTS queue_depth (
 CREATE INDEX IF NOT EXISTS queue_depth_time ON queue_depth (time);
 """
 COLUMNS = ("time", "queue_id", "sender", "recipient", "status", "transport", "relay", "code",
-           "reply", "delay", "attempt", "credential")
+           "reply", "delay", "attempt", "credential", "account")
+ADDED_COLUMNS = ("credential", "account")  # absent from files made by older versions
+# A user's rows: every row of the messages the account submitted.
+OWN_ROWS = ("queue_id IN (SELECT queue_id FROM events WHERE status = 'received' AND "
+            "account = ?)")
 FLUSH_INTERVAL = 0.5
 MAX_PAGE = 1000
 
@@ -118,8 +124,9 @@ class History(Service):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # history, not mail: no fsync per batch
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
-        if columns and "credential" not in columns:  # a file from before the column
-            self.db.execute("ALTER TABLE events ADD COLUMN credential TEXT")
+        for column in ADDED_COLUMNS if columns else ():  # a file from before the column
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
         self.db.executescript(SCHEMA)
 
     def _close(self) -> None:
@@ -134,7 +141,7 @@ class History(Service):
         for r in envelope.recipients:
             self.pending.append((envelope.received_at, envelope.queue_id, envelope.sender,
                                  r.address, "received", None, None, 250, None, 0.0, 0,
-                                 envelope.credential))
+                                 envelope.credential, envelope.extra.get("user")))
 
     def delivery_event(self, event: dict[str, Any]) -> None:
         """Relay manager observer: one row per recipient of the outcome group."""
@@ -142,7 +149,7 @@ class History(Service):
             self.pending.append((event["time"], event["queue_id"], event["sender"], rcpt,
                                  event["event"], event.get("transport"), event.get("relay"),
                                  event.get("code"), event.get("reply"), event.get("delay"),
-                                 event.get("attempt"), None))
+                                 event.get("attempt"), None, None))
 
     def watch_queue(self, depth: Callable[[], int], interval: float = 60.0,
                     clock: IReactorTime | None = None) -> None:
@@ -218,34 +225,39 @@ class History(Service):
                                  [*args, limit, offset])
         return total, [dict(zip(COLUMNS, row, strict=True)) for row in cursor]
 
-    def stats(self, since: float, bucket: float = 3600) -> Deferred:
-        return self._run(self._stats, since, bucket)
+    def stats(self, since: float, bucket: float = 3600, account: str | None = None
+              ) -> Deferred:
+        """Counts since ``since``; of one account's messages only when ``account``."""
+        return self._run(self._stats, since, bucket, account)
 
-    def _stats(self, since: float, bucket: float) -> dict[str, Any]:
+    def _stats(self, since: float, bucket: float, account: str | None = None
+               ) -> dict[str, Any]:
         assert self.db is not None
-        totals = dict(self.db.execute("SELECT status, count(*) FROM events WHERE time >= ? "
-                                      "GROUP BY status", (since,)).fetchall())
+        own, mine = ("", ()) if account is None else (" AND " + OWN_ROWS, (account,))
+        totals = dict(self.db.execute("SELECT status, count(*) FROM events WHERE time >= ?"
+                                      f"{own} GROUP BY status", (since, *mine)).fetchall())
         per_bucket: dict[int, dict[str, int]] = {}
         for start, status, n in self.db.execute(
                 "SELECT CAST(time / ? AS INTEGER) * ?, status, count(*) FROM events "
-                "WHERE time >= ? GROUP BY 1, 2", (bucket, bucket, since)):
+                f"WHERE time >= ?{own} GROUP BY 1, 2", (bucket, bucket, since, *mine)):
             per_bucket.setdefault(int(start), {})[status] = n
         senders = self.db.execute("SELECT sender, count(*) FROM events WHERE time >= ? AND "
-                                  "status = 'received' GROUP BY sender ORDER BY 2 DESC LIMIT 10",
-                                  (since,)).fetchall()
+                                  f"status = 'received'{own} GROUP BY sender ORDER BY 2 DESC "
+                                  "LIMIT 10", (since, *mine)).fetchall()
         messages = self.db.execute("SELECT count(DISTINCT queue_id) FROM events WHERE "
-                                   "time >= ? AND status = 'received'", (since,)).fetchone()[0]
+                                   f"time >= ? AND status = 'received'{own}",
+                                   (since, *mine)).fetchone()[0]
         latency: dict[int, float] = {
             int(start): avg for start, avg in self.db.execute(
                 "SELECT CAST(time / ? AS INTEGER) * ?, avg(delay) FROM events WHERE "
-                "time >= ? AND status = 'sent' GROUP BY 1", (bucket, bucket, since))}
+                f"time >= ? AND status = 'sent'{own} GROUP BY 1", (bucket, bucket, since, *mine))}
         relays = self.db.execute(
             "SELECT relay, status, count(*) FROM events WHERE time >= ? AND relay IS NOT NULL "
-            "AND status != 'received' GROUP BY 1, 2", (since,)).fetchall()
+            f"AND status != 'received'{own} GROUP BY 1, 2", (since, *mine)).fetchall()
         logins = self.db.execute(
             "SELECT credential, count(DISTINCT queue_id) FROM events WHERE time >= ? AND "
-            "status = 'received' AND credential IS NOT NULL GROUP BY 1 ORDER BY 2 DESC "
-            "LIMIT 20", (since,)).fetchall()
+            f"status = 'received' AND credential IS NOT NULL{own} GROUP BY 1 ORDER BY 2 "
+            "DESC LIMIT 20", (since, *mine)).fetchall()
         return {"totals": totals, "buckets": per_bucket, "top_senders": senders,
                 "messages": messages, "latency": latency, "relays": relays,
                 "credentials": logins}
@@ -290,6 +302,9 @@ def conditions(filters: dict[str, Any]) -> tuple[str, list[Any]]:
         if filters.get(name):
             parts.append(f"{name} = ?")
             args.append(filters[name])
+    if filters.get("account"):
+        parts.append(OWN_ROWS)
+        args.append(filters["account"])
     if filters.get("since") is not None:
         parts.append("time >= ?")
         args.append(float(filters["since"]))

@@ -15,6 +15,8 @@ from twisted.internet.error import CannotListenError
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relaymail import logs
+from relaymail.accounts.service import Accounts
+from relaymail.accounts.view import CombinedCredentials
 from relaymail.config import Config, ConfigError, ListenerConfig
 from relaymail.credentials import CredentialStore
 from relaymail.events.archive import Archive, build_archive
@@ -155,7 +157,8 @@ def web_tls_options(config: Config) -> Any:
 def web_service(config: Config, reactor: Any, manager: Any, spool_service: SpoolService,
                 ctx: ServerContext, history: History | None = None,
                 acceptors: AcceptorPool | None = None, events: EventHub | None = None,
-                archive: Archive | None = None) -> ListenerService:
+                archive: Archive | None = None, accounts: Accounts | None = None
+                ) -> ListenerService:
     """The HTTP API on ``web.endpoint``, in the same reactor; HTTPS with ``web.tls``, like
     an implicit-TLS SMTP listener.  Requests are checked (Host, body size) by
     relaymail.web.guard before their bodies are read."""
@@ -163,8 +166,9 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
                       thread_runner(reactor), reactor.seconds, acceptors, events)
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
-                     CredentialsAPI(credentials_of(ctx), thread_runner(reactor)), ctx.signer,
-                     history, web_auth(config, reactor, ctx), events, archive)
+                     CredentialsAPI(credentials_of(ctx), thread_runner(reactor), accounts),
+                     ctx.signer, history, web_auth(config, reactor, ctx), events, archive,
+                     accounts, ctx.policy.counters, ctx.limits)
     factory: Any = WebSite(api.app.resource(), gate_for(config, api.may_send_body))
     tls_options = web_tls_options(config)
     if tls_options is not None:
@@ -176,9 +180,18 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
 
 
 def credentials_of(ctx: ServerContext) -> CredentialStore:
-    """The context's credential store (build_context always makes one)."""
-    assert ctx.credentials is not None
-    return ctx.credentials
+    """The credentials file's store (build_context always makes one)."""
+    assert isinstance(ctx.credentials, CombinedCredentials)
+    return ctx.credentials.file_store  # type: ignore[no-any-return]
+
+
+def build_accounts(config: Config, reactor: Any) -> Accounts:
+    """Users, their SMTP logins and API keys: opened (and migrated) now, so that a
+    database that cannot be used stops startup (DatabaseError)."""
+    accounts = Accounts(config.accounts, reactor, thread_runner(reactor))
+    accounts.open_now()
+    accounts.setName("accounts")
+    return accounts
 
 
 def build_history(config: Config, reactor: Any) -> History:
@@ -245,8 +258,11 @@ def acceptor_pool(config: Config, reactor: Any, ctx: ServerContext, manager: Any
 def build_service(config: Config, reactor: Any) -> RelaymailService:
     """The whole process as one MultiService (started and stopped by twistd)."""
     logs.set_level(config.log.level)
-    ctx = build_context(config, reactor)
+    accounts = build_accounts(config, reactor)
+    ctx = build_context(config, reactor, accounts=accounts.view)
     top = RelaymailService()
+    accounts.setServiceParent(top)
+    top.accounts = accounts  # type: ignore[attr-defined]
     spool_service = SpoolService(ctx.spool)
     spool_service.setName("spool")
     SessionCloser(ctx).setServiceParent(top)  # first in, so stopped after the listeners
@@ -259,6 +275,7 @@ def build_service(config: Config, reactor: Any) -> RelaymailService:
     if config.smtp.workers:
         top.acceptors = acceptor_pool(config, reactor, ctx, manager)  # type: ignore[attr-defined]
         top.acceptors.setServiceParent(top)  # type: ignore[attr-defined]
+        accounts.changed.append(top.acceptors.accounts_changed)  # type: ignore[attr-defined]
     else:
         for i, listener in enumerate(config.smtp.listeners):
             key = f"smtp.listeners[{i}].endpoint"
@@ -289,7 +306,7 @@ def build_service(config: Config, reactor: Any) -> RelaymailService:
     if config.web.enabled:
         acceptors = top.acceptors  # type: ignore[attr-defined]
         web_service(config, reactor, manager, spool_service, ctx, history, acceptors, events,
-                    archive).setServiceParent(top)
+                    archive, accounts).setServiceParent(top)
     top.context = ctx  # type: ignore[attr-defined]
     top.relay = manager  # type: ignore[attr-defined]
     return top

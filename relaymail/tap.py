@@ -20,6 +20,7 @@ def makeService(options: Options) -> IService:
     """Load the config and build the service; a bad config exits with its message, no traceback."""
     from twisted.internet import reactor
 
+    from relaymail.accounts.database import DatabaseError
     from relaymail.service import build_service
 
     try:
@@ -27,4 +28,7 @@ def makeService(options: Options) -> IService:
         return build_service(config, reactor)
     except ConfigError as e:
         sys.stderr.write(f"relaymail: configuration error: {e}\n")
+        raise SystemExit(2) from None
+    except DatabaseError as e:  # accounts.database cannot be opened or migrated
+        sys.stderr.write(f"relaymail: {config.path}: accounts.database: {e}\n")
         raise SystemExit(2) from None

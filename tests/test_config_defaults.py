@@ -46,6 +46,7 @@ DOC_TABLES = {
     "webhooks[]": ("`webhooks`", "webhook key"),
     "suppression": ("`suppression`", "key"),
     "archive": ("`archive`", "key"),
+    "accounts": ("`accounts`", "key"),
     "log": ("`log`", "key"),
 }
 

@@ -148,6 +148,12 @@ TABLE: dict[str, Any] = {
     "archive.path": None,
     "archive.retention_days": 30,
     "archive.max_bytes": 1_073_741_824,
+    # users, their SMTP logins, API keys (relaymail.accounts)
+    "accounts.database": None,
+    "accounts.registration": "off",
+    "accounts.token_lifetime": 43_200,
+    "accounts.min_password_length": 10,
+    "accounts.max_registrations_per_hour": 5,
     "log.level": "info",
 }
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relaymail.config.accounts import AccountsConfig, validate_accounts
 from relaymail.config.check import Check, ConfigError
 from relaymail.config.defaults import DEFAULTS
 from relaymail.config.delivery import DeliveryConfig, validate_delivery
@@ -60,6 +61,7 @@ class Config:
     webhooks: tuple[WebhookConfig, ...]
     suppression: SuppressionConfig
     archive: ArchiveConfig
+    accounts: AccountsConfig
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -163,6 +165,8 @@ def validate(merged: dict[str, Any], source: str) -> Config:
         webhooks=validate_webhooks(c, merged["webhooks"]),
         suppression=validate_suppression(c, merged["suppression"]),
         archive=validate_archive(c, merged["archive"]),
+        accounts=validate_accounts(c, merged["accounts"],
+                                   c.path(merged["spool_dir"], "spool_dir")),
     )
 
 

@@ -56,7 +56,8 @@ def accepted(envelope: Envelope) -> list[dict[str, Any]]:
     return [base("accepted", envelope.received_at, envelope.queue_id, envelope.sender,
                  r.address, message_id=envelope.extra.get("message_id"), code=250,
                  reply=f"250 2.0.0 Ok: queued as {envelope.queue_id}",
-                 received_at=iso(envelope.received_at), credential=envelope.credential)
+                 received_at=iso(envelope.received_at), credential=envelope.credential,
+                 user=envelope.extra.get("user"))
             for r in envelope.recipients]
 
 
@@ -72,7 +73,8 @@ def from_manager(event: dict[str, Any]) -> list[dict[str, Any]]:
                  reply=event.get("reply"), upstream=event.get("relay"),
                  transport=event.get("transport"), attempt=event.get("attempt") or 0,
                  received_at=iso(received) if received else None,
-                 credential=event.get("credential"), delay=event.get("delay"))
+                 credential=event.get("credential"), user=event.get("user"),
+                 delay=event.get("delay"))
             for rcpt in event["recipients"]]
 
 

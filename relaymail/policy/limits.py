@@ -91,6 +91,11 @@ class RateLimiter:
                 return None, ""
             own = Quota(c.hourly_quota, c.daily_quota)
             return (own if own.items() else quotas.get(scope)), c.name
+        if scope == "per_user":  # an account's quota, shared by all its logins
+            c = who.credential
+            if c is None or c.owner is None:
+                return None, ""
+            return Quota(c.owner_hourly_quota, c.owner_daily_quota), c.owner
         if scope == "per_sender":
             return (quotas.get(scope), who.sender.lower()) if who.sender else (None, "")
         if scope == "per_ip":
@@ -100,7 +105,7 @@ class RateLimiter:
     def checks(self, who: Who) -> list[Check]:
         now = self.clock()
         out = []
-        for scope in ("per_credential", "per_sender", "per_ip", "global"):
+        for scope in ("per_credential", "per_user", "per_sender", "per_ip", "global"):
             quota, subject = self.quota_for(scope, who)
             for window, limit in quota.items() if quota else ():
                 start = window_start(now, window)
@@ -155,6 +160,8 @@ def refusal(check: Check, unit: str) -> Reply:
     period = "Hourly" if check.window == "hour" else "Daily"
     if check.scope == "per_credential":
         what = f"{period} quota of {limit} {unit} for login {check.subject} reached"
+    elif check.scope == "per_user":
+        what = f"{period} quota of {limit} {unit} for account {check.subject} reached"
     elif check.scope == "per_sender":
         what = f"{period} limit of {limit} {unit} for sender <{check.subject}> reached"
     elif check.scope == "per_ip":

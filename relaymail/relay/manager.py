@@ -287,7 +287,7 @@ class RelayManager(Service):
                           "reply": outcome.reply, "delay": delay, "time": now,
                           "attempt": envelope.attempts,
                           "message_id": envelope.extra.get("message_id"),
-                          "credential": envelope.credential,
+                          "credential": envelope.credential, "user": envelope.extra.get("user"),
                           "received_at": envelope.received_at})
 
     def report_failed(self, envelope: Envelope, recipients: list[Recipient], why: str
@@ -301,7 +301,7 @@ class RelayManager(Service):
                       "reply": why, "delay": round(now - envelope.received_at, 3),
                       "time": now, "attempt": envelope.attempts,
                       "message_id": envelope.extra.get("message_id"),
-                      "credential": envelope.credential,
+                      "credential": envelope.credential, "user": envelope.extra.get("user"),
                       "received_at": envelope.received_at})
 
     async def events_durable(self) -> None:

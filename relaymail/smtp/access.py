@@ -13,12 +13,22 @@ SENDER_NOT_ALLOWED = Reply(550, "5.7.1", "Sender address not allowed for this lo
 
 
 def sender_allowed(credential: Credential | None, sender: str) -> bool:
-    """An authenticated login may be restricted to some sender domains or addresses."""
-    if credential is None or not credential.allowed_sender_domains:
+    """An authenticated login may be restricted to some sender domains or addresses; a
+    login of an account user is bounded by the user's list as well."""
+    if credential is None:
+        return True
+    return listed(credential.allowed_sender_domains, sender) and \
+        listed(credential.owner_sender_domains, sender)
+
+
+def listed(allowed_list: Sequence[str], sender: str) -> bool:
+    """Is ``sender`` one of these domains or addresses (``*.example.com``: subdomains)?
+    An empty list allows any."""
+    if not allowed_list:
         return True
     sender = sender.lower()
     domain = sender.rpartition("@")[2]
-    for allowed in credential.allowed_sender_domains:
+    for allowed in allowed_list:
         allowed = allowed.lower()
         if sender == allowed or domain == allowed or (
                 allowed.startswith("*.") and domain.endswith(allowed[1:])):

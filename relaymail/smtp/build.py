@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from relaymail.accounts.view import AccountsView, CombinedCredentials
 from relaymail.config import Config, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
 from relaymail.events.suppression import SuppressionList, SuppressionStore
@@ -27,15 +28,16 @@ def thread_runner(reactor: Any) -> Any:
     return partial(deferToThreadPool, reactor, reactor.getThreadPool())
 
 
-def build_context(config: Config, reactor: Any, counters: Counters | None = None
-                  ) -> ServerContext:
+def build_context(config: Config, reactor: Any, counters: Counters | None = None,
+                  accounts: AccountsView | None = None) -> ServerContext:
     """Everything the SMTP sessions share; raises ConfigError for unusable TLS material.
     ``counters`` replaces the configured backend (an acceptor's link to the main
-    process's counters)."""
+    process's counters); ``accounts`` adds the users' SMTP logins to the credentials
+    file's."""
     ensure_self_signed(config.smtp.tls, config.hostname)
     check_runtime(config)
     run_in_thread = thread_runner(reactor)
-    store = CredentialStore(config.credentials_file)
+    store = CombinedCredentials(CredentialStore(config.credentials_file), accounts)
     policy = build_policy(config.rate_limits, reactor, counters)
     return ServerContext(
         hostname=config.hostname,

@@ -10,7 +10,7 @@ from typing import Any
 
 from relaymail.common.networks import ConnectionTracker
 from relaymail.config import ListenerConfig, SMTPConfig
-from relaymail.credentials import Credential, CredentialStore
+from relaymail.credentials import Credential, CredentialSource
 from relaymail.policy.dkim import Signer
 from relaymail.policy.limits import RateLimiter
 from relaymail.policy.lockout import AuthLockout
@@ -27,7 +27,7 @@ class ServerContext:
     spool: Spool
     clock: Callable[[], float]
     checker: Any = None  # ICredentialsChecker, or None when AUTH is not configured
-    credentials: CredentialStore | None = None
+    credentials: CredentialSource | None = None  # the file's, then the accounts' logins
     tls_options: Any = None  # IOpenSSLServerConnectionCreator for STARTTLS
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     stats: RelayStats = field(default_factory=RelayStats)

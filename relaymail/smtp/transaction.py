@@ -346,12 +346,14 @@ class TransactionLayer:
     def envelope_for(self, txn: Transaction) -> Envelope:
         now = self.context.clock()
         state = self.state
+        login = state.login() if state.credential is not None else None
+        extra = {"user": login.owner} if login is not None and login.owner else {}
         return Envelope(
             queue_id=txn.queue_id, sender=txn.sender.address,
             recipients=[Recipient(address=a) for a in txn.recipients], received_at=now,
             client_ip=state.client_ip, helo=state.helo, credential=state.credential,
             listener=state.listener.name, protocol=state.protocol_name(),
-            body_8bit=txn.eight_bit, next_attempt=now,
+            body_8bit=txn.eight_bit, next_attempt=now, extra=extra,
         )
 
     def discard(self) -> None:

@@ -3,8 +3,9 @@ access check.
 
 Each area is a sub-app (relaymail.web.routing.SubApp) holding only what it needs: the
 console's pages and logins, the queue, the relay's settings and status, the delivery
-history, SMTP credentials, sending, webhooks, the suppression list, the archive, health and
-metrics, and this API's own description.
+history, SMTP credentials, sending, webhooks, the suppression list, the archive, accounts
+(their logins, the admin's users page, API keys), health and metrics, and this API's own
+description.
 ``ControlAPI`` builds the ones its collaborators allow and mounts all their routes into its
 Klein ``app``; a route whose sub-app was not built answers 404.  Shapes follow DESIGN.md.
 """
@@ -19,20 +20,25 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 import relaymail
+from relaymail.accounts.service import Accounts
 from relaymail.config import Config
 from relaymail.events.archive import Archive
 from relaymail.events.hub import EventHub
 from relaymail.history import History
+from relaymail.policy.counters import Counters, MemoryCounters
 from relaymail.policy.dkim import Signer
+from relaymail.policy.limits import RateLimiter
 from relaymail.relay.manager import RelayManager
 from relaymail.web.access import AccessGate
 from relaymail.web.applier import ConfigApplier
 from relaymail.web.archive_api import ArchiveAPI
+from relaymail.web.auth_api import AuthAPI
 from relaymail.web.credentials_api import CredentialsAPI
 from relaymail.web.events_api import SuppressionsAPI, WebhooksAPI
 from relaymail.web.guard import reached_over_tls
 from relaymail.web.health_api import HealthAPI
 from relaymail.web.history_api import MailLogsAPI
+from relaymail.web.keys_api import ApiKeysAPI
 from relaymail.web.login import ConsoleLogin
 from relaymail.web.monitor import Monitor
 from relaymail.web.openapi import ApiDocs
@@ -43,11 +49,12 @@ from relaymail.web.routing import Access, SubApp, mount
 from relaymail.web.send_api import SendAPI
 from relaymail.web.session import WebAuth
 from relaymail.web.setup import FirstRunSetup, console_url
+from relaymail.web.users_api import UsersAPI
 
 SUBAPPS: tuple[type[SubApp], ...] = (
     HealthAPI, RelayConfigAPI, RelayStatusAPI, QueueAPI, CredentialsAPI, MailLogsAPI,
-    SendAPI, WebhooksAPI, SuppressionsAPI, ArchiveAPI, FirstRunSetup, ConsoleLogin, ConsolePages,
-    ApiDocs)
+    SendAPI, WebhooksAPI, SuppressionsAPI, ArchiveAPI, AuthAPI, UsersAPI, ApiKeysAPI,
+    FirstRunSetup, ConsoleLogin, ConsolePages, ApiDocs)
 # Console pages of areas a process may be built without: their nav entries are hidden then.
 OPTIONAL_PAGES: dict[str, type[SubApp]] = {
     "archive": ArchiveAPI, "webhooks": WebhooksAPI, "suppressions": SuppressionsAPI}
@@ -78,8 +85,11 @@ class ControlAPI:
                  reactor: IReactorTime | None = None,
                  credentials: CredentialsAPI | None = None, signer: Signer | None = None,
                  history: History | None = None, auth: WebAuth | None = None,
-                 events: EventHub | None = None, archive: Archive | None = None) -> None:
-        self.gate = AccessGate(token, auth, open_to_loopback)
+                 events: EventHub | None = None, archive: Archive | None = None,
+                 accounts: Accounts | None = None, counters: Counters | None = None,
+                 limits: RateLimiter | None = None) -> None:
+        view = accounts.view if accounts is not None else None
+        self.gate = AccessGate(token, auth, open_to_loopback, view)
         built: list[SubApp] = [QueueAPI(manager), RelayStatusAPI(manager, policy),
                                ApiDocs(relaymail.__version__, self.routes)]
         current: Callable[[], Config] | None = None
@@ -87,7 +97,8 @@ class ControlAPI:
         if config is not None and reactor is not None:
             applier = ConfigApplier(config, manager, reactor, manager.spool.run_in_thread)
             current = applier.current
-            built += [RelayConfigAPI(applier, reactor), SendAPI(manager, signer, current)]
+            built += [RelayConfigAPI(applier, reactor),
+                      SendAPI(manager, signer, current, limits, view)]
         elif config is not None:
             current = lambda: config  # noqa: E731  (no reactor: nothing to apply it to)
         if monitor is not None:
@@ -95,13 +106,19 @@ class ControlAPI:
         if credentials is not None:
             built.append(credentials)
         if history is not None:
-            built.append(MailLogsAPI(history, manager.now))
+            built.append(MailLogsAPI(history, manager.now, view))
         if events is not None and events.outbox is not None:
             built.append(WebhooksAPI(events))
         if events is not None and events.suppression is not None:
             built.append(SuppressionsAPI(events.suppression))
         if archive is not None:
             built.append(ArchiveAPI(archive, manager.spool.run_in_thread))
+        if accounts is not None:
+            built += [UsersAPI(accounts), ApiKeysAPI(accounts)]
+            if auth is not None:
+                auth.accounts = view
+                built.append(AuthAPI(accounts, auth, counters or MemoryCounters(
+                    accounts.clock), manager.spool.run_in_thread))
         if auth is not None:
             setup: FirstRunSetup | None = None
             if applier is not None and config is not None:
@@ -117,8 +134,9 @@ class ControlAPI:
         self.subapps: dict[type[SubApp], SubApp] = {type(s): s for s in built}
 
     # relaymail.web.routing.Mount
-    def refusal(self, access: Access, request: IRequest) -> bytes | None:
-        return self.gate.refusal(access, request)
+    def refusal(self, access: Access, request: IRequest, scope: str | None = None
+                ) -> bytes | None:
+        return self.gate.refusal(access, request, scope)
 
     def subapp(self, kind: type[SubApp]) -> SubApp | None:
         return self.subapps.get(kind)

@@ -8,8 +8,9 @@ from typing import Any
 from twisted.web.iweb import IRequest
 
 from relaymail.history import History
+from relaymail.web.access import principal_of
 from relaymail.web.http import int_arg, json_reply, str_arg, time_arg
-from relaymail.web.routing import SubApp, query, route
+from relaymail.web.routing import Access, SubApp, query, route
 from relaymail.web.shapes import iso
 
 STATUSES = ("received", "sent", "deferred", "bounced")
@@ -18,9 +19,20 @@ STATUSES = ("received", "sent", "deferred", "bounced")
 class MailLogsAPI(SubApp):
     unavailable = "the delivery history is not kept here"
 
-    def __init__(self, history: History, clock: Callable[[], float]) -> None:
+    def __init__(self, history: History, clock: Callable[[], float],
+                 accounts: Any = None) -> None:
         self.history = history
         self.clock = clock
+        self.accounts = accounts  # relaymail.accounts.view.AccountsView, or None
+
+    def account_scope(self, request: IRequest) -> str | None:
+        """Whose messages the caller sees: an account user only their own (the username);
+        an admin everyone's, or one account's with ``?user=``."""
+        principal = principal_of(request)
+        if principal.role == "admin":
+            return str_arg(request, "user")
+        user = self.accounts.user(principal.user_id) if self.accounts is not None else None
+        return user.username if user is not None else "\0nobody"
 
     @route("get", "/api/mail-logs", "Search the delivery history, newest first",
            query=[query("sender", "substring"), query("recipient", "substring"),
@@ -29,7 +41,9 @@ class MailLogsAPI(SubApp):
                   query("since", "ISO 8601 or Unix seconds"),
                   query("until", "ISO 8601 or Unix seconds"),
                   query("limit", "at most 1000", "integer"),
-                  query("offset", "paging", "integer")])
+                  query("offset", "paging", "integer"),
+                  query("user", "admin: one account's messages")],
+           access=Access.USER, scope="read-logs")
     async def mail_logs(self, request: IRequest) -> bytes:
         """Search: sender, recipient (substrings), queue_id, status, since/until (ISO 8601
         or Unix seconds), limit (max 1000), offset; newest first."""
@@ -39,6 +53,7 @@ class MailLogsAPI(SubApp):
                                                     "status")}
             filters["since"] = time_arg(request, "since")
             filters["until"] = time_arg(request, "until")
+            filters["account"] = self.account_scope(request)
         except ValueError as e:
             return json_reply(request, {"error": str(e)}, 400)
         total, rows = await self.history.search(filters, int_arg(request, "limit", 100),
@@ -51,7 +66,9 @@ class MailLogsAPI(SubApp):
            "success rate, per hour (with average latency), per upstream, per credential, top "
            "senders, queue depth over time (queue_depth: the highest sampled depth per "
            "queue_depth_step_s, oldest first)",
-           query=[query("hours", "window, default 24", "integer")])
+           query=[query("hours", "window, default 24", "integer"),
+                  query("user", "admin: one account's messages")],
+           access=Access.USER, scope="read-logs")
     async def mail_log_stats(self, request: IRequest) -> bytes:
         """Counts by status for the last ``hours`` (default 24) and per hour, and the queue
         depth sampled over them (at most 288 points: the peak of each step), for the
@@ -59,9 +76,11 @@ class MailLogsAPI(SubApp):
         hours = max(1, min(int_arg(request, "hours", 24), 24 * 31))
         now = self.clock()
         start = (int(now) // 3600 - hours + 1) * 3600
-        raw = await self.history.stats(start)
+        account = self.account_scope(request)
+        raw = await self.history.stats(start, account=account)
         step = max(60, hours * 3600 // 288)
-        depth = await self.history.queue_depth(start, step)
+        # the queue is everyone's: its depth is for admins
+        depth = [] if account is not None else await self.history.queue_depth(start, step)
         per_hour = [{"hour": iso(h), **{s: raw["buckets"].get(h, {}).get(s, 0)
                                         for s in STATUSES}}
                     for h in range(start, int(now) + 1, 3600)]
@@ -74,7 +93,8 @@ class MailLogsAPI(SubApp):
         for relay, status, n in raw["relays"]:
             relays.setdefault(relay, dict.fromkeys(STATUSES[1:], 0))[status] = n
         return json_reply(request, {
-            "hours": hours, "totals": totals, "messages_received": raw["messages"],
+            "hours": hours, "user": account, "totals": totals,
+            "messages_received": raw["messages"],
             "success_rate": round(100 * totals["sent"] / final, 2) if final else 100.0,
             "per_hour": per_hour,
             "per_upstream": [{"upstream": r, **counts} for r, counts in sorted(relays.items())],
@@ -85,10 +105,16 @@ class MailLogsAPI(SubApp):
             "queue_depth": [{"t": iso(t), "messages": n} for t, n in depth]})
 
     @route("get", "/api/mail-logs/usage", "Messages accepted per SMTP credential this hour "
-           "and today (UTC), what the quotas count, from the history")
+           "and today (UTC), what the quotas count, from the history (an account user: "
+           "their own logins)", access=Access.USER, scope="read-logs")
     async def usage(self, request: IRequest) -> bytes:
         now = self.clock()
         starts = {"hour": now // 3600 * 3600, "day": now // 86400 * 86400}
         used = await self.history.usage(starts)
+        if principal_of(request).role != "admin":
+            mine = self.accounts.current.logins if self.accounts is not None else {}
+            user_id = principal_of(request).user_id
+            used = {name: n for name, n in used.items()
+                    if name in mine and mine[name].user_id == user_id}
         return json_reply(request, {"since": {k: iso(v) for k, v in starts.items()},
                                     "credentials": used})

@@ -1,15 +1,16 @@
-"""Console sessions: log in (the admin password, counted and locked out like SMTP AUTH),
-log out, and the session's CSRF token for the page."""
+"""Console sessions: log in (the admin's or an account user's password, counted and locked
+out like SMTP AUTH), log out, and the session's CSRF token and role for the page."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.web.iweb import IRequest
 
 from relaymail.web.http import json_body, json_reply, str_arg
 from relaymail.web.routing import Access, SubApp, route
-from relaymail.web.session import COOKIE, WebAuth, expired_cookie, session_cookie
+from relaymail.web.session import COOKIE, Session, WebAuth, expired_cookie, session_cookie
 
 OBJ = {"type": "object"}
 
@@ -46,7 +47,7 @@ class ConsoleLogin(SubApp):
         form = login_form(request)
         if form is None:
             return json_reply(request, {"error": "expected username and password"}, 400)
-        if self.auth.admin_hash is None:
+        if self.auth.admin_hash is None and not self.is_account(form[0]):
             return json_reply(request, {"error": "no admin password is set yet: use the "
                                                  "first-run setup link in relaymail's log, or "
                                                  "set web.admin_password_hash"}, 409)
@@ -55,11 +56,26 @@ class ConsoleLogin(SubApp):
         if result == "locked":
             return json_reply(request, {"error": "too many failed logins; try again in "
                                                  f"{int(value) + 1} seconds"}, 429)
+        if result == "disabled":
+            return json_reply(request, {"error": "this account is disabled"}, 403)
         if result != "ok":
             return json_reply(request, {"error": "wrong username or password"}, 401)
         token, session = value
         request.setHeader(b"set-cookie", session_cookie(token, self.over_tls(request)))
-        return json_reply(request, {"user": session.user, "csrf": session.csrf})
+        return json_reply(request, self.describe(session))
+
+    def is_account(self, name: str) -> bool:
+        accounts = self.auth.accounts
+        return accounts is not None and accounts.current.user_named(name) is not None
+
+    def describe(self, session: Session) -> dict[str, Any]:
+        """The session as the page needs it: who, the role (what to show), the CSRF token."""
+        role = "admin"
+        if session.user_id is not None and self.auth.accounts is not None:
+            user = self.auth.accounts.user(session.user_id)
+            role = user.role if user is not None else "user"
+        return {"user": session.user, "csrf": session.csrf, "role": role,
+                "user_id": session.user_id}
 
     @route("post", "/logout", "End the console session")
     def logout(self, request: IRequest) -> bytes:
@@ -76,4 +92,4 @@ class ConsoleLogin(SubApp):
         session = self.auth.session_of(request)
         if session is None:  # it expired since the access check
             return json_reply(request, {"error": "not logged in"}, 401)
-        return json_reply(request, {"user": session.user, "csrf": session.csrf})
+        return json_reply(request, self.describe(session))

@@ -22,16 +22,23 @@ SECURITY: dict[Access, list[dict[str, list[str]]]] = {
     Access.ADMIN: [{"bearer": []}, {"session": []}],
     Access.LOCAL_OR_ADMIN: [{}, {"bearer": []}, {"session": []}],
     Access.SESSION: [{"session": []}],
+    Access.USER: [{"bearer": []}, {"session": []}],
 }
 DENIED = {
     Access.ADMIN: "token missing or wrong, and no console session",
     Access.LOCAL_OR_ADMIN: "not a loopback client (or web.open_metrics_to_loopback is off), "
                            "and no token or console session",
     Access.SESSION: "not logged in",
+    Access.USER: "no token, API key or console session",
 }
+# Who may call a route, as x-role says it.
+ROLE = {Access.PUBLIC: "anyone", Access.ADMIN: "admin", Access.LOCAL_OR_ADMIN: "admin",
+        Access.SESSION: "user", Access.USER: "user"}
 SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
-               "description": "`<spool>/control.token`, as `relaymail queue` uses it"},
+               "description": "an account's token from POST /api/auth/login (`rmt_...`), an "
+                              "API key (`rmk_<id>_<secret>`, with scopes), or "
+                              "`<spool>/control.token`, as `relaymail queue` uses it"},
     "session": {"type": "apiKey", "in": "cookie", "name": "relaymail_session",
                 "description": "the console's login (POST /login); changes also send the "
                                "session's CSRF token as X-CSRF-Token"},
@@ -40,20 +47,30 @@ SCHEMES = {
 ACCESS_NOTE = {Access.PUBLIC: " <small>(public)</small>",
                Access.ADMIN: " <small>(admin)</small>",
                Access.LOCAL_OR_ADMIN: " <small>(admin or loopback)</small>",
-               Access.SESSION: " <small>(console session)</small>"}
+               Access.SESSION: " <small>(console session)</small>",
+               Access.USER: " <small>(user: own objects; admin: all)</small>"}
 
 
 def operation(r: Route) -> dict[str, Any]:
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in r.path_variables]
     op: dict[str, Any] = {"summary": r.summary, "parameters": [*params, *r.query],
-                          "x-access": r.access.value,
+                          "x-access": r.access.value, "x-role": ROLE[r.access],
+                          "x-scope": "admin" if r.access in (Access.ADMIN,
+                                                              Access.LOCAL_OR_ADMIN)
+                          else r.scope,
                           "responses": {"200": {"description": "OK"}, "400": ERROR}}
     if r.access in SECURITY:
         op["security"] = SECURITY[r.access]
         op["responses"]["401"] = {"description": DENIED[r.access]}
-    if r.access is Access.ADMIN and r.method != "get":
-        op["responses"]["403"] = {"description": "console session without its CSRF token"}
+    if r.access is Access.ADMIN:
+        op["responses"]["403"] = {"description": "not an admin (an account user, or an API "
+                                                 "key without the admin scope), or a console "
+                                                 "session without its CSRF token"}
+    if r.access is Access.USER:
+        scope = f"an API key without the {r.scope} scope, or " if r.scope else ""
+        op["responses"]["403"] = {"description": f"{scope}a console session without its "
+                                                 "CSRF token"}
     if r.body is not None:
         op["requestBody"] = {"content": {"application/json": {"schema": r.body}}}
     return op

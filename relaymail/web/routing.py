@@ -35,6 +35,10 @@ class Access(enum.Enum):
     LOCAL_OR_ADMIN = "loopback-or-admin"
     # A console session cookie (no token: the page asks for its CSRF token with it).
     SESSION = "session"
+    # Any signed-in principal: an account user (session, bearer token from
+    # /api/auth/login, or an API key with the route's scope) or an admin; the handler
+    # limits what it shows and changes to the caller's own objects.
+    USER = "user"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Route:
     query: tuple[dict[str, Any], ...] = ()
     body: dict[str, Any] | None = None
     endpoint: str = ""  # the handler's name in its sub-app
+    scope: str | None = None  # the API key scope a USER route needs (None: any key)
 
     @property
     def rule(self) -> str:
@@ -70,12 +75,14 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 def route(method: str, path: str, summary: str, access: Access = Access.ADMIN,
           query: Sequence[dict[str, Any]] = (),
-          body: dict[str, Any] | None = None) -> Callable[[Handler], Handler]:
+          body: dict[str, Any] | None = None, scope: str | None = None
+          ) -> Callable[[Handler], Handler]:
     """Declare a sub-app's handler (``def handler(self, request, **path_variables)``)."""
 
     def declare(handler: Handler) -> Handler:
         setattr(handler, ROUTE_ATTRIBUTE,
-                Route(method.lower(), path, summary, access, tuple(query), body))
+                Route(method.lower(), path, summary, access, tuple(query), body,
+                      scope=scope))
         return handler
 
     return declare
@@ -111,7 +118,8 @@ class SubApp:
 class Mount(Protocol):
     """What ``mount``'s routes ask of the object the root Klein app is bound to."""
 
-    def refusal(self, access: Access, request: IRequest) -> bytes | None:
+    def refusal(self, access: Access, request: IRequest, scope: str | None = None
+                ) -> bytes | None:
         """None when the caller may go on; else the answer (401, 403)."""
 
     def subapp(self, kind: type[SubApp]) -> SubApp | None:
@@ -133,7 +141,7 @@ def mount(root: Klein, subapps: Sequence[type[SubApp]]) -> tuple[Route, ...]:
 
 def _forward(kind: type[SubApp], declared: Route) -> Callable[..., Any]:
     def forward(mounted: Mount, request: IRequest, **variables: str) -> Any:
-        refusal = mounted.refusal(declared.access, request)
+        refusal = mounted.refusal(declared.access, request, declared.scope)
         if refusal is not None:
             return refusal
         subapp = mounted.subapp(kind)

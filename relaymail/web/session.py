@@ -28,6 +28,7 @@ class Session:
     user: str
     csrf: str
     expires: float
+    user_id: int | None = None  # an account user's (relaymail.accounts); None: the admin
 
 
 class Sessions:
@@ -37,9 +38,9 @@ class Sessions:
         self.clock = clock
         self.items: OrderedDict[str, Session] = OrderedDict()
 
-    def create(self, user: str) -> tuple[str, Session]:
+    def create(self, user: str, user_id: int | None = None) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
-        session = Session(user, secrets.token_urlsafe(32), self.clock() + LIFETIME)
+        session = Session(user, secrets.token_urlsafe(32), self.clock() + LIFETIME, user_id)
         self.items[token] = session
         while len(self.items) > MAX_SESSIONS:
             self.items.popitem(last=False)
@@ -80,6 +81,7 @@ class WebAuth:
         self.admin_hash = admin_hash
         self.lockout = lockout  # AuthLockout(scope="web") or None
         self.run_in_thread = run_in_thread
+        self.accounts: Any = None  # relaymail.accounts.view.AccountsView: users log in too
 
     def session_of(self, request: IRequest) -> Session | None:
         token = request.getCookie(COOKIE)
@@ -95,15 +97,17 @@ class WebAuth:
             given = (request.args.get(b"csrf") or [b""])[0]
         return hmac.compare_digest(given, session.csrf.encode())
 
-    async def login(self, ip: str, username: str, password: str) -> tuple[str, Any]:
-        """("ok", (token, session)), ("locked", seconds) or ("bad", None).
+    async def check(self, ip: str, username: str, password: str) -> tuple[str, Any]:
+        """("ok", the account User or None for the admin), ("locked", seconds),
+        ("disabled", None: a right password of a disabled account) or ("bad", None).
 
         Accounted like SMTP AUTH (relaymail.policy.lockout): a locked address is refused
         first; then the attempt is counted *before* the password is checked, so guesses
         sent at once each take their place in the count and no more than max_failures are
         checked; the address and the login+address lock; guesses at one login from many
-        addresses wait longer and longer before their check.  The admin's hash is checked
-        whatever the username, so an unknown name costs the same as the real one."""
+        addresses wait longer and longer before their check.  One bcrypt comparison runs
+        whatever the name (the admin's hash for an unknown one), so an unknown name costs
+        the same as a real one."""
         lockout, attempt = self.lockout, None
         if lockout is not None:
             locked = await lockout.locked_for("ip", ip)
@@ -113,15 +117,29 @@ class WebAuth:
             if attempt.locked > 0:
                 return "locked", attempt.locked
             await lockout.wait(attempt)
-        good_user = hmac.compare_digest(username.encode(), self.admin_user.encode())
-        matches = await self.run_in_thread(password_matches, password, self.admin_hash)
-        if good_user and matches:
+        is_admin = hmac.compare_digest(username.encode(), self.admin_user.encode())
+        account = None if is_admin or self.accounts is None else \
+            self.accounts.current.user_named(username)
+        stored = account.password_hash if account is not None else self.admin_hash
+        matches = await self.run_in_thread(password_matches, password, stored)
+        if matches and (is_admin or account is not None):
             if attempt is not None:
                 lockout.attempt_succeeded(attempt)
-            return "ok", self.sessions.create(username)
+            if account is not None and not account.enabled:
+                return "disabled", None
+            return "ok", account
         if attempt is not None:
             await lockout.attempt_failed(attempt)
         return "bad", None
+
+    async def login(self, ip: str, username: str, password: str) -> tuple[str, Any]:
+        """``check``, then a console session: ("ok", (cookie token, session))."""
+        result, account = await self.check(ip, username, password)
+        if result != "ok":
+            return result, account
+        if account is None:
+            return "ok", self.sessions.create(username)
+        return "ok", self.sessions.create(account.username, account.id)
 
 
 WHO = "relaymail_who"  # the request attribute the access gate sets for ``who``

@@ -20,16 +20,18 @@ import sys
 from typing import Any
 
 from twisted.internet import stdio
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.logger import globalLogBeginner, jsonFileLogObserver
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from relaymail import logs
+from relaymail.accounts.service import Accounts
 from relaymail.config import Config, load_config
 from relaymail.logs import Logger
 from relaymail.policy.counters import Counters
-from relaymail.smtp.build import build_context, listener_factory
+from relaymail.smtp.build import build_context, listener_factory, thread_runner
 from relaymail.smtp.proxy import ProxyWrappingFactory
 from relaymail.smtp.state import ServerContext
 from relaymail.spool.envelope import Envelope
@@ -46,6 +48,13 @@ class AcceptorSide(amp.CommandLocator):
     def __init__(self) -> None:
         super().__init__()
         self.ctx: ServerContext | None = None
+        self.accounts: Any = None  # relaymail.accounts.service.Accounts
+
+    @p.AccountsChanged.responder
+    def accounts_changed(self) -> Deferred:
+        if self.accounts is None:
+            return succeed({})
+        return self.accounts.view.refresh().addCallback(lambda _: {})
 
     @p.Status.responder
     def status(self) -> dict[str, str]:
@@ -116,7 +125,12 @@ def build(config: Config, reactor: Any, link: MainLink, side: AcceptorSide,
     counters: Counters | None = None
     if config.rate_limits.backend == "memory":
         counters = RemoteCounters(link)  # counted once, in the main process
-    ctx = build_context(config, reactor, counters=counters)
+    accounts = Accounts(config.accounts, reactor, thread_runner(reactor))
+    accounts.open_now()  # the users' SMTP logins, reloaded when they change
+    accounts.startService()
+    side.accounts = accounts
+    reactor.addSystemEventTrigger("before", "shutdown", accounts.stopService)
+    ctx = build_context(config, reactor, counters=counters, accounts=accounts.view)
     side.ctx = ctx
 
     def committed(envelope: Envelope) -> None:

@@ -69,6 +69,14 @@ class Delete(amp.Command):
     response = []  # type: ignore[var-annotated]
 
 
+class AccountsChanged(amp.Command):
+    """Main to acceptor: the accounts changed here; reload them now (answered when done),
+    so a login made, reset or disabled over the API holds in every acceptor at once."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = []  # type: ignore[var-annotated]
+
+
 class Status(amp.Command):
     """An acceptor's open sessions by listener, and its policy counters (JSON)."""
 

@@ -295,6 +295,17 @@ class AcceptorPool(Service):
 
         return slot.link.callRemote(p.Status).addCallbacks(got, lambda _: None)
 
+    def accounts_changed(self, timeout: float = 5.0) -> Deferred:
+        """Every running acceptor reloads its accounts view; fires when all answered (or
+        ``timeout``: one that does not answer still reloads by its own poll)."""
+        waits = []
+        for slot in self.slots:
+            if slot.link is not None:
+                d = slot.link.callRemote(p.AccountsChanged)
+                d.addTimeout(timeout, self.reactor)
+                waits.append(d.addErrback(lambda _: None))
+        return DeferredList(waits)
+
     def workers(self) -> list[dict[str, Any]]:
         return [slot.public() for slot in self.slots]
 

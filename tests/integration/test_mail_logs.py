@@ -19,6 +19,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from relaymail.history import History
 from relaymail.spool.envelope import Envelope, Recipient
+from relaymail.accounts.principal import Principal
+from relaymail.web.access import PRINCIPAL
 from relaymail.web.history_api import MailLogsAPI
 from tests.helpers import free_port, start_relay
 from tests.integration.test_relay import RelayTestCase, plain, smarthost
@@ -119,6 +121,7 @@ class QueueDepthTests(TestCase):
         await self.history.flush()
         request = DummyRequest([b""])
         request.args = {b"hours": [b"24"]}
+        setattr(request, PRINCIPAL, Principal(name="admin", role="admin"))  # past the gate
         body = await MailLogsAPI(self.history, self.clock.seconds).mail_log_stats(request)
         return dict(json.loads(body))
 

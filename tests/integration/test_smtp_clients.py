@@ -117,7 +117,7 @@ class Plain(ClientTests):
         self.assertEqual({e.protocol for e in queue}, {"ESMTPSA"})
 
     async def test_credential_limited_to_sender_domains(self) -> None:
-        store = CredentialStore(self.server.ctx.credentials.path)
+        store = CredentialStore(self.server.ctx.credentials.file_store.path)
         password = store.add("shop", allowed_sender_domains=["shop.example", "*.corp.example"])
         port = self.server.port("submission")
 
