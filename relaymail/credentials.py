@@ -66,6 +66,12 @@ class Credential:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @property
+    def checks_header_from(self) -> bool:
+        """An account's login always has its header From checked: its user may not sign
+        (DKIM) or send in the name of a domain the account does not have."""
+        return self.check_header_from or self.owner is not None
+
     def public(self) -> dict[str, Any]:
         """The credential without its hash, for listings and API answers."""
         data = self.stored()

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS events (
     delay REAL,
     attempt INTEGER,
     credential TEXT,               -- the SMTP login that submitted it (received rows)
-    account TEXT                   -- the account user it was sent for (received rows)
+    account TEXT                   -- the id of the account it was sent for (received rows)
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE INDEX IF NOT EXISTS events_queue_id ON events (queue_id);
@@ -141,7 +141,7 @@ class History(Service):
         for r in envelope.recipients:
             self.pending.append((envelope.received_at, envelope.queue_id, envelope.sender,
                                  r.address, "received", None, None, 250, None, 0.0, 0,
-                                 envelope.credential, envelope.extra.get("user")))
+                                 envelope.credential, account_of(envelope)))
 
     def delivery_event(self, event: dict[str, Any]) -> None:
         """Relay manager observer: one row per recipient of the outcome group."""
@@ -287,6 +287,12 @@ class History(Service):
                     "AND status = 'received' AND credential IS NOT NULL GROUP BY 1", (start,)):
                 out.setdefault(name, {})[window] = n
         return out
+
+
+def account_of(envelope: Envelope) -> str | None:
+    """The account a message was sent for, by id (ids are never reused; names may be)."""
+    user_id = envelope.extra.get("user_id")
+    return None if user_id is None else str(user_id)
 
 
 def conditions(filters: dict[str, Any]) -> tuple[str, list[Any]]:

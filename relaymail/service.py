@@ -188,7 +188,8 @@ def credentials_of(ctx: ServerContext) -> CredentialStore:
 def build_accounts(config: Config, reactor: Any) -> Accounts:
     """Users, their SMTP logins and API keys: opened (and migrated) now, so that a
     database that cannot be used stops startup (DatabaseError)."""
-    accounts = Accounts(config.accounts, reactor, thread_runner(reactor))
+    accounts = Accounts(config.accounts, reactor, thread_runner(reactor),
+                        reserved=(config.web.admin_user,))
     accounts.open_now()
     accounts.setName("accounts")
     return accounts

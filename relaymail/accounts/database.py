@@ -110,15 +110,17 @@ class Database:
         if self.engine is not None:
             self.engine.dispose()
 
-    def run(self, f: Callable[..., Any], *args: Any) -> Deferred:
-        """``f(connection, *args)`` in one transaction, in the pool."""
-        return deferToThreadPool(self.reactor, self.pool, self.transaction, f, *args)
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
+        """``f(connection, *args, **kwargs)`` in one transaction, in the pool."""
+        return deferToThreadPool(self.reactor, self.pool, self.transaction, f, *args,
+                                 **kwargs)
 
-    def transaction(self, f: Callable[..., Any], *args: Any) -> Any:
-        """Blocking: ``f(connection, *args)`` in one transaction (for the CLI and tests)."""
+    def transaction(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Blocking: ``f(connection, *args, **kwargs)`` in one transaction (for the CLI and
+        tests)."""
         assert self.engine is not None, "the accounts database is not open"
         with self.engine.begin() as conn:
-            return f(conn, *args)
+            return f(conn, *args, **kwargs)
 
 
 def migrate(engine: Engine) -> None:

@@ -4,6 +4,7 @@ refusal names the field (``AccountError``, answered as 4xx with ``{"error", "fie
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from relaymail.accounts.principal import ROLES, SCOPES
@@ -59,7 +60,8 @@ def username(value: Any, field: str = "username") -> str:
 def email(value: Any, field: str = "email") -> str:
     """An address to log in with (not mailed by relaymail): local part kept, domain
     lowercased, so that ``Ann@Example.com`` and ``Ann@example.com`` are one account."""
-    if not isinstance(value, str) or len(value) > 254 or not EMAIL_RE.fullmatch(value.strip()):
+    if not isinstance(value, str) or len(value) > 254 or not EMAIL_RE.fullmatch(value.strip()) \
+            or any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
         raise invalid(field, "expected an email address")
     local, _, domain = value.strip().rpartition("@")
     return f"{local}@{domain.lower()}"

@@ -20,6 +20,7 @@ class User:
     allowed_sender_domains: list[str]
     created: float
     last_login: float | None
+    signed_out: float = 0.0  # console sessions older than this are over
 
     @classmethod
     def from_row(cls, row: Any) -> User:
@@ -30,6 +31,7 @@ class User:
     def public(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("password_hash")
+        data.pop("signed_out")
         return data
 
 

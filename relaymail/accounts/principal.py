@@ -25,6 +25,12 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role == "admin" and "admin" in self.scopes
 
+    @property
+    def sees_everyone(self) -> bool:
+        """Whose objects: an admin's (the configured admin's or an admin account's, by any
+        of its keys) are everyone's; scopes say which routes, the role says whose."""
+        return self.role == "admin"
+
     def may(self, scope: str | None) -> bool:
         """May this principal use a route that needs ``scope`` (None: any)?"""
         if scope is None or self.is_admin:

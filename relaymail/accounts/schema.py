@@ -12,11 +12,14 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    func,
+    text,
 )
 
 metadata = MetaData()
@@ -34,6 +37,11 @@ users = Table(
     Column("allowed_sender_domains", Text, nullable=False),  # JSON list; [] = any
     Column("created", Float, nullable=False),
     Column("last_login", Float),
+    # Console sessions made before this time are over (a new password, a disable).
+    Column("signed_out", Float, nullable=False, server_default="0"),
+    Index("users_username_lower", func.lower(text("username")), unique=True),
+    Index("users_email_lower", func.lower(text("email")), unique=True),
+    sqlite_autoincrement=True,  # ids are never reused (sessions and logs name them)
 )
 
 smtp_credentials = Table(

@@ -20,15 +20,17 @@ from relaymail.accounts.secrets import digest, new_api_key, new_invite, new_logi
 from relaymail.accounts.view import AccountsView
 from relaymail.config.accounts import AccountsConfig
 from relaymail.credentials import generate_password, hash_password
-from relaymail.smtp.access import listed
+from relaymail.policy.senders import listed
 
 INVITE_LIFETIME = 7 * 86400.0
 
 
 class Accounts(Service):
     def __init__(self, config: AccountsConfig, reactor: Any,
-                 run_in_thread: Callable[..., Deferred]) -> None:
+                 run_in_thread: Callable[..., Deferred], reserved: tuple[str, ...] = ()
+                 ) -> None:
         self.config = config
+        self.reserved = {name.lower() for name in reserved}  # web.admin_user: not an account
         self.clock = reactor.seconds
         self.db = Database(config.database, reactor)
         self.view = AccountsView(self.db, reactor.seconds, reactor)
@@ -51,7 +53,7 @@ class Accounts(Service):
         return self.view.stop()
 
     async def _write(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        result = await self.db.run(lambda conn: f(conn, *args, **kwargs))
+        result = await self.db.run(f, *args, **kwargs)
         await self.view.refresh()
         for tell in self.changed:
             await tell()
@@ -66,7 +68,7 @@ class Accounts(Service):
         """``POST /api/auth/register``: {username, email, password[, invite]}."""
         body = fields.body_object(body)
         fields.only(body, {"username", "email", "password", "invite"})
-        username = fields.username(body.get("username"))
+        username = self._new_name(body.get("username"))
         email = fields.email(body.get("email"))
         password = fields.password(body.get("password"), self.config.min_password_length)
         invite = body.get("invite")
@@ -83,9 +85,20 @@ class Accounts(Service):
                 if invited_email.lower() != email.lower():
                     raise AccountError("forbidden", "invite: this invitation is for "
                                        "another address", "invite")
-            return store.create_user(conn, username, email, password_hash, role, now)
+            # Unverified: the account may send as the address it gave, until an admin
+            # gives it domains, and within the configured quota for new accounts.
+            return store.create_user(conn, username, email, password_hash, role, now,
+                                     allowed_sender_domains=[email.lower()],
+                                     hourly_quota=self.config.new_account_hourly_quota,
+                                     daily_quota=self.config.new_account_daily_quota)
 
         return await self._write(register)  # type: ignore[no-any-return]
+
+    def _new_name(self, value: Any) -> str:
+        username = fields.username(value)
+        if username.lower() in self.reserved:
+            raise AccountError("exists", "username: already taken", "username")
+        return username
 
     async def create_user(self, body: Any) -> tuple[User, str | None]:
         """An admin makes an account: the password is given or generated (returned once)."""
@@ -95,7 +108,7 @@ class Accounts(Service):
         given = body.get("password")
         password = generate_password() if given is None else \
             fields.password(given, self.config.min_password_length)
-        username = fields.username(body.get("username"))
+        username = self._new_name(body.get("username"))
         email = fields.email(body.get("email"))
         role = fields.role(body.get("role", "user"))
         limits = fields.limits(body)
@@ -117,11 +130,13 @@ class Accounts(Service):
             changes["email"] = fields.email(body["email"])
         if not changes:
             raise AccountError("invalid", "nothing to change")
-        return await self._write(store.update_user, user_id, **changes)  # type: ignore
+        return await self._write(store.update_user, user_id, self.clock(),  # type: ignore
+                                 **changes)
 
     async def reset_password(self, user_id: int) -> str:
         password = generate_password()
-        await self._write(store.set_password, user_id, await self._hash(password))
+        await self._write(store.set_password, user_id, await self._hash(password),
+                          self.clock())
         return password
 
     async def change_password(self, principal: Principal, body: Any,
@@ -138,7 +153,7 @@ class Accounts(Service):
                                "current_password")
         new = fields.password(body.get("new_password"), self.config.min_password_length,
                               "new_password")
-        await self._write(store.set_password, user.id, await self._hash(new))
+        await self._write(store.set_password, user.id, await self._hash(new), self.clock())
 
     async def delete_user(self, user_id: int) -> None:
         await self._write(store.delete_user, user_id)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from relaymail.accounts.database import bump, current_generation
 from relaymail.accounts.fields import AccountError
@@ -50,7 +51,8 @@ def count_users(conn: Connection) -> int:
 def create_user(conn: Connection, username: str, email: str, password_hash: str, role: str,
                 now: float, **limits: Any) -> User:
     taken = conn.execute(select(users.c.username, users.c.email).where(
-        or_(func.lower(users.c.username) == username.lower(), users.c.email == email))).first()
+        or_(func.lower(users.c.username) == username.lower(),
+            func.lower(users.c.email) == email.lower()))).first()
     if taken is not None:
         field = "username" if taken.username.lower() == username.lower() else "email"
         raise AccountError("exists", f"{field}: already registered", field)
@@ -58,7 +60,10 @@ def create_user(conn: Connection, username: str, email: str, password_hash: str,
               "role": role, "enabled": True, "created": now, "last_login": None,
               "hourly_quota": None, "daily_quota": None, "allowed_sender_domains": [],
               **limits}
-    made = conn.execute(insert(users).values(**_encoded(values))).inserted_primary_key
+    try:
+        made = conn.execute(insert(users).values(**_encoded(values))).inserted_primary_key
+    except IntegrityError:  # the same name made at once elsewhere (the lower() indexes)
+        raise AccountError("exists", "username: already registered", "username") from None
     assert made is not None
     bump(conn)
     return get_user(conn, int(made[0]))
@@ -75,23 +80,27 @@ def list_users(conn: Connection) -> list[User]:
     return [User.from_row(r) for r in conn.execute(select(users).order_by(users.c.id))]
 
 
-def update_user(conn: Connection, user_id: int, **changes: Any) -> User:
+def update_user(conn: Connection, user_id: int, now: float = 0.0, **changes: Any) -> User:
     """Role, enabled, quotas, allowed sender domains; credentials outside a narrowed
-    domain list keep their rows but stop at MAIL (both lists are checked there)."""
+    domain list keep their rows but stop at MAIL (both lists are checked there).  A
+    disabled user's tokens are revoked and console sessions end."""
     get_user(conn, user_id)
     if changes:
-        conn.execute(update(users).where(users.c.id == user_id).values(**_encoded(changes)))
         if changes.get("enabled") is False:
             conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
+            changes["signed_out"] = now
+        conn.execute(update(users).where(users.c.id == user_id).values(**_encoded(changes)))
         bump(conn)
     return get_user(conn, user_id)
 
 
-def set_password(conn: Connection, user_id: int, password_hash: str) -> None:
-    """A new password ends every session and token of the user (not their API keys)."""
+def set_password(conn: Connection, user_id: int, password_hash: str, now: float = 0.0
+                 ) -> None:
+    """A new password ends every console session and token of the user (API keys stay:
+    they are revoked one by one)."""
     get_user(conn, user_id)
     conn.execute(update(users).where(users.c.id == user_id)
-                 .values(password_hash=password_hash))
+                 .values(password_hash=password_hash, signed_out=now))
     conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
     bump(conn)
 

@@ -146,20 +146,22 @@ class AccountsView:
         if parts is None or found is None or found.digest != parts[1]:
             return None
         scopes = frozenset(s for s in found.scopes if s in SCOPES)
-        self._used[found.id] = self.clock()
         if found.user_id is None:
+            self._used[found.id] = self.clock()
             return Principal(name=f"key {found.id} of {admin_name}", role="admin",
                              scopes=scopes, key_id=found.id)
         user = self.user(found.user_id)
         if user is None or not user.enabled:
             return None
+        self._used[found.id] = self.clock()
         return Principal(name=f"key {found.id} of {user.username}", role=user.role,
                          user_id=user.id, scopes=scopes, key_id=found.id)
 
-    def session_principal(self, user_id: int) -> Principal | None:
-        """A console session of an account user, while the user is enabled."""
+    def session_principal(self, user_id: int, created: float) -> Principal | None:
+        """A console session of an account user made at ``created``, while the user is
+        enabled and has not been signed out since (a new password, a disable)."""
         user = self.user(user_id)
-        if user is None or not user.enabled:
+        if user is None or not user.enabled or created < user.signed_out:
             return None
         return Principal(name=user.username, role=user.role, user_id=user.id)
 

@@ -8,6 +8,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from relaymail.accounts.backup import BackupError
+from relaymail.accounts.database import shown
+from relaymail.cli.backup import add_parser as add_backup_parser
 from relaymail.cli.dkim import add_parser as add_dkim_parser
 from relaymail.cli.oauth2 import add_parser as add_oauth2_parser
 from relaymail.cli.queue import CommandError
@@ -27,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, CredentialsError, CommandError, SuppressionCommandError) as e:
+    except (ConfigError, CredentialsError, CommandError, SuppressionCommandError,
+            BackupError) as e:
         print(f"relaymail: {e}", file=sys.stderr)
         return 2
 
@@ -74,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_queue_parser(sub)
     add_suppression_parser(sub)
     add_dkim_parser(sub)
+    add_backup_parser(sub)
     add_dns_check_parser(sub)
     add_oauth2_parser(sub)
 
@@ -97,6 +102,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     archive = (f"on, {config.archive.retention_days:g} days, {config.archive.max_bytes} bytes"
                if config.archive.enabled else "off")
     print(f"webhooks: {hooks}; suppression list: {suppression}; archive: {archive}")
+    accounts = config.accounts
+    print(f"accounts: {shown(accounts.database)} "
+          f"({'PostgreSQL' if accounts.shared else 'SQLite'}); registration "
+          f"{accounts.registration}")
     return 0
 
 

@@ -20,6 +20,8 @@ class AccountsConfig:
     token_lifetime: float  # seconds a bearer token from /api/auth/login lives
     min_password_length: int
     max_registrations_per_hour: int  # per client address, for open registration
+    new_account_hourly_quota: int | None  # what a registered account starts with
+    new_account_daily_quota: int | None
 
     @property
     def shared(self) -> bool:
@@ -48,4 +50,11 @@ def validate_accounts(c: Check, d: dict[str, Any], spool_dir: str) -> AccountsCo
                                       "accounts.min_password_length", 8),
         max_registrations_per_hour=c.integer(d["max_registrations_per_hour"],
                                              "accounts.max_registrations_per_hour", 1),
+        new_account_hourly_quota=optional_quota(c, d, "new_account_hourly_quota"),
+        new_account_daily_quota=optional_quota(c, d, "new_account_daily_quota"),
     )
+
+
+def optional_quota(c: Check, d: dict[str, Any], key: str) -> int | None:
+    value = d[key]
+    return None if value is None else c.integer(value, f"accounts.{key}", 1)

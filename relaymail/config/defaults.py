@@ -154,6 +154,8 @@ TABLE: dict[str, Any] = {
     "accounts.token_lifetime": 43_200,
     "accounts.min_password_length": 10,
     "accounts.max_registrations_per_hour": 5,
+    "accounts.new_account_hourly_quota": 100,
+    "accounts.new_account_daily_quota": 1000,
     "log.level": "info",
 }
 

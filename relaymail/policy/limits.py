@@ -90,12 +90,16 @@ class RateLimiter:
             if c is None:
                 return None, ""
             own = Quota(c.hourly_quota, c.daily_quota)
+            if c.owner is not None:  # an account user set it: never above the admin's
+                return tighter(own, quotas.get(scope)), c.name
             return (own if own.items() else quotas.get(scope)), c.name
         if scope == "per_user":  # an account's quota, shared by all its logins
             c = who.credential
             if c is None or c.owner is None:
                 return None, ""
-            return Quota(c.owner_hourly_quota, c.owner_daily_quota), c.owner
+            # the id too: a later account with a deleted one's name counts afresh
+            return Quota(c.owner_hourly_quota, c.owner_daily_quota), \
+                f"{c.owner} (#{c.owner_id})"
         if scope == "per_sender":
             return (quotas.get(scope), who.sender.lower()) if who.sender else (None, "")
         if scope == "per_ip":
@@ -151,6 +155,17 @@ class RateLimiter:
         d = self.counters.release(reservation.keys, reservation.amount)
         d.addErrback(lambda f: log.warn("rate limit: releasing a reservation failed: {error}",
                                         error=f.getErrorMessage()))
+
+
+def tighter(a: Quota, b: Quota | None) -> Quota:
+    """Each window's smaller limit (None: no limit)."""
+    if b is None:
+        return a
+
+    def least(x: int | None, y: int | None) -> int | None:
+        return y if x is None else x if y is None else min(x, y)
+
+    return Quota(least(a.hour, b.hour), least(a.day, b.day))
 
 
 def refusal(check: Check, unit: str) -> Reply:

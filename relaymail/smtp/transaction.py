@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
@@ -35,7 +36,7 @@ from relaymail.policy.dkim import (
     parse_headers,
 )
 from relaymail.policy.limits import Reservation, Who
-from relaymail.smtp.access import (
+from relaymail.policy.senders import (
     HEADER_FROM_MISMATCH,
     SENDER_NOT_ALLOWED,
     header_sender_problem,
@@ -298,7 +299,7 @@ class TransactionLayer:
     def header_from_problem(self, txn: Transaction, body: BodyReader) -> Reply | None:
         """A login may be required to send only with a header From in its sender's domain."""
         credential = self.state.login()
-        if credential is None or not credential.check_header_from:
+        if credential is None or not credential.checks_header_from:
             return None
         try:
             fields = parse_headers(body.header_block)
@@ -347,7 +348,8 @@ class TransactionLayer:
         now = self.context.clock()
         state = self.state
         login = state.login() if state.credential is not None else None
-        extra = {"user": login.owner} if login is not None and login.owner else {}
+        extra: dict[str, Any] = {} if login is None or login.owner is None else {
+            "user": login.owner, "user_id": login.owner_id}
         return Envelope(
             queue_id=txn.queue_id, sender=txn.sender.address,
             recipients=[Recipient(address=a) for a in txn.recipients], received_at=now,

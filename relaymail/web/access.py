@@ -80,12 +80,15 @@ class AccessGate:
             return Principal(name=f"console user {session.user}", role="admin")
         if self.accounts is None:
             return None
-        return self.accounts.session_principal(session.user_id)  # type: ignore
+        return self.accounts.session_principal(  # type: ignore[no-any-return]
+            session.user_id, session.created)
 
     def may_send_body(self, request: IRequest) -> bool:
-        """For relaymail.web.guard, when the headers are in: a signed-in caller (CSRF is
-        checked by the route).  Only these may send large bodies."""
-        return self.by_bearer(request) is not None or self.by_session(request) is not None
+        """For relaymail.web.guard, when the headers are in: a signed-in caller who may
+        send (CSRF is checked by the route).  Only these may send large bodies (the one
+        route that takes them is /api/send)."""
+        found = self.by_bearer(request) or self.by_session(request)
+        return found is not None and found.may("send")
 
     def refusal(self, access: Access, request: IRequest, scope: str | None = None
                 ) -> bytes | None:

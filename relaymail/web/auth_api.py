@@ -9,6 +9,7 @@ counted per client address (``accounts.max_registrations_per_hour``)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,18 @@ async def answer_change(request: IRequest, change: Callable[[], Any], what: str,
     return json_reply(request, answer, code)
 
 
+def client_network(ip: str) -> str:
+    """What registrations are counted on: the address, or its /64 for IPv6 (one
+    subscriber's prefix holds more addresses than any limit)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return ip
+
+
 def peer_of(request: IRequest) -> str:
     return getattr(request.getClientAddress(), "host", "?")
 
@@ -77,7 +90,7 @@ class AuthAPI(SubApp):
             return AccountError("closed", "registration is closed: ask the admin for an "
                                 "account")
         hour = int(self.accounts.clock() // 3600)
-        bucket = Bucket(f"rl:register:{peer_of(request)}:{hour}",
+        bucket = Bucket(f"rl:register:{client_network(peer_of(request))}:{hour}",
                         self.accounts.config.max_registrations_per_hour, 3660)
         if await self.counters.reserve([bucket], 1) >= 0:
             return AccountError("too_many", "too many registrations from this address; "

@@ -113,9 +113,9 @@ class CredentialsAPI(SubApp):
         principal = principal_of(request)
         accounts = self.accounts
         is_account_login = accounts is not None and name in accounts.view.current.logins
-        if principal.is_admin and not is_account_login:
+        if principal.sees_everyone and not is_account_login:
             return False
-        return None if principal.is_admin else (principal.user_id or -1)
+        return None if principal.sees_everyone else (principal.user_id or -1)
 
     def _shown(self, login: SmtpLogin) -> dict[str, Any]:
         assert self.accounts is not None
@@ -128,10 +128,10 @@ class CredentialsAPI(SubApp):
     async def listing(self, request: IRequest) -> bytes:
         principal = principal_of(request)
         out: list[dict[str, Any]] = []
-        if principal.is_admin:
+        if principal.sees_everyone:
             out = [{**c.public(), "source": "file"} for c in self.store.all()]
-        if self.accounts is not None and (principal.is_admin or principal.user_id):
-            for login in await self.accounts.logins(None if principal.is_admin
+        if self.accounts is not None and (principal.sees_everyone or principal.user_id):
+            for login in await self.accounts.logins(None if principal.sees_everyone
                                                     else principal.user_id):
                 out.append({**self._shown(login), "source": "account"})
         return reply(request, {"credentials": out})
@@ -147,7 +147,7 @@ class CredentialsAPI(SubApp):
             body = self._body(request)
         except ValueError as e:
             return reply(request, {"error": str(e)}, 400)
-        if not principal.is_admin or (isinstance(body, dict) and "user" in body):
+        if not principal.sees_everyone or (isinstance(body, dict) and "user" in body):
             return await self.create_for_account(request, principal, body)
         return await self.create_in_file(request, body)
 
@@ -157,7 +157,7 @@ class CredentialsAPI(SubApp):
         if accounts is None:
             return reply(request, {"error": "accounts are not enabled here"}, 404)
         owner: int | None = principal.user_id
-        if principal.is_admin and isinstance(body, dict) and "user" in body:
+        if principal.sees_everyone and isinstance(body, dict) and "user" in body:
             user = accounts.view.current.user_named(str(body.get("user")))
             if user is None:
                 return reply(request, {"error": "user: no such account", "field": "user"}, 400)

@@ -14,6 +14,7 @@ from relaymail.web.routing import Access, SubApp, query, route
 from relaymail.web.shapes import iso
 
 STATUSES = ("received", "sent", "deferred", "bounced")
+NOBODY = "-"  # an account scope that matches no row (an unknown ?user=)
 
 
 class MailLogsAPI(SubApp):
@@ -26,13 +27,24 @@ class MailLogsAPI(SubApp):
         self.accounts = accounts  # relaymail.accounts.view.AccountsView, or None
 
     def account_scope(self, request: IRequest) -> str | None:
-        """Whose messages the caller sees: an account user only their own (the username);
-        an admin everyone's, or one account's with ``?user=``."""
+        """Whose messages the caller sees, as the history keys them (the account's id): an
+        account user only their own; an admin everyone's (None), or one account's with
+        ``?user=<username>``."""
         principal = principal_of(request)
-        if principal.role == "admin":
-            return str_arg(request, "user")
-        user = self.accounts.user(principal.user_id) if self.accounts is not None else None
-        return user.username if user is not None else "\0nobody"
+        if not principal.sees_everyone:
+            return str(principal.user_id)
+        name = str_arg(request, "user")
+        if name is None:
+            return None
+        user = self.accounts.current.user_named(name) if self.accounts is not None else None
+        return str(user.id) if user is not None else NOBODY
+
+    def username(self, account: str | None) -> str | None:
+        """The account's name for the answer (a deleted one's id)."""
+        if account is None or account == NOBODY:
+            return None
+        user = self.accounts.user(int(account)) if self.accounts is not None else None
+        return user.username if user is not None else f"#{account}"
 
     @route("get", "/api/mail-logs", "Search the delivery history, newest first",
            query=[query("sender", "substring"), query("recipient", "substring"),
@@ -60,6 +72,7 @@ class MailLogsAPI(SubApp):
                                                 int_arg(request, "offset", 0))
         for row in rows:
             row["time"] = iso(row["time"])
+            row["user"] = self.username(row["account"])
         return json_reply(request, {"total": total, "items": rows})
 
     @route("get", "/api/mail-logs/stats", "Totals (recipients by status, messages received), "
@@ -93,7 +106,7 @@ class MailLogsAPI(SubApp):
         for relay, status, n in raw["relays"]:
             relays.setdefault(relay, dict.fromkeys(STATUSES[1:], 0))[status] = n
         return json_reply(request, {
-            "hours": hours, "user": account, "totals": totals,
+            "hours": hours, "user": self.username(account), "totals": totals,
             "messages_received": raw["messages"],
             "success_rate": round(100 * totals["sent"] / final, 2) if final else 100.0,
             "per_hour": per_hour,
@@ -111,7 +124,7 @@ class MailLogsAPI(SubApp):
         now = self.clock()
         starts = {"hour": now // 3600 * 3600, "day": now // 86400 * 86400}
         used = await self.history.usage(starts)
-        if principal_of(request).role != "admin":
+        if not principal_of(request).sees_everyone:
             mine = self.accounts.current.logins if self.accounts is not None else {}
             user_id = principal_of(request).user_id
             used = {name: n for name, n in used.items()

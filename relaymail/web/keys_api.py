@@ -1,6 +1,7 @@
 """``/api/api-keys``: named, scoped, persistent keys for scripts (``Authorization: Bearer
 rmk_<id>_<secret>``), shown once, stored as a digest, revocable, with a last-used time.
-An account user manages their own; an admin sees and revokes everyone's."""
+An account user manages their own; an admin sees and revokes everyone's.  Keys are managed
+by signing in (a console session or a token from /api/auth/login), never with a key."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ class ApiKeysAPI(SubApp):
     def __init__(self, accounts: Accounts) -> None:
         self.accounts = accounts
 
+    @staticmethod
+    def by_a_key(request: IRequest) -> bytes | None:
+        """Keys are managed with a password (a session or a login token), never with a
+        key: a leaked key must not mint more keys or revoke its owner's others."""
+        if principal_of(request).key_id is None:
+            return None
+        return json_reply(request, {"error": "forbidden: API keys are managed by signing "
+                                             "in, not with a key"}, 403)
+
     def shown(self, key: ApiKey) -> dict[str, Any]:
         data = key.public()
         owner = self.accounts.view.user(key.user_id)
@@ -45,6 +55,8 @@ class ApiKeysAPI(SubApp):
     @route("get", "/api/api-keys", "The caller's API keys (an admin: ?all=1 for everyone's)",
            Access.USER, query=[query("all", "1: every account's keys (admin)")])
     async def listing(self, request: IRequest) -> bytes:
+        if (denied := self.by_a_key(request)) is not None:
+            return denied
         keys = await self.accounts.api_keys(principal_of(request),
                                             str_arg(request, "all") == "1")
         return json_reply(request, {"api_keys": [self.shown(k) for k in keys]})
@@ -52,6 +64,8 @@ class ApiKeysAPI(SubApp):
     @route("post", "/api/api-keys", "Make a key ({name, scopes}); the key is answered once",
            Access.USER, body=KEY)
     async def create(self, request: IRequest) -> bytes:
+        if (denied := self.by_a_key(request)) is not None:
+            return denied
         try:
             made, key = await self.accounts.create_api_key(principal_of(request),
                                                            json_body(request))
@@ -67,6 +81,8 @@ class ApiKeysAPI(SubApp):
     @route("delete", "/api/api-keys/{key_id}", "Revoke a key (the caller's; an admin: any)",
            Access.USER)
     async def delete(self, request: IRequest, key_id: str) -> bytes:
+        if (denied := self.by_a_key(request)) is not None:
+            return denied
         try:
             await self.accounts.delete_api_key(principal_of(request), key_id[:16])
         except AccountError as e:

@@ -77,7 +77,7 @@ class ConsoleLogin(SubApp):
         return {"user": session.user, "csrf": session.csrf, "role": role,
                 "user_id": session.user_id}
 
-    @route("post", "/logout", "End the console session")
+    @route("post", "/logout", "End the console session", Access.USER)
     def logout(self, request: IRequest) -> bytes:
         cookie = request.getCookie(COOKIE)
         if cookie:

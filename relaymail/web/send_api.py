@@ -14,8 +14,8 @@ from relaymail.config import Config
 from relaymail.credentials import Credential
 from relaymail.policy.dkim import Signer, parse_headers
 from relaymail.policy.limits import RateLimiter, Reservation, Who
+from relaymail.policy.senders import header_sender_problem, sender_allowed
 from relaymail.relay.manager import RelayManager
-from relaymail.smtp.access import header_sender_problem, sender_allowed
 from relaymail.web.access import principal_of
 from relaymail.web.compose import SEND_SCHEMA, compose, sign_whole
 from relaymail.web.http import json_body, json_reply
@@ -91,9 +91,9 @@ class SendAPI(SubApp):
             return json_reply(request, {"error": f"{reserved.code} {reserved.enhanced} "
                                                  f"{reserved.text}"}, 429)
         data = await self.manager.spool.run_in_thread(sign_whole, self.signer, data)
-        extra = {"source": "api"}
+        extra: dict[str, Any] = {"source": "api"}
         if login is not None and login.owner:
-            extra["user"] = login.owner
+            extra.update(user=login.owner, user_id=login.owner_id)
         try:
             qid = await self.manager.inject(sender, rcpts, data, extra)
         except Exception as e:

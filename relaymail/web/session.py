@@ -29,6 +29,7 @@ class Session:
     csrf: str
     expires: float
     user_id: int | None = None  # an account user's (relaymail.accounts); None: the admin
+    created: float = 0.0
 
 
 class Sessions:
@@ -40,7 +41,8 @@ class Sessions:
 
     def create(self, user: str, user_id: int | None = None) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
-        session = Session(user, secrets.token_urlsafe(32), self.clock() + LIFETIME, user_id)
+        now = self.clock()
+        session = Session(user, secrets.token_urlsafe(32), now + LIFETIME, user_id, now)
         self.items[token] = session
         while len(self.items) > MAX_SESSIONS:
             self.items.popitem(last=False)

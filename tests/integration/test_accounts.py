@@ -59,6 +59,18 @@ class AccountsTestCase(RelayTestCase):
             await deferLater(reactor, 0.1, lambda: None)
         self.fail(f"the log never showed it: {answer}")
 
+    async def console_login(self, name: str, password: str) -> tuple[str, str]:
+        """A console session (the cookie header and the CSRF token)."""
+        import treq
+        from twisted.web.client import HTTPConnectionPool
+
+        response = await treq.post(self.admin.base + "/login", json={
+            "username": name, "password": password},
+            pool=HTTPConnectionPool(reactor, persistent=False))
+        self.assertEqual(response.code, 200)
+        cookie = response.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+        return cookie, (await response.json())["csrf"]
+
     async def send(self, login: str, password: str, sender: str = "app@shop.example",
                    rcpt: str = "x@dest.test") -> Any:  # type: ignore[override]
         return await send_in_thread(self.smtp_port, login, password, sender, rcpt)
@@ -72,10 +84,21 @@ class UserJourneyTests(AccountsTestCase):
         self.assertEqual((await api.register("bob", "bob@people.example", PASSWORD))[0], 201)
         code, again = await api.register("Alice", "a2@people.example", PASSWORD)
         self.assertEqual((code, again["field"]), (409, "username"))
+        code, again = await api.register("Admin", "a3@people.example", PASSWORD)
+        self.assertEqual((code, again["field"]), (409, "username"))  # web.admin_user's
         alice = await api.login("alice@people.example", PASSWORD)
         bob = await api.login("bob@people.example", PASSWORD)
         code, me = await alice.call("GET", "/api/auth/me")
         self.assertEqual((me["role"], me["user"]["username"]), ("user", "alice"))
+        # a registered account sends only as the address it gave (unverified), within the
+        # quota new accounts start with
+        self.assertEqual(me["user"]["allowed_sender_domains"], ["alice@people.example"])
+        self.assertEqual((me["user"]["hourly_quota"], me["user"]["daily_quota"]), (100, 1000))
+        users = (await self.admin.call("GET", "/api/users"))[1]["users"]
+        for u in users:
+            code, _ = await self.admin.call("PATCH", f"/api/users/{u['id']}",
+                                            {"allowed_sender_domains": []})
+            self.assertEqual(code, 200)
 
         login, password = await self.credential(alice, daily_quota=100, hourly_quota=10)
         self.assertRegex(login, r"^relay_[0-9a-f]{8}_[0-9a-f]{4}$")
@@ -83,7 +106,7 @@ class UserJourneyTests(AccountsTestCase):
         await wait_until(lambda: self.upstream.messages, what="the delivery")
 
         logs = await self.logs(alice, lambda got: got["items"])
-        self.assertEqual({r["account"] for r in logs["items"] if r["status"] == "received"},
+        self.assertEqual({r["user"] for r in logs["items"] if r["status"] == "received"},
                          {"alice"})
         self.assertEqual((await bob.call("GET", "/api/mail-logs"))[1]["total"], 0)
         stats = (await alice.call("GET", "/api/mail-logs/stats"))[1]
@@ -133,6 +156,41 @@ class UserJourneyTests(AccountsTestCase):
 
 
 class AccountPolicyTests(AccountsTestCase):
+    async def test_account_logins_always_have_their_header_from_checked(self) -> None:
+        await self.start(registration="off")
+        alice = await self.user(self.admin.as_(None), "alice",
+                                allowed_sender_domains=["shop.example"])
+        login, password = await self.credential(alice, check_header_from=False)
+        forged = "From: ceo@bank.example\r\nSubject: pay\r\n\r\nnow\r\n"
+        refused = await send_in_thread(self.smtp_port, login, password, "a@shop.example",
+                                       "x@dest.test", data=forged)
+        self.assertIsInstance(refused, smtplib.SMTPDataError)
+        self.assertEqual(refused.smtp_code, 550)
+        own = "From: a@shop.example\r\nSubject: ok\r\n\r\nfine\r\n"
+        self.assertEqual(await send_in_thread(self.smtp_port, login, password,
+                                              "a@shop.example", "x@dest.test", data=own), {})
+
+    async def test_a_user_cannot_raise_a_login_above_the_configured_quota(self) -> None:
+        api = await self.start(registration="off",
+                               rate_limits={"per_credential": {"hour": 1}})
+        alice = await self.user(api, "alice")
+        login, password = await self.credential(alice, hourly_quota=1000)
+        self.assertEqual(await self.send(login, password), {})
+        over = await self.send(login, password)
+        self.assertEqual(over.smtp_code, 451)  # the admin's 1 per hour, not alice's 1000
+
+    async def test_a_new_password_ends_console_sessions(self) -> None:
+        api = await self.start(registration="off")
+        await self.user(api, "alice")
+        cookie, csrf = await self.console_login("alice", PASSWORD)
+        headers = {"Cookie": cookie, "X-CSRF-Token": csrf}
+        self.assertEqual((await api.call("GET", "/api/auth/me", headers=headers))[0], 200)
+        users = (await self.admin.call("GET", "/api/users"))[1]["users"]
+        code, _ = await self.admin.call("POST", f"/api/users/{users[0]['id']}/reset-password")
+        self.assertEqual(code, 200)
+        self.assertEqual((await api.call("GET", "/api/auth/me", headers=headers))[0], 401)
+
+
     async def test_account_quota_spans_its_credentials_and_disabling_stops_at_mail(self
                                                                                    ) -> None:
         api = await self.start(registration="off")
@@ -149,8 +207,8 @@ class AccountPolicyTests(AccountsTestCase):
         login, password = await self.credential(bob)
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=20) as s:
             s.login(login, password)
-            self.assertEqual(s.sendmail("b@shop.example", ["x@dest.test"], b"Subject: 1\r\n"
-                                        b"\r\nx\r\n"), {})
+            self.assertEqual(s.sendmail("b@shop.example", ["x@dest.test"],
+                                        b"From: b@shop.example\r\nSubject: 1\r\n\r\nx\r\n"), {})
             users = (await self.admin.call("GET", "/api/users"))[1]["users"]
             bob_id = next(u["id"] for u in users if u["username"] == "bob")
             code, _ = await self.admin.call("PATCH", f"/api/users/{bob_id}",
@@ -230,6 +288,10 @@ class ApiKeyTests(AccountsTestCase):
         code, _ = await alice.call("POST", "/api/api-keys",
                                    {"name": "root", "scopes": ["admin"]})
         self.assertEqual(code, 403)  # a user cannot make an admin key
+        for method, path in (("GET", "/api/api-keys"), ("POST", "/api/api-keys"),
+                             ("DELETE", f"/api/api-keys/{made['api_key']['id']}")):
+            code, _ = await key.call(method, path, {"name": "more", "scopes": ["read-logs"]})
+            self.assertEqual(code, 403, (method, path))  # keys are not managed with a key
         listing = (await alice.call("GET", "/api/api-keys"))[1]["api_keys"]
         self.assertEqual([k["name"] for k in listing], ["dashboards"])
         self.assertIsNotNone(listing[0]["last_used"])
@@ -286,4 +348,4 @@ class SendAsUserTests(AccountsTestCase):
         await wait_until(lambda: len(self.upstream.messages) == 2, what="two deliveries")
         logs = await self.logs(alice, lambda got: len(got["items"]) == 2,
                                "/api/mail-logs?status=received")
-        self.assertEqual({r["account"] for r in logs["items"]}, {"alice"})
+        self.assertEqual({r["user"] for r in logs["items"]}, {"alice"})

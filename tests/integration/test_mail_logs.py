@@ -17,9 +17,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.test.requesthelper import DummyRequest
 
+from relaymail.accounts.principal import Principal
 from relaymail.history import History
 from relaymail.spool.envelope import Envelope, Recipient
-from relaymail.accounts.principal import Principal
 from relaymail.web.access import PRINCIPAL
 from relaymail.web.history_api import MailLogsAPI
 from tests.helpers import free_port, start_relay

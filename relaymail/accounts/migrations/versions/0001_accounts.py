@@ -29,7 +29,13 @@ def upgrade() -> None:
         sa.Column("daily_quota", sa.Integer),
         sa.Column("allowed_sender_domains", sa.Text, nullable=False),
         sa.Column("created", sa.Float, nullable=False),
-        sa.Column("last_login", sa.Float))
+        sa.Column("last_login", sa.Float),
+        sa.Column("signed_out", sa.Float, nullable=False, server_default="0"),
+        sqlite_autoincrement=True)  # an id is never reused: old sessions cannot pass to it
+    # one account per name and address whatever their case, even for concurrent sign-ups
+    op.create_index("users_username_lower", "users", [sa.text("lower(username)")],
+                    unique=True)
+    op.create_index("users_email_lower", "users", [sa.text("lower(email)")], unique=True)
     op.create_table(
         "smtp_credentials",
         sa.Column("username", sa.String(64), primary_key=True),
