@@ -214,3 +214,15 @@ def test_a_session_from_before_a_new_password_is_over(db: Database) -> None:
     view.load_now()
     assert view.session_principal(alice.id, 1500.0) is None
     assert view.session_principal(alice.id, 2500.0) is not None
+
+
+def test_head_is_the_newest_migration() -> None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from relaymail.accounts.database import MIGRATIONS
+    from relaymail.accounts.migrations import HEAD
+
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", MIGRATIONS)
+    assert ScriptDirectory.from_config(alembic).get_current_head() == HEAD

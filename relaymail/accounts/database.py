@@ -15,14 +15,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, select, text, update
+from sqlalchemy import create_engine, event, inspect, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from relaymail.accounts.migrations import HEAD
 from relaymail.accounts.schema import generation
 from relaymail.spool.safeio import open_private
 
@@ -123,8 +122,22 @@ class Database:
             return f(conn, *args, **kwargs)
 
 
+def at_head(conn: Connection) -> bool:
+    """Is the schema at the newest revision already (the usual start, and every acceptor's:
+    Alembic is then not even imported)?"""
+    if not inspect(conn).has_table("alembic_version"):
+        return False
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade the schema to the newest revision (one advisory lock on PostgreSQL)."""
+    with engine.connect() as conn:
+        if at_head(conn):
+            return
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})

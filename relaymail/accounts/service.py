@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
@@ -20,9 +21,11 @@ from relaymail.accounts.secrets import digest, new_api_key, new_invite, new_logi
 from relaymail.accounts.view import AccountsView
 from relaymail.config.accounts import AccountsConfig
 from relaymail.credentials import generate_password, hash_password
+from relaymail.logs import Logger
 from relaymail.policy.senders import listed
 
 INVITE_LIFETIME = 7 * 86400.0
+log = Logger(namespace="relaymail.accounts")
 
 
 class Accounts(Service):
@@ -52,8 +55,18 @@ class Accounts(Service):
         super().stopService()
         return self.view.stop()
 
+    async def _run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One transaction; a database that fails (PostgreSQL down, a locked file) is a
+        503 for the request, logged once here: logins keep working from the view."""
+        try:
+            return await self.db.run(f, *args, **kwargs)
+        except SQLAlchemyError as e:
+            log.warn("accounts: the database failed: {error}", error=str(e).strip()[:300])
+            raise AccountError("unavailable", "the accounts database is unavailable; try "
+                               "again later") from None
+
     async def _write(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        result = await self.db.run(f, *args, **kwargs)
+        result = await self._run(f, *args, **kwargs)
         await self.view.refresh()
         for tell in self.changed:
             await tell()
@@ -164,7 +177,7 @@ class Accounts(Service):
         email = fields.email(body.get("email"))
         role = fields.role(body.get("role", "user"))
         code, now = new_invite(), self.clock()
-        await self.db.run(store.add_invite, digest(code), email, role, now,
+        await self._run(store.add_invite, digest(code), email, role, now,
                           now + INVITE_LIFETIME, by)
         return {"invite": code, "email": email, "role": role,
                 "expires_at": now + INVITE_LIFETIME}
@@ -200,7 +213,7 @@ class Accounts(Service):
 
     async def api_keys(self, principal: Principal, everyone: bool) -> list[ApiKey]:
         await self.view.flush_used()
-        return await self.db.run(store.list_api_keys, principal.user_id,  # type: ignore
+        return await self._run(store.list_api_keys, principal.user_id,  # type: ignore
                                  everyone and principal.is_admin)
 
     async def delete_api_key(self, principal: Principal, key_id: str) -> None:
@@ -247,10 +260,10 @@ class Accounts(Service):
         return await self._write(store.add_login, login), password
 
     async def logins(self, user_id: int | None) -> list[SmtpLogin]:
-        return await self.db.run(store.logins_of, user_id)  # type: ignore[no-any-return]
+        return await self._run(store.logins_of, user_id)  # type: ignore[no-any-return]
 
     async def get_login(self, username: str, user_id: int | None) -> SmtpLogin:
-        return await self.db.run(store.get_login, username, user_id)  # type: ignore
+        return await self._run(store.get_login, username, user_id)  # type: ignore
 
     async def update_login(self, username: str, user_id: int | None, body: Any
                            ) -> SmtpLogin:

@@ -39,6 +39,7 @@ class AccountsView:
         self._last_touch = 0.0
         self._loop: LoopingCall | None = None
         self._polling: Deferred | None = None
+        self.healthy = True  # the last poll reached the database
 
     # -- keeping the copy current ----------------------------------------------------
 
@@ -65,9 +66,7 @@ class AccountsView:
         if self._polling is not None:
             return None  # the database is slow: one poll at a time
         d = self.db.run(self._changed_snapshot, self.current.generation, self.clock())
-        d.addCallback(self._install)
-        d.addErrback(lambda f: log.warn("accounts: cannot read the database: {error}",
-                                        error=f.getErrorMessage()))
+        d.addCallbacks(self._install, self._poll_failed)
         d.addBoth(self._polled)
         self._polling = d
         if self.clock() - self._last_touch >= TOUCH_EVERY:
@@ -77,6 +76,14 @@ class AccountsView:
     def _polled(self, _: Any) -> None:
         self._polling = None
 
+    def _poll_failed(self, failure: Any) -> None:
+        """Logged when the database goes away and when it is back, not every second;
+        meanwhile every lookup answers from the last copy."""
+        if self.healthy:
+            log.warn("accounts: cannot read the database ({error}); using the copy loaded "
+                     "last", error=failure.getErrorMessage()[:300])
+        self.healthy = False
+
     @staticmethod
     def _changed_snapshot(conn: Any, known: int, now: float) -> Snapshot | None:
         if current_generation(conn) == known:
@@ -85,6 +92,9 @@ class AccountsView:
 
     def _install(self, snapshot: Snapshot | None) -> None:
         """A poll and a reload may overlap (two threads): the newer copy wins."""
+        if not self.healthy:
+            log.info("accounts: the database answers again")
+            self.healthy = True
         if snapshot is not None and snapshot.generation >= self.current.generation:
             self.current = snapshot
 

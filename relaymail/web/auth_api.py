@@ -135,7 +135,10 @@ class AuthAPI(SubApp):
             return json_reply(request, {"error": "this account is disabled"}, 403)
         if result != "ok" or user is None:  # the configured admin has no account token
             return json_reply(request, {"error": "wrong email or password"}, 401)
-        token, expires = await self.accounts.issue_token(user)
+        try:
+            token, expires = await self.accounts.issue_token(user)
+        except AccountError as e:
+            return refused(request, e)
         return json_reply(request, {"token": token, "token_type": "Bearer",
                                     "expires_at": iso(expires), "expires_in":
                                     int(expires - self.accounts.clock()),
@@ -157,7 +160,10 @@ class AuthAPI(SubApp):
         header = (request.getHeader(b"authorization") or b"").decode("latin-1")
         token = header.partition(" ")[2].strip()
         if token.startswith("rmt_"):
-            await self.accounts.revoke_token(token)
+            try:
+                await self.accounts.revoke_token(token)
+            except AccountError as e:
+                return refused(request, e)
         return json_reply(request, {"ok": True})
 
     @route("post", "/api/auth/password", "Change the caller's password (current_password, "

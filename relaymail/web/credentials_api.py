@@ -21,7 +21,7 @@ from relaymail.accounts.service import Accounts
 from relaymail.credentials import CredentialsError, CredentialStore
 from relaymail.logs import Logger
 from relaymail.web.access import principal_of
-from relaymail.web.auth_api import answer_change
+from relaymail.web.auth_api import answer_change, refused
 from relaymail.web.http import json_reply as reply
 from relaymail.web.routing import Access, SubApp, route
 from relaymail.web.session import who
@@ -131,9 +131,12 @@ class CredentialsAPI(SubApp):
         if principal.sees_everyone:
             out = [{**c.public(), "source": "file"} for c in self.store.all()]
         if self.accounts is not None and (principal.sees_everyone or principal.user_id):
-            for login in await self.accounts.logins(None if principal.sees_everyone
-                                                    else principal.user_id):
-                out.append({**self._shown(login), "source": "account"})
+            try:
+                logins = await self.accounts.logins(None if principal.sees_everyone
+                                                    else principal.user_id)
+            except AccountError as e:
+                return refused(request, e)
+            out += [{**self._shown(login), "source": "account"} for login in logins]
         return reply(request, {"credentials": out})
 
     @route("post", "/api/smtp-credentials", "Create; the answer holds the password, once. An "

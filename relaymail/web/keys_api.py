@@ -57,8 +57,11 @@ class ApiKeysAPI(SubApp):
     async def listing(self, request: IRequest) -> bytes:
         if (denied := self.by_a_key(request)) is not None:
             return denied
-        keys = await self.accounts.api_keys(principal_of(request),
-                                            str_arg(request, "all") == "1")
+        try:
+            keys = await self.accounts.api_keys(principal_of(request),
+                                                str_arg(request, "all") == "1")
+        except AccountError as e:
+            return refused(request, e)
         return json_reply(request, {"api_keys": [self.shown(k) for k in keys]})
 
     @route("post", "/api/api-keys", "Make a key ({name, scopes}); the key is answered once",

@@ -11,7 +11,7 @@ from twisted.web.iweb import IRequest
 
 from relaymail.accounts.fields import AccountError
 from relaymail.accounts.service import Accounts
-from relaymail.web.auth_api import answer_change, user_answer
+from relaymail.web.auth_api import answer_change, refused, user_answer
 from relaymail.web.http import json_body, json_reply
 from relaymail.web.routing import SubApp, route
 from relaymail.web.session import who
@@ -40,7 +40,10 @@ class UsersAPI(SubApp):
 
     @route("get", "/api/users", "Every account with its number of SMTP credentials (admin)")
     async def listing(self, request: IRequest) -> bytes:
-        logins = await self.accounts.logins(None)
+        try:
+            logins = await self.accounts.logins(None)
+        except AccountError as e:
+            return refused(request, e)
         per_user: dict[int, int] = {}
         for login in logins:
             per_user[login.user_id] = per_user.get(login.user_id, 0) + 1

@@ -133,3 +133,21 @@ class SharedAccountsTests(TestCase):
             database.stop()
         versions = self.pg.admin("SELECT version_num FROM alembic_version;")
         self.assertEqual(versions.split(), ["0001"])
+
+    async def test_a_database_gone_keeps_logins_working_and_answers_503(self) -> None:
+        admin, smtp = await self.instance()
+        code, made = await admin.call("POST", "/api/users", {
+            "username": "alice", "email": "alice@people.example", "password": PASSWORD})
+        self.assertEqual(code, 201)
+        alice = await admin.as_(None).login("alice@people.example", PASSWORD)
+        code, cred = await alice.call("POST", "/api/smtp-credentials", {"name": "app"})
+        self.assertEqual(code, 201)
+        self.pg.stop()
+        code, answer = await admin.call("POST", "/api/users", {
+            "username": "bob", "email": "bob@people.example", "password": PASSWORD})
+        self.assertEqual(code, 503, answer)
+        self.assertEqual(await send_in_thread(smtp, cred["username"], cred["password"],
+                                              "a@people.example", "x@dest.test",
+                                              data="From: alice@people.example\r\n\r\nhi\r\n"),
+                         {})  # from the copy every process keeps
+        self.assertEqual((await alice.call("GET", "/api/auth/me"))[0], 200)
