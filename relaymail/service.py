@@ -163,7 +163,8 @@ def web_service(config: Config, reactor: Any, manager: Any, spool_service: Spool
     an implicit-TLS SMTP listener.  Requests are checked (Host, body size) by
     relaymail.web.guard before their bodies are read."""
     monitor = Monitor(ctx.stats, manager, ctx.connections, ctx.policy.snapshot,
-                      thread_runner(reactor), reactor.seconds, acceptors, events)
+                      thread_runner(reactor), reactor.seconds, acceptors, events,
+                      accounts.view if accounts is not None else None)
     api = ControlAPI(manager, lambda: spool_service.control_token, ctx.policy.snapshot,
                      monitor, config.web.open_metrics_to_loopback, config, reactor,
                      CredentialsAPI(credentials_of(ctx), thread_runner(reactor), accounts),

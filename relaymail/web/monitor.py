@@ -49,6 +49,7 @@ class Monitor:
     clock: Callable[[], float]
     acceptors: Any = None  # relaymail.workers.supervisor.AcceptorPool with smtp.workers
     events: Any = None  # relaymail.events.hub.EventHub: webhooks, the suppression list
+    accounts: Any = None  # relaymail.accounts.view.AccountsView
 
     def refusals(self) -> Counter[tuple[int, str]]:
         """SMTP refusals counted here and, with acceptor processes, in each of them."""
@@ -104,6 +105,10 @@ class Monitor:
                     reasons.append({"code": "acceptor_down", "params": {"id": worker["id"]},
                                     "message": f"acceptor process {worker['id']} is not "
                                                "running (being restarted)"})
+        if self.accounts is not None and not self.accounts.healthy:
+            reasons.append({"code": "accounts_database",
+                            "message": "the accounts database does not answer: logins work "
+                                       "from the last copy, account changes fail"})
         if self.manager.spool.quarantined:
             reasons.append({"code": "quarantined",
                             "message": "malformed spool files were quarantined"})

@@ -151,3 +151,11 @@ class SharedAccountsTests(TestCase):
                                               data="From: alice@people.example\r\n\r\nhi\r\n"),
                          {})  # from the copy every process keeps
         self.assertEqual((await alice.call("GET", "/api/auth/me"))[0], 200)
+
+        async def degraded() -> Any:
+            health = (await admin.call("GET", "/health"))[1]
+            codes = [r["code"] for r in health["details"]["degraded_reasons"]]
+            return health if "accounts_database" in codes else None
+
+        self.assertEqual((await self.eventually(degraded, "/health says so"))["status"],
+                         "degraded")
