@@ -136,7 +136,7 @@ class SharedAccountsTests(TestCase):
 
     async def test_a_database_gone_keeps_logins_working_and_answers_503(self) -> None:
         admin, smtp = await self.instance()
-        code, made = await admin.call("POST", "/api/users", {
+        code, _ = await admin.call("POST", "/api/users", {
             "username": "alice", "email": "alice@people.example", "password": PASSWORD})
         self.assertEqual(code, 201)
         alice = await admin.as_(None).login("alice@people.example", PASSWORD)
