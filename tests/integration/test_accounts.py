@@ -349,3 +349,58 @@ class SendAsUserTests(AccountsTestCase):
         logs = await self.logs(alice, lambda got: len(got["items"]) == 2,
                                "/api/mail-logs?status=received")
         self.assertEqual({r["user"] for r in logs["items"]}, {"alice"})
+
+
+class EveryUserRouteTests(AccountsTestCase):
+    async def test_no_user_route_shows_or_changes_another_users_objects(self) -> None:
+        """Alice has a login, a key and a message; Bob calls every route an account user
+        may call.  The table must name every such route: a new one fails here until it
+        says what another user gets."""
+        from relaymail.web.api import ControlAPI
+        from relaymail.web.routing import Access
+
+        api = await self.start(registration="off")
+        alice = await self.user(api, "alice")
+        login, password = await self.credential(alice)
+        self.assertEqual(await self.send(login, password), {})
+        key = (await alice.call("POST", "/api/api-keys", {"name": "k"}))[1]["api_key"]["id"]
+        await self.logs(alice, lambda got: got["items"])
+        bob = await self.user(api, "bob")
+
+        def nothing_of_alice(answer: Any) -> None:
+            self.assertNotIn(login, str(answer))
+            self.assertNotIn("alice", str(answer))
+
+        creds = "/api/smtp-credentials"
+        table = {
+            ("get", creds): (200, nothing_of_alice, None),
+            ("post", creds): (201, nothing_of_alice, {"name": "bob's"}),  # bob's own
+            ("post", creds + "/{name}/reset-password"): (404, None, None),
+            ("patch", creds + "/{name}"): (404, None, {"hourly_quota": 1}),
+            ("delete", creds + "/{name}"): (404, None, None),
+            ("get", "/api/mail-logs"): (200, nothing_of_alice, None),
+            ("get", "/api/mail-logs/stats"): (200, nothing_of_alice, None),
+            ("get", "/api/mail-logs/usage"): (200, nothing_of_alice, None),
+            ("post", "/api/send"): (202, None, {"from": "bob@people.example",
+                                               "to": "x@dest.test", "text": "mine"}),
+            ("get", "/api/auth/me"): (200, nothing_of_alice, None),
+            ("post", "/api/auth/password"): (403, None, {"current_password": "no",
+                                                         "new_password": "x" * 12}),
+            ("get", "/api/api-keys"): (200, nothing_of_alice, None),
+            ("post", "/api/api-keys"): (201, nothing_of_alice, {"name": "bob's"}),
+            ("delete", "/api/api-keys/{key_id}"): (404, None, None),
+            ("post", "/logout"): (200, None, None),  # a console logout: no cookie here
+            ("post", "/api/auth/logout"): (200, None, None),  # last: ends bob's token
+        }
+        user_routes = {(r.method, r.path) for r in ControlAPI.routes if r.access is Access.USER}
+        self.assertEqual(set(table), user_routes)
+        for (method, path), (status, check, body) in table.items():
+            url = path.replace("{name}", login).replace("{key_id}", key)
+            code, answer = await bob.call(method.upper(), url, body)
+            self.assertEqual(code, status, (method, path, answer))
+            if check is not None:
+                check(answer)
+        # and alice's things are all still there and hers
+        self.assertEqual(await self.send(login, password), {})
+        keys = (await alice.call("GET", "/api/api-keys"))[1]["api_keys"]
+        self.assertEqual([k["id"] for k in keys], [key])
