@@ -1,7 +1,9 @@
-"""Delivery history in SQLite: every accepted message and every delivery outcome, one row
-per recipient, for the mail log search, its statistics and the dashboard.
+"""Delivery history in SQLite (or in PostgreSQL, shared by several instances): every
+accepted message and every delivery outcome, one row per recipient, for the mail log
+search, its statistics and the dashboard.
 
-SQLite runs in a one-thread pool of its own (one connection, never shared across threads).
+The database runs in a one-thread pool of its own (one connection, never shared across
+threads).
 Events are buffered and written in one transaction every half second, so a busy relay pays
 one commit per batch, not per message.  Rows older than the retention are deleted hourly.
 
@@ -119,6 +121,9 @@ class History(Service):
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     def _open(self) -> None:
+        if self.path.startswith(PG_SCHEMES):
+            self.db = PostgresHistory(self.path)  # type: ignore[assignment]
+            return
         os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))  # 0600: it names senders
         self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -287,6 +292,65 @@ class History(Service):
                     "AND status = 'received' AND credential IS NOT NULL GROUP BY 1", (start,)):
                 out.setdefault(name, {})[window] = n
         return out
+
+
+PG_SCHEMES = ("postgresql://", "postgres://")
+PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id BIGSERIAL PRIMARY KEY, time DOUBLE PRECISION NOT NULL, queue_id TEXT NOT NULL,
+    sender TEXT NOT NULL, recipient TEXT NOT NULL, status TEXT NOT NULL, transport TEXT,
+    relay TEXT, code INTEGER, reply TEXT, delay DOUBLE PRECISION, attempt INTEGER,
+    credential TEXT, account TEXT);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+CREATE INDEX IF NOT EXISTS events_queue_id ON events (queue_id);
+CREATE INDEX IF NOT EXISTS events_sender ON events (sender);
+CREATE INDEX IF NOT EXISTS events_recipient ON events (recipient);
+CREATE INDEX IF NOT EXISTS events_account ON events (account);
+CREATE TABLE IF NOT EXISTS queue_depth (time DOUBLE PRECISION NOT NULL,
+                                        messages INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS queue_depth_time ON queue_depth (time)
+"""
+SCHEMA_LOCK = 0x68697374  # "hist": two instances starting at once create the tables once
+
+
+def for_postgres(sql: str) -> str:
+    """History's SQL (SQLite's) as PostgreSQL takes it: ``%s`` parameters, and buckets by
+    FLOOR (PostgreSQL's CAST rounds where SQLite's truncates)."""
+    return sql.replace("CAST(time / ? AS INTEGER)", "FLOOR(time / ?)").replace("?", "%s")
+
+
+class PostgresHistory:
+    """The few calls History makes on an sqlite3 connection, on a psycopg one: execute,
+    executemany, ``with db:`` as one transaction (autocommit otherwise), close."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg  # only with a shared history
+
+        self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            for statement in PG_SCHEMA.split(";"):
+                self.conn.execute(statement)  # type: ignore[call-overload]
+        self._transactions: list[Any] = []
+
+    def execute(self, sql: str, args: Any = ()) -> Any:
+        return self.conn.execute(for_postgres(sql), args)  # type: ignore[call-overload]
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.executemany(for_postgres(sql), rows)  # type: ignore[call-overload]
+
+    def __enter__(self) -> PostgresHistory:
+        transaction = self.conn.transaction()
+        transaction.__enter__()
+        self._transactions.append(transaction)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._transactions.pop().__exit__(*exc)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def account_of(envelope: Envelope) -> str | None:

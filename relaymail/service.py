@@ -197,7 +197,8 @@ def build_accounts(config: Config, reactor: Any) -> Accounts:
 
 
 def build_history(config: Config, reactor: Any) -> History:
-    path = config.web.history_file or os.path.join(config.spool_dir, "history.db")
+    path = config.web.history_database or config.web.history_file or \
+        os.path.join(config.spool_dir, "history.db")
     history = History(path, reactor, config.web.history_retention_days, reactor.seconds)
     history.setName("history")
     return history

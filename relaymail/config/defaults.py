@@ -123,6 +123,7 @@ TABLE: dict[str, Any] = {
     "web.admin_password_hash": None,
     "web.open_metrics_to_loopback": True,
     "web.history_file": None,
+    "web.history_database": None,
     "web.history_retention_days": 30,
     "web.allowed_hosts": ["localhost", "127.0.0.1", "::1"],
     "web.max_body_size": 65_536,

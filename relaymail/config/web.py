@@ -24,6 +24,7 @@ class WebConfig:
     admin_password_hash: str | None
     open_metrics_to_loopback: bool
     history_file: str | None  # SQLite delivery history; None: <spool_dir>/history.db
+    history_database: str | None  # a postgresql:// URL: the history shared by instances
     history_retention_days: float
     # Host header names the console answers to (any port); the endpoint's own address and
     # the address a connection arrived at are accepted too.  "*": any.
@@ -45,6 +46,7 @@ def validate_web(c: Check, d: dict[str, Any]) -> WebConfig:
         open_metrics_to_loopback=c.boolean(d["open_metrics_to_loopback"],
                                            "web.open_metrics_to_loopback"),
         history_file=c.path(d["history_file"], "web.history_file", allow_none=True),
+        history_database=validate_history_database(c, d["history_database"]),
         history_retention_days=c.number(d["history_retention_days"],
                                         "web.history_retention_days", 1),
         allowed_hosts=validate_allowed_hosts(c, d["allowed_hosts"]),
@@ -53,6 +55,17 @@ def validate_web(c: Check, d: dict[str, Any]) -> WebConfig:
         behind_tls_proxy=c.boolean(d["behind_tls_proxy"], "web.behind_tls_proxy"),
         trusted_proxies=c.networks(d["trusted_proxies"], "web.trusted_proxies"),
     )
+
+
+def validate_history_database(c: Check, value: Any) -> str | None:
+    """null (the SQLite file) or a PostgreSQL URL (several instances, one history)."""
+    if value is None:
+        return None
+    text = c.string(value, "web.history_database")
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise c.fail("web.history_database", "expected null or a URL like "
+                     "postgresql://user:password@host/db", "(not shown)")
+    return text
 
 
 def validate_allowed_hosts(c: Check, value: Any) -> tuple[str, ...]:
