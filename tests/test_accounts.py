@@ -226,3 +226,17 @@ def test_head_is_the_newest_migration() -> None:
     alembic = AlembicConfig()
     alembic.set_main_option("script_location", MIGRATIONS)
     assert ScriptDirectory.from_config(alembic).get_current_head() == HEAD
+
+
+def test_the_api_document_says_who_may_call_each_route() -> None:
+    from relaymail.web.openapi import document
+
+    paths = document("test")["paths"]
+    roles = {(p, m): op["x-role"] for p, ops in paths.items() for m, op in ops.items()}
+    assert roles[("/api/users", "get")] == "admin"
+    assert roles[("/api/smtp-credentials", "post")] == "user"
+    assert roles[("/api/auth/login", "post")] == "anyone"
+    assert all(role in ("anyone", "user", "admin") for role in roles.values())
+    assert paths["/api/send"]["post"]["x-scope"] == "send"
+    assert paths["/api/mail-logs/stats"]["get"]["x-scope"] == "read-logs"
+    assert paths["/api/queue"]["get"]["x-scope"] == "admin"
