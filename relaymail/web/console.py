@@ -17,9 +17,13 @@ from importlib import resources
 from relaymail.web.i18n import MESSAGES
 
 PAGES = ("dashboard", "relay", "queue", "hold", "failed", "credentials", "logs", "archive",
-         "send", "webhooks", "suppressions")
+         "send", "webhooks", "suppressions", "users", "keys", "account")
+# What an account user (role "user") sees: their own mail, logins and keys.
+USER_PAGES = ("dashboard", "credentials", "logs", "send", "keys", "account")
+# The pages of relaymail.accounts: not shown where accounts are off.
+ACCOUNT_PAGES = ("users", "keys", "account")
 # Pages without navigation, open without a session.
-OPEN_PAGES = ("login", "setup")
+OPEN_PAGES = ("login", "setup", "register")
 # frame-src: the archive's message view frames /api/archive/<id>/html, which is sandboxed
 # by its own policy (relaymail.web.archive_api).
 CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -28,7 +32,8 @@ CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 's
 PATHS = {"dashboard": "/", **{p: f"/{p}" for p in PAGES if p != "dashboard"}}
 # In load order: the helpers first, the page that starts it all last.
 SCRIPTS = ("console.js", "chart.js", "dashboard.js", "queue.js", "relay.js",
-           "credentials.js", "logs.js", "archive.js", "events.js", "main.js")
+           "credentials.js", "logs.js", "archive.js", "events.js", "users.js", "account.js",
+           "main.js")
 
 
 @functools.cache
@@ -40,7 +45,8 @@ def static_file(name: str) -> bytes:
 def shell(page: str, lang: str, user: str | None, presets: list[dict[str, object]],
           extra: dict[str, object] | None = None, absent: frozenset[str] = frozenset()
           ) -> bytes:
-    """A page; ``absent`` pages (areas not built here) are left out of the navigation."""
+    """A page; ``absent`` pages (areas not built here, or not the caller's) are left out of
+    the navigation."""
     t = MESSAGES[lang]
     other = "zh" if lang == "en" else "en"
     shown = [p for p in PAGES if p not in absent]
@@ -52,11 +58,12 @@ def shell(page: str, lang: str, user: str | None, presets: list[dict[str, object
     data = html.escape(json.dumps({"page": page, "lang": lang, "t": t, "presets": presets,
                                    "pages": shown, **(extra or {})}, ensure_ascii=False))
     title = t["nav_" + page] if page in PAGES else t[page]
+    monitor = "" if (extra or {}).get("role") == "user" else (  # the relay's, admins only
+        '<a href="/health" id="link-health">' + html.escape(t["link_health"]) +
+        '</a><a href="/metrics" id="link-metrics">' + html.escape(t["link_metrics"]) + "</a>")
     links = "" if user is None else (
-        '<footer><a href="/health" id="link-health">' + html.escape(t["link_health"]) +
-        '</a><a href="/metrics" id="link-metrics">' + html.escape(t["link_metrics"]) +
-        '</a><a href="/api/docs" id="link-docs">' + html.escape(t["link_docs"]) +
-        "</a></footer>")
+        f'<footer>{monitor}<a href="/api/docs" id="link-docs">' +
+        html.escape(t["link_docs"]) + "</a></footer>")
     scripts = "".join(f'<script src="/static/{name}"></script>' for name in SCRIPTS)
     return (
         f'<!doctype html><html lang="{"zh-CN" if lang == "zh" else "en"}"><head>'

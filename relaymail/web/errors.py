@@ -67,6 +67,38 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("probe_no_starttls", r"the server does not offer STARTTLS"),
         ("probe_answer", r"(?P<step>[\w ()+]+): the server answered (?P<reply>.*)$"),
         ("probe_nothing", r"no upstream given and none configured$"),
+        # accounts (relaymail.accounts.fields and the service), before config_field, whose
+        # "<key>: <problem>" shape these share
+        ("account_disabled", r"this account is disabled$"),
+        ("registration_closed", r"registration is closed"),
+        ("registration_too_many", r"too many registrations from this address"),
+        ("already_registered", r"(?P<field>username|email): already (registered|taken)$"),
+        ("accounts_unavailable", r"the accounts database is unavailable"),
+        ("invite_needed", r"invite: registration needs an invitation$"),
+        ("invite_other", r"invite: this invitation is for another address$"),
+        ("invite_unknown", r"invite: unknown or expired invitation$"),
+        ("wrong_current_password", r"current_password: wrong password$"),
+        ("bad_username", r"username: 3 to 64 letters"),
+        ("bad_email", r"(?P<field>\w+): expected an email address$"),
+        ("password_short", r"(?P<field>\w*password): at least (?P<length>\d+) characters$"),
+        ("password_long", r"(?P<field>\w*password): at most (?P<limit>\d+) bytes"),
+        ("quota_range", r"(?P<field>\w+_quota): expected an integer from 1 to (?P<limit>\d+)"),
+        ("domain_invalid", r"allowed_sender_domains\[\d+\]: (?P<value>.+) is not a domain or "
+                           r"an address$"),
+        ("domain_outside", r"allowed_sender_domains: (?P<value>\S+) is not within the "
+                           r"account's allowed sender domains$"),
+        ("scopes_admin", r"scopes: only an admin can make an admin key$"),
+        ("scopes_more", r"scopes: a key cannot make a key with more scopes"),
+        ("scopes_list", r"scopes: a non-empty list of"),
+        ("field_line", r"(?P<field>\w+): expected a single line of at most (?P<limit>\d+) "
+                       r"characters$"),
+        ("no_user", r"no user "),
+        ("no_such_user", r"user: no such account$"),
+        ("no_api_key", r"no API key "),
+        ("no_smtp_credential", r"no SMTP credential (?P<name>\S+)$"),
+        ("no_password_here", r"only account users have a password to change$"),
+        ("forbidden", r"forbidden: this needs "),
+        ("accounts_off", r"accounts are not enabled here$"),
         # relay settings (checked like the config file)
         ("password_again", r"password: the saved password of "),
         ("secret_again", r"oauth2\.(?P<field>\w+): the saved one is used only"),

@@ -9,10 +9,10 @@ from twisted.web.iweb import IRequest
 
 from relaymail.config import Config, endpoint_address
 from relaymail.relay.presets import PRESETS
-from relaymail.web.console import CSP, PAGES, SCRIPTS, shell, static_file
+from relaymail.web.console import ACCOUNT_PAGES, CSP, PAGES, SCRIPTS, USER_PAGES, shell, static_file
 from relaymail.web.i18n import choose_language
 from relaymail.web.routing import Access, SubApp, route
-from relaymail.web.session import WebAuth
+from relaymail.web.session import Session, WebAuth
 
 STATIC = {**dict.fromkeys(SCRIPTS, b"text/javascript; charset=utf-8"),
           "console.css": b"text/css; charset=utf-8",
@@ -52,11 +52,13 @@ class ConsolePages(SubApp):
 
     def __init__(self, auth: WebAuth, setup_pending: Callable[[], bool] = lambda: False,
                  config: Callable[[], Config] | None = None,
-                 absent: frozenset[str] = frozenset()) -> None:
+                 absent: frozenset[str] = frozenset(),
+                 registration: Callable[[], str] = lambda: "off") -> None:
         self.auth = auth
         self.setup_pending = setup_pending  # first-run setup open: no admin password yet
         self.config = config  # the configuration in force: the SMTP listeners to show
         self.absent = absent  # pages of areas this process was built without: not in the nav
+        self.registration = registration  # accounts.registration: off, invite or open
 
     @route("get", "/static/{name}", "The console's script and style sheet", Access.PUBLIC)
     def static(self, request: IRequest, name: str) -> bytes:
@@ -75,7 +77,15 @@ class ConsolePages(SubApp):
     def login_page(self, request: IRequest) -> bytes:
         page_headers(request, b"text/html; charset=utf-8")
         return shell("login", choose_language(request), None, [],
-                     {"setup_pending": self.setup_pending()})
+                     {"setup_pending": self.setup_pending(),
+                      "registration": self.registration()})
+
+    @route("get", "/register", "Account registration page (accounts.registration \"open\" "
+           "or \"invite\"; the API refuses it otherwise)", Access.PUBLIC)
+    def register_page(self, request: IRequest) -> bytes:
+        page_headers(request, b"text/html; charset=utf-8")
+        return shell("register", choose_language(request), None, [],
+                     {"registration": self.registration()})
 
     @route("get", "/setup", "First-run setup page (while no admin password is set)",
            Access.PUBLIC)
@@ -92,7 +102,8 @@ class ConsolePages(SubApp):
         return self.page(request, "dashboard")
 
     @route("get", "/{name}", "Console pages: relay, queue, hold, failed, credentials, logs, "
-           "send, archive, webhooks, suppressions", Access.PUBLIC)
+           "send, archive, webhooks, suppressions, users, keys, account (an account user: "
+           "only their own; an admin page redirects them to the dashboard)", Access.PUBLIC)
     def console_page(self, request: IRequest, name: str) -> bytes:
         return self.page(request, name)
 
@@ -101,10 +112,39 @@ class ConsolePages(SubApp):
             request.setResponseCode(404)
             return b"not found"
         session = self.auth.session_of(request)
-        if session is None:
+        role = self.role_of(session) if session is not None else None
+        if session is None or role is None:
             request.redirect(b"/setup" if self.setup_pending() else b"/login")
+            return b""
+        hidden = self.hidden_pages(session, role)
+        if name in hidden and role == "user":  # an admin page: not theirs
+            request.redirect(b"/")
             return b""
         page_headers(request, b"text/html; charset=utf-8")
         listeners = listener_list(self.config()) if self.config is not None else []
         return shell(name, choose_language(request), session.user, preset_list(),
-                     {"listeners": listeners}, self.absent)
+                     {"listeners": listeners, "role": role,
+                      "account": session.user_id is not None}, hidden)
+
+    def role_of(self, session: Session) -> str | None:
+        """admin or user; None when the session no longer counts (its account gone,
+        disabled, or signed out since), as for the API (relaymail.web.access)."""
+        if session.user_id is None:
+            return "admin"
+        accounts = self.auth.accounts
+        principal = accounts.session_principal(session.user_id, session.created) \
+            if accounts is not None else None
+        return None if principal is None else str(principal.role)
+
+    def hidden_pages(self, session: Session, role: str) -> frozenset[str]:
+        """The pages left out of this caller's navigation: areas not built here, the
+        accounts pages without accounts, an account user's the admin's pages, and the
+        password page of the configured admin (whose password is in the config)."""
+        hidden = set(self.absent)
+        if self.auth.accounts is None:
+            hidden |= set(ACCOUNT_PAGES)
+        if role == "user":
+            hidden |= set(PAGES) - set(USER_PAGES)
+        if session.user_id is None:
+            hidden.add("account")
+        return frozenset(hidden)

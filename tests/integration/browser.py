@@ -80,8 +80,10 @@ class Console:
     def phone(self) -> bool:
         return self.viewport["width"] < 600
 
-    def login(self, password: str) -> None:
+    def login(self, password: str, username: str = "admin") -> None:
+        """Log in (the configured admin, or an account user by username or email)."""
         self.page.goto(self.base + "/login")
+        self.page.fill("#f-username", username)
         self.page.fill("#f-password", password)
         self.page.click("#login button[type=submit]")
         self.page.wait_for_url(self.base + "/")
@@ -125,6 +127,21 @@ class Console:
         return bool(self.page.evaluate(
             "(s) => { const b = document.querySelector(s); b.click();"
             " return b.disabled && b.classList.contains('busy'); }", selector))
+
+    def reload_until(self, selector: str, ready: str, tries: int = 40) -> None:
+        """Reload the page (then wait for ``ready``) until ``selector`` is on it."""
+        for _ in range(tries):
+            if self.page.locator(selector).count():
+                return
+            self.page.wait_for_timeout(300)
+            self.page.reload()
+            self.page.wait_for_selector(ready)
+
+    def submit(self, form: str, values: dict[str, str]) -> None:
+        """Fill the form's fields (by id) and press its submit button."""
+        for selector, text in values.items():
+            self.page.fill(selector, text)
+        self.page.click(f"{form} button[type=submit]")
 
     def poll(self, selector: str, reload: str, tries: int = 30) -> None:
         """Wait for ``selector``, pressing the page's own reload button between looks."""

@@ -6,6 +6,8 @@ const C = JSON.parse(document.body.dataset.console);
 const LOCALE = C.lang === "zh" ? "zh-CN" : "en-GB";
 const PAGES = {};
 const content = document.getElementById("content");
+// Pages open without a session (no CSRF token to fetch, a 401 is not a redirect).
+const OPEN_PAGES = ["login", "setup", "register"];
 let csrf = null;
 
 // A catalogue entry with {name} placeholders filled in; the key itself when it is missing.
@@ -87,7 +89,7 @@ async function api(method, path, body) {
     method, headers, credentials: "same-origin",
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  if (response.status === 401 && !["login", "setup"].includes(C.page)) { location.href = "/login"; throw new Error("login"); }
+  if (response.status === 401 && !OPEN_PAGES.includes(C.page)) { location.href = "/login"; throw new Error("login"); }
   const answer = await response.json().catch(() => ({}));
   if (!response.ok) throw new ApiError(answer, response.status);
   return answer;
@@ -217,5 +219,44 @@ function notHere(e, key) {
   content.replaceChildren(el("p", { class: "hint", id: "not-here" }, t(key)));
 }
 
-// Is this console page (and its area) available here?
+// Is this console page (and its area) available here, to this caller?
 function hasPage(name) { return (C.pages || []).includes(name); }
+// An account user (role "user"): their own mail only, none of the relay's settings.
+function isUser() { return C.role === "user"; }
+
+// A secret shown once (a password, an API key, an invitation), with a copy button, in
+// ``box`` until the next action (``forget``).
+function onceBox(box, label, secret, extra) {
+  box.hidden = false;
+  box.replaceChildren();
+  append(box, [el("p", {}, label), el("pre", { translate: "no", id: "once-value" }, secret),
+    button(t("copy"), async () => copyText(secret), { class: "small", id: "copy-secret" }), extra]);
+}
+function forgetBox(box) { box.hidden = true; box.replaceChildren(); }
+
+// Whole numbers for quotas (empty: none) and comma-separated domains, as the API takes them.
+function quotaValue(text) { const n = Number(String(text).trim()); return String(text).trim() && n > 0 ? n : null; }
+function domainList(text) { return String(text).split(",").map((x) => x.trim()).filter(Boolean); }
+
+// The in-place editors of a row's limits (quotas and sender domains), and their values.
+function limitEditors(row) {
+  const editors = {
+    hourly: el("input", { type: "number", min: 1, value: row.hourly_quota ?? "", class: "edit-hourly", "aria-label": t("hourly_quota") }),
+    daily: el("input", { type: "number", min: 1, value: row.daily_quota ?? "", class: "edit-daily", "aria-label": t("daily_quota") }),
+    domains: el("input", { value: (row.allowed_sender_domains || []).join(", "), class: "edit-domains", "aria-label": t("sender_domains") }),
+  };
+  editors.values = () => ({ hourly_quota: quotaValue(editors.hourly.value), daily_quota: quotaValue(editors.daily.value),
+    allowed_sender_domains: domainList(editors.domains.value) });
+  return editors;
+}
+
+// The create form's limit fields (ids f-hourly_quota, f-daily_quota, f-domains), and their values.
+function limitFields(domainsHint) {
+  return [field(t("hourly_quota"), input("hourly_quota", { type: "number", min: 1 })),
+    field(t("daily_quota"), input("daily_quota", { type: "number", min: 1 })),
+    field(t("sender_domains"), input("domains"), domainsHint || t("sender_domains_hint"))];
+}
+function limitValues() {
+  return { hourly_quota: quotaValue(value("hourly_quota")), daily_quota: quotaValue(value("daily_quota")),
+    allowed_sender_domains: domainList(value("domains")) };
+}

@@ -1,6 +1,6 @@
 // Delivery log (filters, date range, pages, total; readable times, queue IDs linked to the
 // queue and, when the archive is on, to the archived copy), the send form, the login page
-// and the first-run setup page.
+// (with a link to registration when it is open) and the first-run setup page.
 "use strict";
 
 const PAGE_SIZE = 50;
@@ -49,15 +49,17 @@ PAGES.send = async function send() {
 };
 
 PAGES.login = async function login() {
+  const accounts = ["open", "invite"].includes(C.registration);  // people register: no "admin" filled in
   if (C.setup_pending) content.append(el("p", { class: "warning", id: "setup-note" }, t("setup_pending_note")));
   const form = onSubmit(el("form", { id: "login" },
-    field(t("username"), input("username", { autocomplete: "username", value: "admin", required: true })),
+    field(t("login_name"), input("username", { autocomplete: "username", value: accounts ? "" : "admin", required: true })),
     field(t("password"), input("password", { type: "password", autocomplete: "current-password", required: true })),
     el("button", { type: "submit" }, t("login"))), async () => {
     await api("POST", "/login", { username: value("username"), password: document.getElementById("f-password").value });
     location.href = "/";
   });
   content.append(form);
+  if (accounts) content.append(el("p", { id: "register-link" }, el("a", { href: "/register" }, t("register_link"))));
 };
 
 PAGES.setup = async function setup() {

@@ -3,7 +3,7 @@
 
 guarded(async () => {
   document.cookie = "lang=" + C.lang + "; Path=/; SameSite=Strict";
-  if (!["login", "setup"].includes(C.page)) csrf = (await api("GET", "/api/session")).csrf;
+  if (!OPEN_PAGES.includes(C.page)) csrf = (await api("GET", "/api/session")).csrf;
   document.getElementById("logout")?.addEventListener("click", guarded(async () => {
     await api("POST", "/logout"); location.href = "/login";
   }));
