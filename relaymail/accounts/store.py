@@ -114,7 +114,9 @@ def delete_user(conn: Connection, user_id: int) -> None:
 
 
 def record_login(conn: Connection, user_id: int, now: float) -> None:
+    """The users page shows it: every process reloads (logins are rare next to mail)."""
     conn.execute(update(users).where(users.c.id == user_id).values(last_login=now))
+    bump(conn)
 
 
 # -- bearer tokens -------------------------------------------------------------------

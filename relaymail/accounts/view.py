@@ -104,6 +104,14 @@ class AccountsView:
         d.addCallback(self._install)
         return d
 
+    def logged_in(self, user_id: int) -> Deferred:
+        """A console login of an account: its last-login time, recorded behind."""
+        d = self.db.run(store.record_login, user_id, self.clock())
+        d.addCallback(lambda _: self.refresh())
+        d.addErrback(lambda f: log.warn("accounts: cannot record a login: {error}",
+                                        error=f.getErrorMessage()))
+        return d
+
     def flush_used(self) -> Deferred:
         self._last_touch = self.clock()
         used, self._used = self._used, {}

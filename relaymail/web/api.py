@@ -128,8 +128,9 @@ class ControlAPI:
                 setup.announce(console_url(config))  # twistd shows it once logging starts
             kinds = {type(s) for s in built}
             absent = frozenset(p for p, kind in OPTIONAL_PAGES.items() if kind not in kinds)
+            mode = accounts.config.registration if accounts is not None else "off"
             built += [ConsolePages(auth, lambda: setup is not None and setup.pending, current,
-                                   absent),
+                                   absent, registration=lambda: mode),
                       ConsoleLogin(auth, tls_check(current))]
         self.subapps: dict[type[SubApp], SubApp] = {type(s): s for s in built}
 

@@ -61,6 +61,8 @@ class ConsoleLogin(SubApp):
         if result != "ok":
             return json_reply(request, {"error": "wrong username or password"}, 401)
         token, session = value
+        if session.user_id is not None and self.auth.accounts is not None:
+            self.auth.accounts.logged_in(session.user_id)
         request.setHeader(b"set-cookie", session_cookie(token, self.over_tls(request)))
         return json_reply(request, self.describe(session))
 

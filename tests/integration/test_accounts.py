@@ -186,6 +186,7 @@ class AccountPolicyTests(AccountsTestCase):
         headers = {"Cookie": cookie, "X-CSRF-Token": csrf}
         self.assertEqual((await api.call("GET", "/api/auth/me", headers=headers))[0], 200)
         users = (await self.admin.call("GET", "/api/users"))[1]["users"]
+        self.assertIsNotNone(users[0]["last_login"])  # the console login is recorded
         code, _ = await self.admin.call("POST", f"/api/users/{users[0]['id']}/reset-password")
         self.assertEqual(code, 200)
         self.assertEqual((await api.call("GET", "/api/auth/me", headers=headers))[0], 401)
