@@ -179,8 +179,14 @@ class Accounts(Service):
         code, now = new_invite(), self.clock()
         await self._run(store.add_invite, digest(code), email, role, now,
                           now + INVITE_LIFETIME, by)
-        return {"invite": code, "email": email, "role": role,
+        return {"invite": code, "id": digest(code)[:16], "email": email, "role": role,
                 "expires_at": now + INVITE_LIFETIME}
+
+    async def invites(self) -> list[dict[str, Any]]:
+        return await self._run(store.list_invites, self.clock())  # type: ignore
+
+    async def delete_invite(self, invite_id: str) -> None:
+        await self._run(store.delete_invite, invite_id)
 
     # -- tokens ----------------------------------------------------------------------
 

@@ -229,6 +229,20 @@ def add_invite(conn: Connection, digest: str, email: str, role: str, now: float,
                                         expires=expires, created_by=created_by))
 
 
+def list_invites(conn: Connection, now: float) -> list[dict[str, Any]]:
+    """Live invitations; ``id`` is the start of the code's digest (the code is not kept)."""
+    rows = conn.execute(select(invites).where(invites.c.expires > now)
+                        .order_by(invites.c.created))
+    return [{"id": r.digest[:16], "email": r.email, "role": r.role, "created": r.created,
+             "expires": r.expires, "created_by": r.created_by} for r in rows]
+
+
+def delete_invite(conn: Connection, invite_id: str) -> None:
+    if len(invite_id) != 16 or not conn.execute(
+            delete(invites).where(invites.c.digest.startswith(invite_id))).rowcount:
+        raise AccountError("not_found", f"no invitation {invite_id[:16]}")
+
+
 def take_invite(conn: Connection, digest: str, now: float) -> tuple[str, str]:
     """(email, role) of a live invitation, used up; AccountError when there is none."""
     row = conn.execute(select(invites).where(invites.c.digest == digest,

@@ -15,6 +15,7 @@ from relaymail.web.auth_api import answer_change, refused, user_answer
 from relaymail.web.http import json_body, json_reply
 from relaymail.web.routing import SubApp, route
 from relaymail.web.session import who
+from relaymail.web.shapes import iso
 
 USER = {"type": "object", "properties": {
     "username": {"type": "string"}, "email": {"type": "string"},
@@ -91,6 +92,24 @@ class UsersAPI(SubApp):
             return {"deleted": int(user_id)}
 
         return await answer_change(request, delete, f"account {user_id} deleted")
+
+    @route("get", "/api/users/invites", "Live invitations (the codes are not kept)")
+    async def invitations(self, request: IRequest) -> bytes:
+        try:
+            found = await self.accounts.invites()
+        except AccountError as e:
+            return refused(request, e)
+        for item in found:
+            item["created"], item["expires"] = iso(item["created"]), iso(item["expires"])
+        return json_reply(request, {"invites": found})
+
+    @route("delete", "/api/users/invites/{invite_id}", "Withdraw an invitation")
+    async def withdraw(self, request: IRequest, invite_id: str) -> bytes:
+        async def withdraw() -> dict[str, Any]:
+            await self.accounts.delete_invite(invite_id)
+            return {"deleted": invite_id[:16]}
+
+        return await answer_change(request, withdraw, f"invitation {invite_id[:16]} withdrawn")
 
     @route("post", "/api/users/invites", "An invitation code for an email (valid 7 days, "
            "used once), for accounts.registration \"invite\"", body=INVITE)

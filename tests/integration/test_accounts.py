@@ -222,7 +222,8 @@ class AccountPolicyTests(AccountsTestCase):
         self.assertEqual((await bob.call("GET", "/api/auth/me"))[0], 401)  # tokens revoked
 
     async def test_registration_off_and_by_invitation(self) -> None:
-        api = await self.start(registration="invite")
+        api = await self.start(registration="invite",
+                               accounts={"max_registrations_per_hour": 20})
         code, _ = await api.register("carol", "carol@people.example", PASSWORD)
         self.assertEqual(code, 403)
         code, invite = await self.admin.call("POST", "/api/users/invites",
@@ -237,6 +238,16 @@ class AccountPolicyTests(AccountsTestCase):
         code, _ = await api.register("carol2", "carol@people.example", PASSWORD,
                                      invite=invite["invite"])
         self.assertEqual(code, 403)  # used once
+        code, other = await self.admin.call("POST", "/api/users/invites",
+                                            {"email": "dan@people.example"})
+        listed = (await self.admin.call("GET", "/api/users/invites"))[1]["invites"]
+        self.assertEqual([i["email"] for i in listed], ["dan@people.example"])
+        self.assertNotIn(other["invite"], str(listed))
+        code, _ = await self.admin.call("DELETE", f"/api/users/invites/{listed[0]['id']}")
+        self.assertEqual(code, 200)
+        code, _ = await api.register("dan", "dan@people.example", PASSWORD,
+                                     invite=other["invite"])
+        self.assertEqual(code, 403)  # withdrawn
         code, short = await api.register("dave", "dave@people.example", "short",
                                          invite="x")
         self.assertEqual(code, 400)
