@@ -65,6 +65,11 @@ ADDED_COLUMNS = ("credential", "account")  # absent from files made by older ver
 # A user's rows: every row of the messages the account submitted.
 OWN_ROWS = ("queue_id IN (SELECT queue_id FROM events WHERE status = 'received' AND "
             "account = ?)")
+# What a search answers: every row of a message names its login and account (only the
+# received rows store them).
+SEARCHED = ", ".join(
+    f"COALESCE({c}, (SELECT m.{c} FROM events m WHERE m.queue_id = events.queue_id AND "
+    f"m.status = 'received' LIMIT 1))" if c in ADDED_COLUMNS else c for c in COLUMNS)
 FLUSH_INTERVAL = 0.5
 MAX_PAGE = 1000
 
@@ -225,7 +230,7 @@ class History(Service):
         assert self.db is not None
         where, args = conditions(filters)
         total = self.db.execute(f"SELECT count(*) FROM events{where}", args).fetchone()[0]
-        cursor = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM events{where} "
+        cursor = self.db.execute(f"SELECT {SEARCHED} FROM events{where} "
                                  "ORDER BY time DESC, id DESC LIMIT ? OFFSET ?",
                                  [*args, limit, offset])
         return total, [dict(zip(COLUMNS, row, strict=True)) for row in cursor]

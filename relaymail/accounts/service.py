@@ -13,7 +13,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
 from relaymail.accounts import fields, store
-from relaymail.accounts.database import Database
+from relaymail.accounts.database import Database, shown
 from relaymail.accounts.fields import AccountError
 from relaymail.accounts.model import ApiKey, SmtpLogin, User
 from relaymail.accounts.principal import Principal
@@ -50,6 +50,9 @@ class Accounts(Service):
     def startService(self) -> None:
         super().startService()
         self.view.start()
+        log.info("accounts: {database}, {users} user(s), registration {registration}",
+                 database=shown(self.config.database), users=len(self.view.current.users),
+                 registration=self.config.registration)
 
     def stopService(self) -> Deferred:
         super().stopService()

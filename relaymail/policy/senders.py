@@ -10,6 +10,17 @@ from relaymail.common.replies import Reply
 from relaymail.credentials import Credential
 
 SENDER_NOT_ALLOWED = Reply(550, "5.7.1", "Sender address not allowed for this login")
+SENDER_NOT_ALLOWED_FOR_ACCOUNT = Reply(550, "5.7.1", "Sender address not allowed for this "
+                                                     "account (its allowed sender domains)")
+
+
+def sender_refusal(credential: Credential | None, sender: str) -> Reply | None:
+    """MAIL's refusal of a sender the login may not use, saying whose list refused it."""
+    if credential is None or sender_allowed(credential, sender):
+        return None
+    if listed(credential.allowed_sender_domains, sender):
+        return SENDER_NOT_ALLOWED_FOR_ACCOUNT
+    return SENDER_NOT_ALLOWED
 
 
 def sender_allowed(credential: Credential | None, sender: str) -> bool:

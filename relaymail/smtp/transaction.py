@@ -38,9 +38,8 @@ from relaymail.policy.dkim import (
 from relaymail.policy.limits import Reservation, Who
 from relaymail.policy.senders import (
     HEADER_FROM_MISMATCH,
-    SENDER_NOT_ALLOWED,
     header_sender_problem,
-    sender_allowed,
+    sender_refusal,
 )
 from relaymail.smtp.body import BodyReader
 from relaymail.smtp.state import SessionState
@@ -93,9 +92,10 @@ class TransactionLayer:
             declared, eight_bit = mail_options(sender.params, self.context.smtp.max_message_size)
         except AddressError as e:
             return e.reply
-        if not sender_allowed(self.state.login(), sender.address):
-            self.log_refused_sender(sender.address, SENDER_NOT_ALLOWED)
-            return SENDER_NOT_ALLOWED
+        not_allowed = sender_refusal(self.state.login(), sender.address)
+        if not_allowed is not None:
+            self.log_refused_sender(sender.address, not_allowed)
+            return not_allowed
         limits = self.context.limits
         if limits is None or limits.config.count != "messages":
             return self.open_transaction(sender, declared, eight_bit, Reservation())

@@ -151,7 +151,9 @@ class AuthAPI(SubApp):
         user = self.accounts.view.user(principal.user_id)
         return json_reply(request, {
             "name": principal.name, "role": principal.role,
-            "scopes": sorted(principal.scopes), "api_key": principal.key_id,
+            "scopes": sorted(s for s in principal.scopes
+                             if s != "admin" or principal.role == "admin"),
+            "api_key": principal.key_id,
             "user": user_answer(user) if user is not None else None})
 
     @route("post", "/api/auth/logout", "Revoke the bearer token of this request",
@@ -167,9 +169,15 @@ class AuthAPI(SubApp):
         return json_reply(request, {"ok": True})
 
     @route("post", "/api/auth/password", "Change the caller's password (current_password, "
-           "new_password); every token of the account is revoked", Access.USER,
+           "new_password; not with an API key); every token and console session of the "
+           "account ends, this one too", Access.USER,
            body=PASSWORD)
     async def password(self, request: IRequest) -> bytes:
+        if principal_of(request).key_id is not None:
+            return json_reply(request, {"error": "forbidden: a password is changed by "
+                                                 "signing in, not with an API key",
+                                        "code": "password_by_key"}, 403)
+
         def matches(given: str, stored: str) -> Deferred:
             return self.run_in_thread(password_matches, given, stored)
 

@@ -42,7 +42,8 @@ class ApiKeysAPI(SubApp):
         if principal_of(request).key_id is None:
             return None
         return json_reply(request, {"error": "forbidden: API keys are managed by signing "
-                                             "in, not with a key"}, 403)
+                                             "in, not with a key", "code": "keys_by_key"},
+                          403)
 
     def shown(self, key: ApiKey) -> dict[str, Any]:
         data = key.public()

@@ -79,7 +79,8 @@ class SendAPI(SubApp):
         login = self.sender_of(principal)
         refused = self.policy_refusal(login, sender, data)
         if refused is not None:
-            return json_reply(request, {"error": refused}, 403)
+            return json_reply(request, {"error": refused, "code": "sender_not_allowed",
+                                        "params": {"sender": sender}}, 403)
         suppressed = [r for r in rcpts if self.manager.suppressed(r)]
         if suppressed:  # as at RCPT: nothing is queued for an address that bounced for good
             return json_reply(request, {
@@ -88,8 +89,9 @@ class SendAPI(SubApp):
                 "suppressed": suppressed}, 422)
         reserved = await self.reserve(request, login, sender, len(rcpts))
         if isinstance(reserved, Reply):
-            return json_reply(request, {"error": f"{reserved.code} {reserved.enhanced} "
-                                                 f"{reserved.text}"}, 429)
+            text = f"{reserved.code} {reserved.enhanced} {reserved.text}"
+            return json_reply(request, {"error": text, "code": "over_quota",
+                                        "params": {"reply": text}}, 429)
         data = await self.manager.spool.run_in_thread(sign_whole, self.signer, data)
         extra: dict[str, Any] = {"source": "api"}
         if login is not None and login.owner:

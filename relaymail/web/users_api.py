@@ -27,10 +27,26 @@ INVITE = {"type": "object", "required": ["email"], "properties": {
     "email": {"type": "string"}, "role": {"enum": ["admin", "user"]}}}
 
 
-def user_id_of(text: str) -> int:
-    if not text.isdigit() or len(text) > 12:
+def user_id_of(text: str, accounts: Accounts) -> int:
+    """``/api/users/<id or username>``."""
+    if text.isdigit() and len(text) <= 12:
+        return int(text)
+    user = accounts.view.current.user_named(text[:254])
+    if user is None:
         raise AccountError("not_found", f"no user {text[:20]!r}")
-    return int(text)
+    return user.id
+
+
+def fields_of(request: IRequest) -> list[str]:
+    """The fields a change names, for its log line."""
+    try:
+        request.content.seek(0)
+        body = json_body(request)
+    except ValueError:
+        return []
+    finally:
+        request.content.seek(0)  # the change reads it again
+    return [str(k)[:40] for k in body][:10] if isinstance(body, dict) else []
 
 
 class UsersAPI(SubApp):
@@ -67,19 +83,21 @@ class UsersAPI(SubApp):
         return await answer_change(request, create, "account created", 201)
 
     @route("patch", "/api/users/{user_id}", "Change role, enabled, quotas, allowed sender "
-           "domains or email", body=USER)
+           "domains or email (the user by id or username)", body=USER)
     async def update(self, request: IRequest, user_id: str) -> bytes:
         async def update() -> dict[str, Any]:
-            user = await self.accounts.update_user(user_id_of(user_id), json_body(request))
+            user = await self.accounts.update_user(user_id_of(user_id, self.accounts),
+                                                   json_body(request))
             return {"user": user_answer(user)}
 
-        return await answer_change(request, update, f"account {user_id} changed")
+        return await answer_change(request, update, f"account {user_id} changed "
+                                   f"({', '.join(sorted(fields_of(request)))})")
 
     @route("post", "/api/users/{user_id}/reset-password", "A generated password, answered "
            "once; the account's tokens are revoked")
     async def reset(self, request: IRequest, user_id: str) -> bytes:
         async def reset() -> dict[str, Any]:
-            password = await self.accounts.reset_password(user_id_of(user_id))
+            password = await self.accounts.reset_password(user_id_of(user_id, self.accounts))
             return {"password": password, "note": "the password is shown only now"}
 
         return await answer_change(request, reset, f"account {user_id}: password reset")
@@ -88,8 +106,8 @@ class UsersAPI(SubApp):
            "tokens and API keys")
     async def delete(self, request: IRequest, user_id: str) -> bytes:
         async def delete() -> dict[str, Any]:
-            await self.accounts.delete_user(user_id_of(user_id))
-            return {"deleted": int(user_id)}
+            await self.accounts.delete_user(user_id_of(user_id, self.accounts))
+            return {"deleted": user_id}
 
         return await answer_change(request, delete, f"account {user_id} deleted")
 

@@ -105,9 +105,10 @@ class UserJourneyTests(AccountsTestCase):
         self.assertEqual(await self.send(login, password), {})
         await wait_until(lambda: self.upstream.messages, what="the delivery")
 
-        logs = await self.logs(alice, lambda got: got["items"])
-        self.assertEqual({r["user"] for r in logs["items"] if r["status"] == "received"},
-                         {"alice"})
+        logs = await self.logs(alice, lambda got: {"received", "sent"} <= {
+            r["status"] for r in got["items"]})
+        self.assertEqual({(r["user"], r["credential"]) for r in logs["items"]},
+                         {("alice", login)})  # the sent row too
         self.assertEqual((await bob.call("GET", "/api/mail-logs"))[1]["total"], 0)
         stats = (await alice.call("GET", "/api/mail-logs/stats"))[1]
         self.assertEqual((stats["messages_received"], stats["user"]), (1, "alice"))
@@ -145,6 +146,7 @@ class UserJourneyTests(AccountsTestCase):
         self.assertEqual(over.smtp_code, 451)  # the login's own quota
         refused = await self.send(login, password, sender="app@elsewhere.example")
         self.assertEqual(refused.smtp_code, 550)  # outside the account's domains
+        self.assertIn(b"for this account", refused.smtp_error)
         code, reset = await alice.call("POST", f"/api/smtp-credentials/{login}/reset-password")
         self.assertEqual(code, 200)
         old = await self.send(login, password)
@@ -210,9 +212,7 @@ class AccountPolicyTests(AccountsTestCase):
             s.login(login, password)
             self.assertEqual(s.sendmail("b@shop.example", ["x@dest.test"],
                                         b"From: b@shop.example\r\nSubject: 1\r\n\r\nx\r\n"), {})
-            users = (await self.admin.call("GET", "/api/users"))[1]["users"]
-            bob_id = next(u["id"] for u in users if u["username"] == "bob")
-            code, _ = await self.admin.call("PATCH", f"/api/users/{bob_id}",
+            code, _ = await self.admin.call("PATCH", "/api/users/bob",  # by name, or id
                                             {"enabled": False})
             self.assertEqual(code, 200)
             code, reply = s.mail("b@shop.example")  # the session authenticated before
@@ -301,9 +301,15 @@ class ApiKeyTests(AccountsTestCase):
                                    {"name": "root", "scopes": ["admin"]})
         self.assertEqual(code, 403)  # a user cannot make an admin key
         for method, path in (("GET", "/api/api-keys"), ("POST", "/api/api-keys"),
-                             ("DELETE", f"/api/api-keys/{made['api_key']['id']}")):
-            code, _ = await key.call(method, path, {"name": "more", "scopes": ["read-logs"]})
-            self.assertEqual(code, 403, (method, path))  # keys are not managed with a key
+                             ("DELETE", f"/api/api-keys/{made['api_key']['id']}"),
+                             ("POST", "/api/auth/password")):
+            code, _ = await key.call(method, path, {"name": "more", "scopes": ["read-logs"],
+                                                    "current_password": PASSWORD,
+                                                    "new_password": "n" * 12})
+            self.assertEqual(code, 403, (method, path))  # not with a key
+        me = (await key.call("GET", "/api/auth/me"))[1]
+        self.assertEqual(me["scopes"], ["read-logs"])
+        self.assertNotIn("admin", (await alice.call("GET", "/api/auth/me"))[1]["scopes"])
         listing = (await alice.call("GET", "/api/api-keys"))[1]["api_keys"]
         self.assertEqual([k["name"] for k in listing], ["dashboards"])
         self.assertIsNotNone(listing[0]["last_used"])
@@ -350,13 +356,13 @@ class SendAsUserTests(AccountsTestCase):
                 "text": "hello"}
         code, answer = await alice.call("POST", "/api/send",
                                         {**form, "from": "ceo@bank.example"})
-        self.assertEqual(code, 403, answer)
+        self.assertEqual((code, answer["code"]), (403, "sender_not_allowed"), answer)
         code, answer = await alice.call("POST", "/api/send", form)
         self.assertEqual(code, 202, answer)
         login, password = await self.credential(alice)
         self.assertEqual(await self.send(login, password), {})  # the second of two
         code, answer = await alice.call("POST", "/api/send", form)
-        self.assertEqual(code, 429, answer)  # the account's quota counts both ways
+        self.assertEqual((code, answer["code"]), (429, "over_quota"), answer)  # both ways
         await wait_until(lambda: len(self.upstream.messages) == 2, what="two deliveries")
         logs = await self.logs(alice, lambda got: len(got["items"]) == 2,
                                "/api/mail-logs?status=received")

@@ -14,7 +14,7 @@ function usageText(used, quota) {
 function snippet(name) {
   const listener = (C.listeners || [])[0] || { host: location.hostname, port: 2525, tls: "starttls" };
   return [t("snippet_host") + " " + listener.host, t("snippet_port") + " " + listener.port,
-    t("snippet_security") + " " + t("tls_" + listener.tls), t("snippet_username") + " " + name].join("\n");
+    t("snippet_security") + " " + t("listener_tls_" + listener.tls), t("snippet_username") + " " + name].join("\n");
 }
 
 // The SMTP username of a listed credential (an account login's is generated).
