@@ -1,6 +1,8 @@
 """Per-message cost of the acceptance policy, on this machine: DKIM body hash and signature
-(RSA 2048, Ed25519), and one rate-limit reservation in memory and in a local redis-server.
-Printed as a table; no targets (issue 5 sets none), so the figures are for the notes."""
+(RSA 2048, Ed25519), one rate-limit reservation in memory and in a local redis-server, and
+a login's lookup at MAIL (the credentials file's, an account's from the accounts view with
+10,000 users) and a bearer token's.  Printed as a table; no targets (issue 5 sets none),
+so the figures are for the notes."""
 
 from __future__ import annotations
 
@@ -62,6 +64,47 @@ def redis_reserve() -> float | None:
         proc.wait()
 
 
+def account_lookups() -> list[tuple[str, float]]:
+    """What MAIL and every API request pay for accounts: dictionary lookups in the view."""
+    from twisted.internet import reactor
+
+    from relaymail.accounts import store
+    from relaymail.accounts.database import Database
+    from relaymail.accounts.model import SmtpLogin
+    from relaymail.accounts.secrets import digest, new_token
+    from relaymail.accounts.view import AccountsView, CombinedCredentials
+    from relaymail.credentials import CredentialStore
+
+    directory = tempfile.mkdtemp()
+    db = Database(f"{directory}/accounts.db", reactor)
+    db.open_now()
+    token = new_token()
+
+    def fill(conn: object) -> None:
+        for i in range(10_000):
+            user = store.create_user(conn, f"user{i}", f"u{i}@example.com", "h", "user", 1.0)
+            store.add_login(conn, SmtpLogin(f"relay_{i:08x}_0000", user.id, "app", "h", True,
+                                            None, None, [], False, 1.0))
+        store.add_token(conn, digest(token), 1, 1.0, 1e12)
+
+    db.transaction(fill)
+    view = AccountsView(db, time.time, reactor)
+    view.load_now()
+    files = CredentialStore(f"{directory}/credentials.json")
+    files.add("app1", "secret-password")
+    combined = CombinedCredentials(files, view)
+    rows = [("login lookup at MAIL: the credentials file's", per_call(
+                lambda: combined.get("app1"))),
+            ("login lookup at MAIL: an account's (10,000 users)", per_call(
+                lambda: combined.get("relay_00001234_0000"))),
+            ("bearer token lookup (10,000 users)", per_call(lambda: view.by_token(token)))]
+    started = time.perf_counter()
+    view.load_now()
+    rows.append(("accounts view reload, 10,000 users and logins", time.perf_counter() - started))
+    db.stop()
+    return rows
+
+
 def main() -> None:
     fields = parse_headers(HEADERS)
     rows = [("DKIM relaxed body hash, 4 KiB", per_call(body_hash))]
@@ -79,6 +122,7 @@ def main() -> None:
     redis_cost = redis_reserve()
     if redis_cost is not None:
         rows.append(("rate limit reserve, 3 limits, redis (unix socket, 1 client)", redis_cost))
+    rows += account_lookups()
     print(f"{'measure':<62} {'per message':>12}")
     for label, seconds in rows:
         print(f"{label:<62} {seconds * 1e6:>9.1f} us")
