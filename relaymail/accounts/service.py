@@ -185,6 +185,10 @@ class Accounts(Service):
         return {"invite": code, "id": digest(code)[:16], "email": email, "role": role,
                 "expires_at": now + INVITE_LIFETIME}
 
+    async def users(self) -> list[User]:
+        """Every account as the table has it now (last logins included)."""
+        return await self._run(store.list_users)  # type: ignore[no-any-return]
+
     async def invites(self) -> list[dict[str, Any]]:
         return await self._run(store.list_invites, self.clock())  # type: ignore
 

@@ -114,9 +114,9 @@ def delete_user(conn: Connection, user_id: int) -> None:
 
 
 def record_login(conn: Connection, user_id: int, now: float) -> None:
-    """The users page shows it: every process reloads (logins are rare next to mail)."""
+    """No bump: nobody's rights changed, and a reload of every process per login would cost
+    more than the login (the users page reads the table itself)."""
     conn.execute(update(users).where(users.c.id == user_id).values(last_login=now))
-    bump(conn)
 
 
 # -- bearer tokens -------------------------------------------------------------------

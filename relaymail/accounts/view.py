@@ -107,7 +107,6 @@ class AccountsView:
     def logged_in(self, user_id: int) -> Deferred:
         """A console login of an account: its last-login time, recorded behind."""
         d = self.db.run(store.record_login, user_id, self.clock())
-        d.addCallback(lambda _: self.refresh())
         d.addErrback(lambda f: log.warn("accounts: cannot record a login: {error}",
                                         error=f.getErrorMessage()))
         return d

@@ -59,12 +59,12 @@ class UsersAPI(SubApp):
     async def listing(self, request: IRequest) -> bytes:
         try:
             logins = await self.accounts.logins(None)
+            users = await self.accounts.users()
         except AccountError as e:
             return refused(request, e)
         per_user: dict[int, int] = {}
         for login in logins:
             per_user[login.user_id] = per_user.get(login.user_id, 0) + 1
-        users = sorted(self.accounts.view.current.users.values(), key=lambda u: u.id)
         return json_reply(request, {"users": [
             {**user_answer(u), "smtp_credentials": per_user.get(u.id, 0)} for u in users],
             "registration": self.accounts.config.registration})
