@@ -13,7 +13,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
 from relaymail.accounts import fields, store
-from relaymail.accounts.database import Database, shown
+from relaymail.accounts.database import Database, DatabaseError, shown
 from relaymail.accounts.fields import AccountError
 from relaymail.accounts.model import ApiKey, SmtpLogin, User
 from relaymail.accounts.principal import Principal
@@ -45,7 +45,11 @@ class Accounts(Service):
     def open_now(self) -> None:
         """Startup: connect, migrate, load the first copy (DatabaseError stops startup)."""
         self.db.open_now()
-        self.view.load_now()
+        try:
+            self.view.load_now()
+        except SQLAlchemyError as e:
+            raise DatabaseError(f"accounts database {shown(self.config.database)}: "
+                                f"{type(e).__name__}: {str(e).strip()[:300]}") from None
 
     def startService(self) -> None:
         super().startService()

@@ -27,6 +27,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from relaymail import logs
+from relaymail.accounts.database import DatabaseError
 from relaymail.accounts.service import Accounts
 from relaymail.config import Config, load_config
 from relaymail.logs import Logger
@@ -119,14 +120,25 @@ def session_factory(ctx: ServerContext, listener: Any, reactor: Any) -> Any:
     return factory
 
 
+def open_accounts(config: Config, reactor: Any) -> Accounts:
+    """The users' SMTP logins, reloaded when they change.  A database that does not answer
+    when this acceptor (re)starts must not keep it from serving: sessions go on with the
+    credentials file, and account logins work once a poll reaches the database."""
+    accounts = Accounts(config.accounts, reactor, thread_runner(reactor))
+    try:
+        accounts.open_now()
+    except DatabaseError as e:
+        log.warn("acceptor: {error}; account logins wait for the database", error=str(e))
+    return accounts
+
+
 def build(config: Config, reactor: Any, link: MainLink, side: AcceptorSide,
           fds: dict[str, int]) -> list[Any]:
     """The acceptor's context and its adopted ports."""
     counters: Counters | None = None
     if config.rate_limits.backend == "memory":
         counters = RemoteCounters(link)  # counted once, in the main process
-    accounts = Accounts(config.accounts, reactor, thread_runner(reactor))
-    accounts.open_now()  # the users' SMTP logins, reloaded when they change
+    accounts = open_accounts(config, reactor)
     accounts.startService()
     side.accounts = accounts
     reactor.addSystemEventTrigger("before", "shutdown", accounts.stopService)

@@ -45,7 +45,7 @@ class SharedAccountsTests(TestCase):
         self.redis = redis_or_skip()
         self.addCleanup(self.redis.stop)
 
-    async def instance(self) -> tuple[Api, int]:
+    async def instance(self, workers: int = 0) -> tuple[Api, int]:
         web, smtp = free_port(), free_port()
         relay = await start_relay(
             tempfile.mkdtemp(),
@@ -53,12 +53,13 @@ class SharedAccountsTests(TestCase):
                  "history_database": self.pg.url},
             smtp={"listeners": [{"name": "smtp", "tls": "none", "auth": "plaintext-loopback",
                                  "endpoint": f"tcp:{smtp}:interface=127.0.0.1"}],
-                  "trusted_networks": [], "workers": 0},
+                  "trusted_networks": [], "workers": workers},
             accounts={"database": self.pg.url},
             rate_limits={"backend": self.redis.url},
             routes=[{"domains": ["*"], "transport": "outbox"}],
             transports={"outbox": {"type": "maildir", "path": tempfile.mkdtemp()}})
         self.addCleanup(relay.stop)
+        self.relay = relay
         token = relay.service.getServiceNamed("spool").control_token
         return Api(f"http://127.0.0.1:{web}", token), smtp
 
@@ -168,3 +169,34 @@ class SharedAccountsTests(TestCase):
 
         self.assertEqual((await self.eventually(degraded, "/health says so"))["status"],
                          "degraded")
+
+    async def test_an_acceptor_restarted_while_the_database_is_gone_still_serves(self) -> None:
+        import os
+        import signal
+
+        admin, smtp = await self.instance(workers=1)
+        code, made = await admin.call("POST", "/api/users", {
+            "username": "alice", "email": "alice@people.example", "password": PASSWORD})
+        self.assertEqual(code, 201, made)
+        alice = await admin.as_(None).login("alice@people.example", PASSWORD)
+        code, cred = await alice.call("POST", "/api/smtp-credentials", {"name": "app"})
+        self.assertEqual(code, 201)
+        self.pg.stop()
+        pool = self.relay.service.acceptors
+        victim = pool.slots[0]
+        old_pid = victim.process.pid
+        os.kill(old_pid, signal.SIGKILL)
+
+        async def restarted() -> Any:
+            slot = pool.slots[0]
+            alive = slot.link is not None and slot.process is not None
+            return True if alive and slot.process.pid != old_pid else None
+
+        await self.eventually(restarted, "the acceptor is back", seconds=30)
+        answer = await send_in_thread(smtp, cred["username"], cred["password"],
+                                      "a@people.example", "x@dest.test",
+                                      data="From: a@people.example\r\n\r\nhi\r\n")
+        # the new acceptor could not load the accounts: the login is unknown there
+        # (535), but the acceptor answers and serves; it does not crash-loop
+        self.assertIsInstance(answer, smtplib.SMTPAuthenticationError)
+        self.assertEqual(pool.slots[0].process.pid, victim.process.pid)
