@@ -53,12 +53,14 @@ class ConsolePages(SubApp):
     def __init__(self, auth: WebAuth, setup_pending: Callable[[], bool] = lambda: False,
                  config: Callable[[], Config] | None = None,
                  absent: frozenset[str] = frozenset(),
-                 registration: Callable[[], str] = lambda: "off") -> None:
+                 registration: Callable[[], str] = lambda: "off",
+                 min_password_length: Callable[[], int] = lambda: 10) -> None:
         self.auth = auth
         self.setup_pending = setup_pending  # first-run setup open: no admin password yet
         self.config = config  # the configuration in force: the SMTP listeners to show
         self.absent = absent  # pages of areas this process was built without: not in the nav
         self.registration = registration  # accounts.registration: off, invite or open
+        self.min_password_length = min_password_length  # accounts.min_password_length
 
     @route("get", "/static/{name}", "The console's script and style sheet", Access.PUBLIC)
     def static(self, request: IRequest, name: str) -> bytes:
@@ -85,7 +87,8 @@ class ConsolePages(SubApp):
     def register_page(self, request: IRequest) -> bytes:
         page_headers(request, b"text/html; charset=utf-8")
         return shell("register", choose_language(request), None, [],
-                     {"registration": self.registration()})
+                     {"registration": self.registration(),
+                      "min_password_length": self.min_password_length()})
 
     @route("get", "/setup", "First-run setup page (while no admin password is set)",
            Access.PUBLIC)
@@ -124,7 +127,8 @@ class ConsolePages(SubApp):
         listeners = listener_list(self.config()) if self.config is not None else []
         return shell(name, choose_language(request), session.user, preset_list(),
                      {"listeners": listeners, "role": role,
-                      "account": session.user_id is not None}, hidden)
+                      "account": session.user_id is not None,
+                      "min_password_length": self.min_password_length()}, hidden)
 
     def role_of(self, session: Session) -> str | None:
         """admin or user; None when the session no longer counts (its account gone,

@@ -4,13 +4,16 @@ Playwright), in Chinese and English, as people of an smtp2go-like service use th
 * alice registers on /register and lands on her own dashboard (no relay panels); makes an
   SMTP login on the credentials page and reads its one-time password there; sends through
   it with smtplib over STARTTLS + AUTH; sees the message in her own delivery log; edits the
-  login's hourly quota in place (kept after a reload, usage counted against it); makes an
-  API key (no admin scope offered to her) and sees it listed; changes her password;
+  login's hourly quota in place (kept after a reload, usage counted against it); finds her
+  address as From on the send form; makes an API key (no admin scope offered to her) and
+  sees it listed; changes her password (the hint names the configured minimum);
 * bob registers too: his credentials and log show nothing of alice's, an admin page sends
   him to the dashboard, the admin API answers him 403;
 * the admin sees alice on the users page (and her login, with her name, on the credentials
-  page), disables her: her open SMTP session is refused at the next MAIL, and so is a new
-  one;
+  page, whose "Enabled" header stays whole at 1280 px), makes a login for her there (without
+  a quota of its own: it names her account's), which she then finds on her credentials
+  page, hinted alike; disables her: her open SMTP session is refused at the next MAIL, and
+  so is a new one;
 * with registration closed, the register page shows the server's refusal, translated.
 
 Every page is checked like tests/integration/test_console_browser.py checks them (page
@@ -89,6 +92,10 @@ class AccountsBrowserTests(RelayTestCase):
             self.assertIn(f"rcpt-{lang}@dest.test", j["own_log"])
             # the quota edited in place, kept, the message counted against it
             self.assertEqual(j["hourly_after_reload"], "50")
+            # the send form: From is her account's one sender address
+            self.assertEqual(j["send_from"], f"alice-{lang}@people.example")
+            self.assertEqual(j["password_rule"], {"zh": "至少 10 个字符",
+                                                  "en": "at least 10 characters"}[lang])
             self.assertIn("1", j["usage"])
             self.assertIn("50", j["usage"])
             # API keys: no admin scope for her; the key once; listed by its prefix
@@ -106,6 +113,17 @@ class AccountsBrowserTests(RelayTestCase):
             # the admin: alice listed with her login; disabled; refused at MAIL
             self.assertIn(f"alice-{lang}@people.example", j["users_row"])
             self.assertIn(f"alice-{lang}", j["admin_credentials_row"])
+            self.assertEqual(j["enabled_header_lines"], 1)
+            # a login the admin made for her: listed with her name, its password once; no
+            # quota of its own, so her account's is named (to the admin, and to her)
+            self.assertRegex(j["made"], r"^relay_[0-9a-f]{8}_[0-9a-f]{4}$")
+            self.assertEqual(len(j["made_password"]), 24)
+            self.assertIn(f"alice-{lang}", j["made_row"])
+            account_quota = {"zh": "账户\uff1a100/小时", "en": "account: 100/hour"}[lang]
+            self.assertIn(account_quota, j["made_usage"])
+            self.assertIn(j["made"], j["alice_sees_made"])
+            self.assertIn(account_quota, j["alice_made_usage"])
+            self.assertNotIn(account_quota, j["usage"])  # her own login has its own quota
             self.assertIsInstance(j["mail_after_disable"], smtplib.SMTPSenderRefused)
             self.assertIsInstance(j["new_session_after_disable"], smtplib.SMTPException)
             self.assertEqual(j["admin_dashboard"], 2)  # the relay's panels are the admin's
@@ -147,6 +165,7 @@ class AccountsBrowserTests(RelayTestCase):
             self.alice_credential(c, lang, j)
             self.alice_log(c, lang, j)
             self.alice_quota(c, j)
+            self.alice_send_form(c, j)
             self.alice_key(c, lang, j)
             self.alice_password(c, j)
             self.logout(c)
@@ -168,6 +187,7 @@ class AccountsBrowserTests(RelayTestCase):
             page.goto(c.base + "/register")
         page.wait_for_selector("#register")
         c.check("register")
+        j["password_rule"] = page.inner_text("#register label:has(#f-password) small")
         c.submit("#register", {"#f-username": name, "#f-email": f"{name}@people.example",
                                "#f-password": PASSWORD})
         page.wait_for_url(c.base + "/")
@@ -223,6 +243,10 @@ class AccountsBrowserTests(RelayTestCase):
         j["hourly_after_reload"] = page.input_value(f"{row} .edit-hourly")
         j["usage"] = page.inner_text(f"{row} .usage")
 
+    def alice_send_form(self, c: Console, j: dict[str, Any]) -> None:
+        c.open("/send", "#send")
+        j["send_from"] = c.page.input_value("#f-from")
+
     def alice_key(self, c: Console, lang: str, j: dict[str, Any]) -> None:
         page = c.page
         c.open("/keys", "#create")
@@ -268,9 +292,12 @@ class AccountsBrowserTests(RelayTestCase):
         c.login(ADMIN_PASSWORD)
         page.wait_for_selector("#destination")
         j["admin_dashboard"] = page.locator("#cards-now, #destination").count()
+        page.set_viewport_size({"width": 1280, "height": 900})
         c.open("/credentials", "#credentials-table")
         j["admin_credentials_row"] = page.inner_text(f"#list tr:has-text('{j['login']}')")
+        j["enabled_header_lines"] = page.evaluate(HEADER_LINES, "enabled_col")
         c.check("admin-credentials")
+        self.admin_makes_a_login(c, alice, j)
         c.open("/users", "#users-table")
         row = f"#users-table tr:has-text('{alice}@people.example')"
         j["users_row"] = page.inner_text(row)
@@ -291,6 +318,28 @@ class AccountsBrowserTests(RelayTestCase):
         j["new_session_after_disable"] = smtp_send(
             self.smtp_port, j["login"], j["password"], j["sender"], "again@dest.test",
             starttls=True)
+
+    def admin_makes_a_login(self, c: Console, alice: str, j: dict[str, Any]) -> None:
+        """A login for alice from the admin's credentials page; then alice's page."""
+        page = c.page
+        page.select_option("#f-user", alice)
+        c.submit("#create", {"#f-name": "made by the admin"})
+        made = re.search(r"relay_[0-9a-f]{8}_[0-9a-f]{4}", c.message("relay_"))
+        j["made"] = made.group(0) if made else ""
+        j["made_password"] = page.inner_text("#once-value")
+        row = f"#list tr:has-text('{j['made']}')"
+        page.wait_for_selector(row)
+        j["made_row"] = page.inner_text(row)
+        j["made_usage"] = page.inner_text(f"{row} .usage")
+        c.check("admin-credentials-for-account")
+        self.logout(c)
+        c.login(NEW_PASSWORD, alice)
+        c.open("/credentials", "#credentials-table")
+        j["alice_sees_made"] = page.inner_text("#credentials-table")
+        j["alice_made_usage"] = page.inner_text(f"{row} .usage")
+        c.check("user-credentials-made-by-admin")
+        self.logout(c)
+        c.login(ADMIN_PASSWORD)
 
     def phone(self, p: Any, base: str, lang: str, problems: list[str]) -> dict[str, Any]:
         """bob's pages at phone width, a login made there; the admin's users page."""
@@ -346,6 +395,18 @@ class AccountsBrowserTests(RelayTestCase):
         return out
 
 
+# How many lines a header of the page's table takes (by its catalogue key).
+HEADER_LINES = """
+(key) => {
+  const label = JSON.parse(document.body.dataset.console).t[key];
+  const th = [...document.querySelectorAll("th")].find((x) => x.textContent === label);
+  const range = document.createRange();
+  range.selectNodeContents(th);
+  return range.getClientRects().length;
+}
+"""
+
+
 def said(c: Console, kind: str) -> str:
     """The message line once it says something of ``kind`` (ok, error)."""
     c.page.wait_for_selector(f"#message.{kind}")
@@ -368,7 +429,7 @@ def test_the_accounts_scripts_use_only_catalogued_keys() -> None:
     en, zh = (set(json.loads(static.joinpath(f"{lang}.json").read_text("utf-8")))
               for lang in ("en", "zh"))
     used: set[str] = set()
-    for name in ("users.js", "account.js", "credentials.js", "dashboard.js"):
+    for name in ("users.js", "account.js", "credentials.js", "dashboard.js", "logs.js"):
         used |= set(re.findall(r'\bt\("([a-z0-9_-]+)"', static.joinpath(name).read_text()))
     used = {k for k in used if not k.endswith("_")}
     assert used - en == set()

@@ -23,7 +23,7 @@ PAGES.account = async function account() {
   el("p", { class: "hint" }, t("account_limits_note")));
   const form = onSubmit(el("form", { id: "password" }, el("h2", {}, t("change_password")),
     field(t("current_password"), input("current", { type: "password", autocomplete: "current-password", required: true })),
-    field(t("new_password_own"), input("new", { type: "password", autocomplete: "new-password", required: true }), t("password_rule_account")),
+    field(t("new_password_own"), input("new", { type: "password", autocomplete: "new-password", required: true }), t("password_rule_account", { n: C.min_password_length || 10 })),
     field(t("confirm_password"), input("confirm", { type: "password", autocomplete: "new-password", required: true })),
     el("button", { type: "submit" }, t("change_password"))), async () => {
     const next = document.getElementById("f-new").value;
@@ -44,7 +44,7 @@ PAGES.register = async function register() {
     el("p", { class: "hint" }, t(invited ? "register_explain_invite" : "register_explain")),
     field(t("username"), input("username", { required: true, autocomplete: "username", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{2,63}" }), t("username_rule")),
     field(t("email"), input("email", { type: "email", required: true, autocomplete: "email" })),
-    field(t("password"), input("password", { type: "password", required: true, autocomplete: "new-password" }), t("password_rule_account")),
+    field(t("password"), input("password", { type: "password", required: true, autocomplete: "new-password" }), t("password_rule_account", { n: C.min_password_length || 10 })),
     invited ? field(t("invite_code"), input("invite", { required: true, value: invite, autocomplete: "off" })) : null,
     el("button", { type: "submit" }, t("register_submit"))), async () => {
     const password = document.getElementById("f-password").value;

@@ -31,9 +31,17 @@ PAGES.logs = async function logs() {
   await load();
 };
 
+// An account user's From: their account's first allowed sender address, when it lists one.
+async function ownSender() {
+  if (!isUser()) return "";
+  const me = await api("GET", "/api/auth/me").catch(() => ({}));
+  return ((me.user && me.user.allowed_sender_domains) || []).find((d) => d.includes("@")) || "";
+}
+
 PAGES.send = async function send() {
+  const sender = await ownSender();
   const form = onSubmit(el("form", { id: "send" },
-    field(t("from"), input("from", { type: "email", required: true, autocomplete: "email" })),
+    field(t("from"), input("from", { type: "email", required: true, autocomplete: "email", value: sender })),
     field(t("to"), input("to", { required: true, pattern: "\\s*[^@\\s,]+@[^@\\s,]+(\\s*,\\s*[^@\\s,]+@[^@\\s,]+)*\\s*" }), t("to_hint")),
     field(t("subject"), input("subject", { required: true, maxlength: 998 })),
     field(t("text"), el("textarea", { id: "f-text", rows: 8, required: true })), el("button", { type: "submit" }, t("send"))), async () => {
