@@ -129,8 +129,10 @@ class ControlAPI:
             kinds = {type(s) for s in built}
             absent = frozenset(p for p, kind in OPTIONAL_PAGES.items() if kind not in kinds)
             mode = accounts.config.registration if accounts is not None else "off"
+            shortest = accounts.config.min_password_length if accounts is not None else 10
             built += [ConsolePages(auth, lambda: setup is not None and setup.pending, current,
-                                   absent, registration=lambda: mode),
+                                   absent, registration=lambda: mode,
+                                   min_password_length=lambda: shortest),
                       ConsoleLogin(auth, tls_check(current))]
         self.subapps: dict[type[SubApp], SubApp] = {type(s): s for s in built}
 

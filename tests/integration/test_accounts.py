@@ -422,3 +422,20 @@ class EveryUserRouteTests(AccountsTestCase):
         self.assertEqual(await self.send(login, password), {})
         keys = (await alice.call("GET", "/api/api-keys"))[1]["api_keys"]
         self.assertEqual([k["id"] for k in keys], [key])
+
+
+class RegisterPageTests(AccountsTestCase):
+    async def test_the_register_page_says_the_configured_password_length(self) -> None:
+        import html
+        import json
+        import re
+
+        api = await self.start(accounts={"min_password_length": 14})
+        code, page = await api.call("GET", "/register")
+        self.assertEqual(code, 200)
+        data = re.search(rb'data-console="([^"]*)"', page)
+        assert data is not None
+        shown = json.loads(html.unescape(data.group(1).decode()))
+        self.assertEqual(shown["min_password_length"], 14)
+        code, short = await api.register("carol", "carol@people.example", "thirteen-char")
+        self.assertEqual((code, short["field"]), (400, "password"))
