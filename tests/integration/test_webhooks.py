@@ -14,12 +14,11 @@ from dataclasses import replace
 from email.message import EmailMessage
 from typing import Any
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.client import HTTPConnectionPool
 
 from relaymail.events.signature import HEADER, verify
+from tests.accountsclient import Api
 from tests.helpers import free_port
 from tests.integration.test_relay import RelayTestCase, plain, smarthost
 from tests.upstreams import Script, wait_until
@@ -59,17 +58,7 @@ class WebhookTests(RelayTestCase):
         return relay.service.getServiceNamed("events").senders[name]
 
     async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        kwargs: dict[str, Any] = {"pool": pool,
-                                  "headers": {"Authorization": [f"Bearer {self.token}"]}}
-        if body is not None:
-            kwargs["json"] = body
-        response = await treq.request(method, self.base + path, **kwargs)
-        text = await response.content()
-        try:
-            return response.code, json.loads(text)
-        except ValueError:
-            return response.code, text
+        return await Api(self.base, self.token).call(method, path, body)
 
     async def submit(self, relay: Any, recipients: list[str], body: bytes) -> dict[str, Any]:
         def send() -> Any:
