@@ -85,10 +85,6 @@ class Database:
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="accounts")
         self.engine: Engine | None = None
 
-    @property
-    def kind(self) -> str:
-        return "postgresql" if "://" in self.database else "sqlite"
-
     def open_now(self) -> None:
         """Connect and migrate on the calling thread, at startup: an unusable database
         stops startup with DatabaseError naming it."""

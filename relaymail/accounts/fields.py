@@ -18,7 +18,7 @@ MAX_DOMAINS = 100
 MAX_NAME = 128
 
 STATUS = {"invalid": 400, "forbidden": 403, "not_found": 404, "exists": 409,
-          "unauthorized": 401, "closed": 403, "too_many": 429, "unavailable": 503}
+          "closed": 403, "too_many": 429, "unavailable": 503}
 
 
 class AccountError(Exception):

@@ -37,9 +37,3 @@ class Principal:
             return True
         return scope in self.scopes
 
-    def owns(self, user_id: int | None) -> bool:
-        """May this principal see or change objects of account ``user_id``?"""
-        return self.is_admin or (self.user_id is not None and self.user_id == user_id)
-
-
-CONFIGURED_ADMIN = Principal(name="admin", role="admin")

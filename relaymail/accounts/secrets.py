@@ -19,8 +19,6 @@ TOKEN_PREFIX = "rmt_"
 KEY_PREFIX = "rmk_"
 KEY_RE = re.compile(r"rmk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 TOKEN_RE = re.compile(r"rmt_[A-Za-z0-9_-]{43}")
-INVITE_RE = re.compile(r"rmi_[A-Za-z0-9_-]{43}")
-LOGIN_RE = re.compile(r"relay_[0-9a-f]{8}_[0-9a-f]{4}")
 
 
 def digest(secret: str) -> str:
