@@ -23,6 +23,7 @@ from run import BIN, free_port, hold_idle, relaymail, rss_kib
 
 from relaymail.spool import new_queue_id
 from relaymail.spool.envelope import Envelope, Recipient
+from relaymail.spool.record import envelope_record
 
 
 def peak_rss_during(pid: int, action: object) -> tuple[int, float]:
@@ -59,7 +60,8 @@ def big_message(port: int, megabytes: int, outbox: str) -> float:
 
 
 def fill_spool(spool: str, count: int) -> None:
-    """``count`` deferred messages written straight into a spool (as a crash would leave)."""
+    """``count`` deferred messages written straight into a spool, as relaymail commits
+    them (the body with its envelope record, the envelope file in ``queue/``)."""
     for sub in ("incoming", "data", "queue", "hold", "failed"):
         os.makedirs(os.path.join(spool, sub), exist_ok=True)
     now = time.time()
@@ -70,42 +72,75 @@ def fill_spool(spool: str, count: int) -> None:
                             recipients=[Recipient(f"r{i}@dest.example")], received_at=now,
                             next_attempt=now + 3600, size=len(body))
         with open(os.path.join(spool, "data", qid + ".eml"), "wb") as f:
-            f.write(body)
+            f.write(body + envelope_record(envelope.to_json()))
         with open(os.path.join(spool, "queue", qid + ".json"), "wb") as f:
             f.write(envelope.to_json())
 
 
-def restart_time(workdir: str, count: int) -> float:
-    """Seconds from process start to the first SMTP banner with ``count`` queued."""
+def restart_time(workdir: str, count: int, workers: int | None = None
+                 ) -> tuple[float, float]:
+    """A restart with ``count`` queued: the relay runs once on the spool (making its
+    databases, as any relay that is restarted has), ``count`` messages are added as
+    committed messages are stored, and the relay starts again.  Returns the seconds from
+    that start to the first SMTP banner, and to the log line saying every queued message
+    is read back (the full schedule)."""
     port = free_port()
     os.makedirs(workdir, exist_ok=True)
-    fill_spool(os.path.join(workdir, "spool"), count)
     config = os.path.join(workdir, "relay.json")
+    logfile = os.path.join(workdir, "relay.log")
     with open(config, "w") as f:
         json.dump({"hostname": "bench.localdomain", "spool_dir": "spool",
-                   "web": {"enabled": False}, "log": {"level": "warn"},
-                   "smtp": {"listeners": [{"name": "smtp", "tls": "none",
+                   "web": {"enabled": False}, "log": {"level": "info"},
+                   "smtp": {"workers": workers,
+                            "listeners": [{"name": "smtp", "tls": "none",
                                            "endpoint": f"tcp:{port}:interface=127.0.0.1"}]},
                    "routes": [{"domains": ["*"], "transport": "nowhere"}],
                    "transports": {"nowhere": {"type": "smtp", "upstreams": [
                        {"host": "127.0.0.1", "port": free_port(), "tls": "none"}]}}}, f)
-    started = time.perf_counter()
-    proc = subprocess.Popen([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "--logfile=-",
-                             "relaymail", "--config", config], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-                    if s.recv(100).startswith(b"220"):
-                        return time.perf_counter() - started
-            except OSError:
+    command = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", f"--logfile={logfile}",
+               "relaymail", "--config", config]
+    for run in ("first", "restart"):
+        if run == "restart":
+            fill_spool(os.path.join(workdir, "spool"), count)
+            os.sync()  # on disk, as a spool is when its relay restarts (else the start's
+            # first fsync would wait for the writeback of the whole fill)
+            os.unlink(logfile)
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            banner = first_banner(port, proc) - started
+            while not recovered(logfile):
                 if proc.poll() is not None:
-                    raise RuntimeError("relaymail exited") from None
-                time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+                    raise RuntimeError("relaymail exited")
+                time.sleep(0.02)
+            schedule = time.perf_counter() - started
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    return banner, schedule
+
+
+def first_banner(port: int, proc: subprocess.Popen) -> float:
+    """When a connection to ``port`` first got a 220 (perf_counter)."""
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+                if s.recv(100).startswith(b"220"):
+                    return time.perf_counter()
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("relaymail exited") from None
+            time.sleep(0.01)
+
+
+def recovered(logfile: str) -> bool:
+    """Whether the log says the queue found at startup is read back."""
+    try:
+        with open(logfile, "rb") as f:
+            return b"queued message(s) recovered in" in f.read()
+    except FileNotFoundError:
+        return False
 
 
 def main() -> int:
@@ -129,7 +164,7 @@ def main() -> int:
             outbox = os.path.join(r.workdir, "var", "outbox", "new")
             peak, seconds = peak_rss_during(
                 r.pid, lambda: big_message(r.port, args.megabytes, outbox))
-        restart = restart_time(os.path.join(work, "restart"), args.queued)
+        banner, schedule = restart_time(os.path.join(work, "restart"), args.queued)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [
@@ -140,7 +175,8 @@ def main() -> int:
         (f"RSS growth, one {args.megabytes} MB message accepted and delivered, MB",
          f"{(peak - before) / 1024:.1f}", "< 10"),
         (f"{args.megabytes} MB message accepted, MB/s", f"{args.megabytes / seconds:.1f}", ""),
-        (f"restart to first banner with {args.queued} queued, s", f"{restart:.2f}", "<= 10"),
+        (f"restart to first banner with {args.queued} queued, s", f"{banner:.2f}", "<= 1"),
+        ("restart to the full schedule, s", f"{schedule:.2f}", "<= 5"),
     ]
     print(f"\n{'measure':<58}{'relaymail':>12}{'target':>10}")
     for name, value, target in rows:

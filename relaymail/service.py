@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -17,6 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from relaymail import logs
 from relaymail.accounts.service import Accounts
 from relaymail.accounts.view import CombinedCredentials
+from relaymail.common.networks import ConnectionTracker
 from relaymail.config import Config, ConfigError, ListenerConfig
 from relaymail.credentials import CredentialStore
 from relaymail.events.archive import Archive, build_archive
@@ -26,13 +27,19 @@ from relaymail.history import History
 from relaymail.logs import Logger
 from relaymail.policy.build import PolicyService
 from relaymail.relay.build import build_manager
-from relaymail.smtp.build import build_context, listener_factory, thread_runner
+from relaymail.smtp.build import (
+    build_context,
+    listener_factory,
+    session_factory,
+    thread_runner,
+)
 from relaymail.smtp.proxy import TrustedProxyEndpoint
 from relaymail.smtp.server import ServerContext
 from relaymail.smtp.tls import server_tls_options
 from relaymail.spool import Spool
 from relaymail.spool import lock as spool_lock
 from relaymail.spool.envelope import Envelope
+from relaymail.spool.recovery import Recovery
 from relaymail.web.api import ControlAPI
 from relaymail.web.credentials_api import CredentialsAPI
 from relaymail.web.guard import WebSite, gate_for
@@ -67,11 +74,13 @@ class RelaymailService(MultiService):
 
 
 class SpoolService(Service):
-    """Prepares the spool at startup (before any session runs): cleans and reloads it."""
+    """Repairs the spool at startup (before any session runs), then reads the queue back
+    behind the listeners (``recovery``; relaymail.spool.recovery says why)."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, reactor: Any) -> None:
         self.spool = spool
-        self.recovered: list[Any] = []
+        self.reactor = reactor
+        self.recovery = Recovery(spool)
         self.lock_fd: int | None = None
         self.control_token = ""
 
@@ -91,10 +100,13 @@ class SpoolService(Service):
             self.lock_fd = None
 
     def startService(self) -> None:
-        self.recovered = self.spool.prepare()
-        log.info("spool {path}: {count} queued message(s) recovered", path=self.spool.root,
-                 count=len(self.recovered))
+        names = self.spool.repair()
+        log.info("spool {path}: {count} queued message(s) found; reading them",
+                 path=self.spool.root, count=len(names))
         super().startService()
+        # Once every listener is open and the reactor runs: the first batch must not make
+        # the rest of startup wait (the thread takes the GIL in turns with it).
+        self.reactor.callWhenRunning(self.recovery.start, names)
 
 
 class ListenerService(StreamServerEndpointService):
@@ -204,8 +216,8 @@ def build_history(config: Config, reactor: Any) -> History:
     return history
 
 
-def build_events(config: Config, reactor: Any, ctx: ServerContext, manager: Any,
-                 recovered: Callable[[], Any] = list) -> EventHub:
+def build_events(config: Config, reactor: Any, ctx: ServerContext, manager: Any
+                 ) -> EventHub:
     """Webhooks (when configured) and the suppression list's automatic side, fed by the
     spool, the relay manager and the SMTP sessions of this process."""
     outbox = None
@@ -213,7 +225,7 @@ def build_events(config: Config, reactor: Any, ctx: ServerContext, manager: Any,
         outbox = Outbox(os.path.join(config.spool_dir, "webhooks.db"), reactor,
                         reactor.seconds, config.web.history_retention_days)
     hub = EventHub(config.webhooks, outbox, ctx.suppression, reactor,
-                   auto_suppress=config.suppression.auto, recovered=recovered)
+                   auto_suppress=config.suppression.auto)
     manager.observers.append(hub.delivery_event)
     if outbox is not None:
         ctx.spool.commit_listeners.append(hub.accepted)
@@ -252,7 +264,15 @@ def acceptor_pool(config: Config, reactor: Any, ctx: ServerContext, manager: Any
     def authority() -> Authority:
         return Authority(ctx.policy.counters, committed, ctx.report)
 
-    pool = AcceptorPool(config, reactor, authority, rescan, tracker=ctx.connections)
+    listeners = {listener.name: listener for listener in config.smtp.listeners}
+
+    def serve_here(name: str) -> Any:
+        # Its own session counts: ctx.connections holds the acceptors' sums (metrics).
+        here = dataclasses.replace(ctx, connections=ConnectionTracker())
+        return session_factory(here, listeners[name], reactor)
+
+    pool = AcceptorPool(config, reactor, authority, rescan, tracker=ctx.connections,
+                        serve_here=serve_here)
     ctx.policy.elsewhere.append(pool.policy_stats)
     pool.setName("acceptors")
     return pool
@@ -266,14 +286,15 @@ def build_service(config: Config, reactor: Any) -> RelaymailService:
     top = RelaymailService()
     accounts.setServiceParent(top)
     top.accounts = accounts  # type: ignore[attr-defined]
-    spool_service = SpoolService(ctx.spool)
+    spool_service = SpoolService(ctx.spool, reactor)
     spool_service.setName("spool")
     SessionCloser(ctx).setServiceParent(top)  # first in, so stopped after the listeners
     spool_service.setServiceParent(top)
     PolicyService(ctx.policy).setServiceParent(top)
-    manager = build_manager(config, reactor, ctx.spool, lambda: spool_service.recovered,
-                            signer=ctx.signer)
-    events = build_events(config, reactor, ctx, manager, lambda: spool_service.recovered)
+    manager = build_manager(config, reactor, ctx.spool, signer=ctx.signer)
+    events = build_events(config, reactor, ctx, manager)
+    recovery = spool_service.recovery
+    recovery.subscribe(events.take_recovered)
     top.acceptors = None  # type: ignore[attr-defined]
     if config.smtp.workers:
         top.acceptors = acceptor_pool(config, reactor, ctx, manager)  # type: ignore[attr-defined]
@@ -297,13 +318,14 @@ def build_service(config: Config, reactor: Any) -> RelaymailService:
     top.events = events  # type: ignore[attr-defined]
     archive = None
     if config.archive.enabled:  # a copy of every message, linked before the manager runs
-        archive = build_archive(config, reactor, ctx.spool.path("data"),
-                                lambda: spool_service.recovered)
+        archive = build_archive(config, reactor, ctx.spool.path("data"))
+        recovery.subscribe(archive.take_recovered)  # linked before the manager may remove it
         archive.setServiceParent(top)
         top.recorders.append(archive)
         ctx.spool.commit_listeners.append(archive.accepted)
         manager.observers.append(archive.delivery_event)
     top.archive = archive  # type: ignore[attr-defined]
+    recovery.subscribe(manager.take_recovered)
     manager.setName("relay")
     manager.setServiceParent(top)
     if config.web.enabled:

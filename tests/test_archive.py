@@ -81,11 +81,10 @@ class ArchiveTests(TestCase):
         self.clock.advance(100 * DAY)
         self.timer = Clock()
 
-    async def archive(self, retention_days: float = 30, max_bytes: int = 1 << 30,
-                      recovered: Any = list) -> Archive:
+    async def archive(self, retention_days: float = 30, max_bytes: int = 1 << 30
+                      ) -> Archive:
         archive = Archive(os.path.join(self.root, "archive"), self.spool.data, reactor,
-                          self.clock.seconds, retention_days, max_bytes, recovered,
-                          timer=self.timer)
+                          self.clock.seconds, retention_days, max_bytes, timer=self.timer)
         archive.startService()
         self.addCleanup(archive.stopService)
         await archive.started
@@ -237,8 +236,9 @@ class ArchiveTests(TestCase):
             f.write(b"half a copy")
         queued = envelope("QUEUED", self.clock.seconds())  # recovered by the spool
         self.spool.commit(queued, crlf(b"Subject: queued\n\nx\n"))
-        again = await self.archive(recovered=lambda: [queued])
-        self.assertTrue(os.path.exists(again.file("QUEUED")))  # linked in startService
+        again = await self.archive()
+        again.take_recovered([queued])  # the spool's first batch after the start
+        self.assertTrue(os.path.exists(again.file("QUEUED")))  # linked at once
         self.assertEqual(sorted(await self.search(again)), ["KEPT", "ORPHAN", "QUEUED"])
         row = await again.lookup("ORPHAN")
         self.assertEqual((row["subject"], row["recipients"][0]["address"]),

@@ -325,3 +325,70 @@ def test_record_reader_takes_any_file_without_failing() -> None:
         assert record is None or record == b'{"queue_id": "X"}'
         with open_body(path) as f:
             assert len(f.read()) <= len(body + tail)
+
+
+class RecoveryTests(TestCase):
+    """The queue found at startup is read in batches behind the listeners
+    (relaymail.spool.recovery): every message once, subscribers in order, none lost."""
+
+    def queued(self, count: int) -> Spool:
+        spool = Spool(tempfile.mkdtemp(), run_synchronously)
+        spool.prepare()
+        for i in range(count):
+            writer = spool.new_message()
+            writer.write(b"Subject: %d\r\n\r\nx\r\n" % i)
+            self.successResultOf(spool.commit(writer, envelope(writer.queue_id)))
+        return spool
+
+    def test_every_queued_message_once_in_batches_and_in_order(self) -> None:
+        from relaymail.spool.recovery import Recovery
+
+        spool = self.queued(7)
+        expected = sorted(n[:-5] for n in os.listdir(spool.path("queue")))
+        restarted = Spool(spool.root, run_synchronously)
+        names = restarted.repair()
+        calls: list[tuple[str, list[str]]] = []
+        recovery = Recovery(restarted, batch=3)
+        recovery.subscribe(lambda b: calls.append(("archive", [e.queue_id for e in b])))
+        recovery.subscribe(lambda b: calls.append(("relay", [e.queue_id for e in b])))
+        finished = recovery.when_finished()
+        self.assertNoResult(finished)
+        recovery.start(names)
+        self.assertEqual(self.successResultOf(finished), 7)
+        self.assertEqual([who for who, _ in calls], ["archive", "relay"] * 3)
+        relayed = [qid for who, batch in calls if who == "relay" for qid in batch]
+        self.assertEqual(relayed, expected)
+        self.assertEqual([len(batch) for who, batch in calls if who == "relay"], [3, 3, 1])
+        self.assertEqual(self.successResultOf(recovery.when_finished()), 7)
+
+    def test_batches_wait_for_the_thread_and_skip_what_is_gone(self) -> None:
+        from relaymail.spool.recovery import Recovery
+
+        spool = self.queued(4)
+        runner = ManualRunner()
+        restarted = Spool(spool.root, runner)
+        names = restarted.repair()
+        got: list[str] = []
+        recovery = Recovery(restarted, batch=2)
+        recovery.subscribe(lambda b: got.extend(e.queue_id for e in b))
+        recovery.start(names)
+        self.assertEqual(got, [])  # nothing read on the caller's thread
+        runner.release()
+        self.assertEqual(len(got), 2)
+        os.unlink(restarted.path("queue", names[3]))  # removed meanwhile (console, say)
+        runner.release()
+        self.assertEqual(got, [n[:-5] for n in names[:3]])
+        self.assertTrue(recovery.finished)
+
+    def test_one_failing_subscriber_does_not_stop_the_others(self) -> None:
+        from relaymail.spool.recovery import Recovery
+
+        spool = self.queued(2)
+        restarted = Spool(spool.root, run_synchronously)
+        got: list[str] = []
+        recovery = Recovery(restarted, batch=1)
+        recovery.subscribe(lambda b: 1 / 0)
+        recovery.subscribe(lambda b: got.extend(e.queue_id for e in b))
+        recovery.start(restarted.repair())
+        self.assertEqual(len(got), 2)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)

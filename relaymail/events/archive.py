@@ -134,7 +134,6 @@ class Archive(Service):
 
     def __init__(self, directory: str, spool_data: str, reactor: Any,
                  clock: Callable[[], float], retention_days: float, max_bytes: int,
-                 recovered: Callable[[], Iterable[Envelope]] = list,
                  timer: IReactorTime | None = None) -> None:
         self.directory = directory
         self.spool_data = spool_data  # the spool's data/ directory
@@ -142,7 +141,6 @@ class Archive(Service):
         self.clock = clock
         self.retention = retention_days * 86400
         self.max_bytes = max_bytes
-        self.recovered = recovered
         self.db_path = os.path.join(directory, "archive.db")
         self.database = DatabaseThread(self.db_path, reactor, "archive", SCHEMA)
         self.batch = Batch()
@@ -158,13 +156,11 @@ class Archive(Service):
     # ------------------------------------------------------------------ lifecycle
 
     def startService(self) -> None:
-        """Make the directory (at startup, before any commit), link what the spool
-        recovered and is not archived yet, then open, reconcile and prune in the thread."""
+        """Make the directory (at startup, before any commit), then open, reconcile and
+        prune in the thread."""
         super().startService()
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        for envelope in self.recovered():
-            self.accepted(envelope)
         opened = self.database.start()
         self.flusher.start(FLUSH_INTERVAL, now=False)
         self.started = ensureDeferred(self._start(opened))
@@ -205,6 +201,12 @@ class Archive(Service):
         return os.path.join(self.directory, queue_id + ".eml")
 
     # ------------------------------------------------------------------ recording
+
+    def take_recovered(self, envelopes: Iterable[Envelope]) -> None:
+        """A batch of the queue found at startup (relaymail.spool.recovery): linked here
+        when not archived yet, before the relay manager gets the batch."""
+        for envelope in envelopes:
+            self.accepted(envelope)
 
     def accepted(self, envelope: Envelope) -> None:
         """Spool commit listener: link the body now (one syscall), index it later."""
@@ -537,12 +539,11 @@ def conditions(filters: dict[str, Any]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(parts) if parts else ""), args
 
 
-def build_archive(config: Config, reactor: Any, spool_data: str,
-                  recovered: Callable[[], Iterable[Envelope]] = list) -> Archive:
+def build_archive(config: Config, reactor: Any, spool_data: str) -> Archive:
     """The ``archive`` section's Archive (its directory beside the spool by default)."""
     settings = config.archive
     directory = settings.path or os.path.join(config.spool_dir, "archive")
     archive = Archive(directory, spool_data, reactor, reactor.seconds,
-                      settings.retention_days, settings.max_bytes, recovered)
+                      settings.retention_days, settings.max_bytes)
     archive.setName("archive")
     return archive

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -52,10 +52,10 @@ class EventHub(Service):
 
     def __init__(self, endpoints: Sequence[WebhookConfig], outbox: Outbox | None,
                  suppression: SuppressionList | None, reactor: Any, auto_suppress: bool = True,
-                 http: Any = None,
-                 recovered: Callable[[], Iterable[Envelope]] = list) -> None:
+                 http: Any = None) -> None:
         self.outbox = outbox
-        self.recovered = recovered  # what the spool recovered at startup
+        self._recovered: list[Envelope] = []  # found at startup, not checked against the outbox
+        self._outbox_started = False
         self.suppression = suppression
         self.auto_suppress = auto_suppress
         self.reactor = reactor
@@ -109,12 +109,24 @@ class EventHub(Service):
         if stale:
             log.info("webhooks: events kept for endpoints no longer configured: {names}",
                      names=", ".join(sorted(stale)))
-        return self._accepted_after_crash() if "accepted" in self.wants else None
+        self._outbox_started = True
+        return self._accepted_after_crash()
 
-    def _accepted_after_crash(self) -> Deferred:
+    def take_recovered(self, envelopes: Iterable[Envelope]) -> None:
+        """A batch of the queue found at startup (relaymail.spool.recovery): checked for
+        accepted events a crash lost once the outbox is open."""
+        if self.outbox is None or "accepted" not in self.wants:
+            return
+        self._recovered.extend(envelopes)
+        if self._outbox_started:
+            self._accepted_after_crash()
+
+    def _accepted_after_crash(self) -> Deferred | None:
         """Report the accepted events that a crash lost (see relaymail.events.outbox)."""
-        assert self.outbox is not None
-        envelopes = {e.queue_id: e for e in self.recovered()}
+        if self.outbox is None or not self._recovered:
+            return None
+        envelopes = {e.queue_id: e for e in self._recovered}
+        self._recovered = []
 
         def report(missing: set[str]) -> None:
             if missing:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -24,7 +24,6 @@ from relaymail.relay.transports import (
     Transport,
 )
 from relaymail.spool import Spool
-from relaymail.spool.envelope import Envelope
 
 
 def build_transport(config: TransportConfig, failover: Failover, reactor: Any,
@@ -38,7 +37,6 @@ def build_transport(config: TransportConfig, failover: Failover, reactor: Any,
 
 
 def build_manager(config: Config, reactor: Any, spool: Spool,
-                  recovered: Callable[[], Iterable[Envelope]],
                   signer: Signer | None = None) -> RelayManager:
     """``signer`` signs again a message whose From an upstream's sender rule changes."""
     delivery = config.delivery
@@ -57,7 +55,7 @@ def build_manager(config: Config, reactor: Any, spool: Spool,
     manager = RelayManager(
         spool, Router(config.routes), transports,
         {name: t.fallback for name, t in config.transports.items()},
-        delivery, config.hostname, reactor, recovered=recovered, pool=pool, health=health)
+        delivery, config.hostname, reactor, pool=pool, health=health)
     manager.editor = editor
     return manager
 

@@ -45,8 +45,7 @@ class RelayManager(Service):
 
     def __init__(self, spool: Spool, router: Router, transports: dict[str, Transport],
                  fallbacks: dict[str, str | None], delivery: DeliveryConfig, hostname: str,
-                 reactor: Any, recovered: Callable[[], Iterable[Envelope]] = list,
-                 rng: random.Random | None = None, max_active: int = 200,
+                 reactor: Any, rng: random.Random | None = None, max_active: int = 200,
                  pool: SessionPool | None = None, health: HealthBoard | None = None) -> None:
         self.spool = spool
         self.router = router
@@ -55,7 +54,6 @@ class RelayManager(Service):
         self.delivery = delivery
         self.hostname = hostname
         self.reactor = reactor
-        self.recovered = recovered
         self.rng = rng or random.Random()
         self.max_active = max_active
         self.pool = pool
@@ -85,9 +83,14 @@ class RelayManager(Service):
         super().startService()
         self.stopping = False
         self.spool.commit_listeners.append(self.submit)
-        for envelope in self.recovered():
-            self.submit(envelope)
-        log.info("relay: {count} message(s) queued", count=len(self.queued))
+        self._dispatch_soon()  # what was submitted before the start
+
+    def take_recovered(self, envelopes: Iterable[Envelope]) -> None:
+        """A batch of the queue found at startup (relaymail.spool.recovery); a message
+        known already (released or committed meanwhile) keeps the state it has."""
+        for envelope in envelopes:
+            if envelope.queue_id not in self.queued and envelope.queue_id not in self.active:
+                self.submit(envelope)
 
     def stopService(self) -> Deferred:
         self.stopping = True

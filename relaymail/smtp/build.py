@@ -17,6 +17,7 @@ from relaymail.events.suppression import SuppressionList, SuppressionStore
 from relaymail.policy.build import build_policy
 from relaymail.policy.counters import Counters
 from relaymail.policy.dkim import build_signer
+from relaymail.smtp.proxy import ProxyWrappingFactory
 from relaymail.smtp.server import RelaySMTPFactory
 from relaymail.smtp.state import ServerContext
 from relaymail.smtp.tls import ensure_self_signed, server_tls_options
@@ -68,4 +69,14 @@ def listener_factory(ctx: ServerContext, listener: ListenerConfig) -> Any:
     factory: Any = RelaySMTPFactory(ctx, listener)
     if listener.tls == "implicit":
         factory = TLSMemoryBIOFactory(ctx.tls_options, False, factory)
+    return factory
+
+
+def session_factory(ctx: ServerContext, listener: ListenerConfig, reactor: Any) -> Any:
+    """What serves a listening socket adopted from elsewhere (an acceptor's, or the main
+    process's while no acceptor serves): the listener's factory behind the PROXY header
+    reader when the listener takes one."""
+    factory = listener_factory(ctx, listener)
+    if listener.proxy_protocol:
+        factory = ProxyWrappingFactory(factory, ctx.smtp.proxy_trusted_networks, reactor)
     return factory

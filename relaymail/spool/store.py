@@ -61,11 +61,19 @@ class Spool:
     # ------------------------------------------------------------------ startup
 
     def prepare(self) -> list[Envelope]:
-        """Create the directories, drop uncommitted leftovers, return the queued envelopes.
+        """:meth:`repair`, then every queued envelope (blocking; tests and tools use it,
+        the service loads them in batches behind its listeners: relaymail.spool.recovery)."""
+        return list(self.load_named("queue", self.repair()))
 
-        Runs once at startup, before any listener accepts mail.  A body whose envelope
-        file was lost in a crash (it is written without an fsync) gets it back from its
-        own envelope record; a body without a whole record was never acknowledged.
+    def repair(self) -> list[str]:
+        """Create the directories, drop uncommitted leftovers; return the names of the
+        envelopes in ``queue/``, sorted (the queue as it stands before any session runs).
+
+        Runs once at startup, before any listener accepts mail, and reads only directory
+        listings (plus the rare file a crash left half done), so that it is quick with a
+        long queue.  A body whose envelope file was lost in a crash (it is written without
+        an fsync) gets it back from its own envelope record; a body without a whole record
+        was never acknowledged.
         """
         for name in (*DIRS, "quarantine"):
             os.makedirs(self.path(name), mode=0o700, exist_ok=True)
@@ -73,18 +81,25 @@ class Spool:
                                   if n.endswith(".json"))
         for name in self.ops.listdir(self.path("incoming")):
             self.ops.unlink(self.path("incoming", name))
-        committed = {n[:-5] for s in STATES for n in self.ops.listdir(self.path(s))
-                     if n.endswith(".json")}
-        bodies = {n[:-4] for n in self.ops.listdir(self.path("data")) if n.endswith(".eml")}
-        for qid in committed - bodies:
-            self._drop_if_removed(qid)
+        listed = {s: self.ops.listdir(self.path(s)) for s in STATES}
+        committed = {n[:-5] for names in listed.values() for n in names if n.endswith(".json")}
+        bodies = set()
         for name in self.ops.listdir(self.path("data")):
-            if name[:-4] in committed:
-                continue
-            if not (name.endswith(".eml") and self._restore("queue", name[:-4])):
+            if name.endswith(".eml"):
+                bodies.add(name[:-4])
+            else:  # a body being rewritten (<id>.eml.new) when the crash came
                 log.info("spool: removing uncommitted body {name}", name=name)
                 self.ops.unlink(self.path("data", name))
-        return list(self.load_state("queue"))
+        for qid in committed - bodies:
+            self._drop_if_removed(qid)
+        restored = []
+        for qid in bodies - committed:
+            if self._restore("queue", qid):
+                restored.append(qid + ".json")
+            else:
+                log.info("spool: removing uncommitted body {name}", name=qid + ".eml")
+                self.ops.unlink(self.path("data", qid + ".eml"))
+        return sorted(n for n in {*listed["queue"], *restored} if n.endswith(".json"))
 
     def _drop_if_removed(self, queue_id: str) -> None:
         """An envelope whose body is gone: a removal was cut short (the body goes first,
@@ -101,15 +116,22 @@ class Spool:
             self._remove_quietly(path)
 
     def load_state(self, state: str) -> Iterable[Envelope]:
-        """The envelopes in ``state``; a malformed one is rebuilt from the body's envelope
-        record, or quarantined when that fails too: never fatal."""
-        for name in sorted(self.ops.listdir(self.path(state))):
+        """The envelopes in ``state``; see :meth:`load_named`."""
+        return self.load_named(state, sorted(self.ops.listdir(self.path(state))))
+
+    def load_named(self, state: str, names: Iterable[str]) -> Iterable[Envelope]:
+        """The envelopes of ``names`` (file names) in ``state``; a malformed one is rebuilt
+        from the body's envelope record, or quarantined when that fails too: never fatal.
+        A name whose file is gone meanwhile (delivered, moved) is skipped."""
+        for name in names:
             if not name.endswith(".json"):
                 continue
             try:
                 envelope = Envelope.from_json(self.ops.read(self.path(state, name)))
                 if envelope.queue_id != name[:-5]:
                     raise EnvelopeError("queue_id does not match the file name")
+            except FileNotFoundError:
+                continue
             except OSError as e:
                 log.error("spool: unreadable envelope {name}: {error}", name=name, error=e)
                 continue

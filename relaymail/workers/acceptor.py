@@ -32,8 +32,7 @@ from relaymail.accounts.service import Accounts
 from relaymail.config import Config, load_config
 from relaymail.logs import Logger
 from relaymail.policy.counters import Counters
-from relaymail.smtp.build import build_context, listener_factory, thread_runner
-from relaymail.smtp.proxy import ProxyWrappingFactory
+from relaymail.smtp.build import build_context, session_factory, thread_runner
 from relaymail.smtp.state import ServerContext
 from relaymail.spool.envelope import Envelope
 from relaymail.workers import protocol as p
@@ -113,13 +112,6 @@ def adopt(reactor: Any, fd: int, factory: Any) -> Any:
     return port
 
 
-def session_factory(ctx: ServerContext, listener: Any, reactor: Any) -> Any:
-    factory = listener_factory(ctx, listener)
-    if listener.proxy_protocol:
-        factory = ProxyWrappingFactory(factory, ctx.smtp.proxy_trusted_networks, reactor)
-    return factory
-
-
 def open_accounts(config: Config, reactor: Any) -> Accounts:
     """The users' SMTP logins, reloaded when they change.  A database that does not answer
     when this acceptor (re)starts must not keep it from serving: sessions go on with the
@@ -187,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     stdio.StandardIO(link, stdin=FROM_MAIN, stdout=TO_MAIN,  # type: ignore[call-arg]
                      reactor=reactor)
     build(config, reactor, link, side, inherited(args.listener))
+    link.callRemote(p.Serving).addErrback(lambda _: None)  # the main process stops accepting
     log.info("acceptor {index} (pid {pid}) serving {count} listener(s)", index=args.index,
              pid=os.getpid(), count=len(args.listener))
     reactor.run()  # type: ignore[attr-defined]

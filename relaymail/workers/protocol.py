@@ -77,6 +77,14 @@ class AccountsChanged(amp.Command):
     response = []  # type: ignore[var-annotated]
 
 
+class Serving(amp.Command):
+    """Acceptor to main: the listening sockets are adopted, sessions run here now (the
+    main process stops accepting in its place: relaymail.workers.supervisor)."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = []  # type: ignore[var-annotated]
+
+
 class Status(amp.Command):
     """An acceptor's open sessions by listener, and its policy counters (JSON)."""
 

@@ -66,6 +66,13 @@ class Authority(amp.CommandLocator):
         self.counters = counters
         self.committed = committed
         self.reported = reported
+        self.on_serving: Callable[[], None] | None = None  # set by the AcceptorPool
+
+    @p.Serving.responder
+    def serving(self) -> dict[str, Any]:
+        if self.on_serving is not None:
+            self.on_serving()
+        return {}
 
     @p.Report.responder
     def on_report(self, event: str) -> dict[str, Any]:

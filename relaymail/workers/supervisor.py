@@ -3,8 +3,11 @@
 that dies, and stops them all at shutdown.
 
 The listening sockets are opened here (so a bad endpoint stops startup with the key named,
-as in the single-process relay) and never read here: the kernel hands each connection to
-whichever acceptor calls ``accept`` first.  Each acceptor gets AMP on its descriptors 3
+as in the single-process relay); the kernel hands each connection to whichever acceptor
+calls ``accept`` first.  While no acceptor serves (from startup until the first one says
+``Serving``, about a second of imports; after every acceptor died, until one is back), this
+process accepts on them itself with the same session code (``serve_here``), so that a
+client never waits on an unread backlog.  Each acceptor gets AMP on its descriptors 3
 and 4 (see relaymail.workers.acceptor).  A message an acceptor committed but could not
 announce before dying is still in ``queue/``: after a death the spool is scanned for
 envelopes the relay does not know yet.
@@ -81,11 +84,12 @@ class Acceptor:
     ended: Deferred | None = None
     kill_timer: Any = None  # the KILL after STOP_TIMEOUT, while stopping
     restart_timer: Any = None  # the start after a death, while it waits
+    serving: bool = False  # said Serving: its sessions run, the main process's do not
 
     def public(self) -> dict[str, Any]:
         alive = self.process is not None
         return {"id": self.index, "pid": self.process.pid if alive else None,
-                "alive": alive, "restarts": self.restarts,
+                "alive": alive, "serving": alive and self.serving, "restarts": self.restarts,
                 "connections": self.status.get("connections", 0) if alive else 0}
 
 
@@ -140,8 +144,11 @@ class AcceptorPool(Service):
 
     def __init__(self, config: Config, reactor: Any, locator: Callable[[], amp.CommandLocator],
                  after_death: Callable[[], Any], executable: str = sys.executable,
-                 tracker: ConnectionTracker | None = None) -> None:
+                 tracker: ConnectionTracker | None = None,
+                 serve_here: Callable[[str], Any] | None = None) -> None:
         self.config = config
+        self.serve_here = serve_here  # listener name -> session factory, in this process
+        self.bridges: dict[str, Any] = {}  # this process's own ports on the sockets
         self.tracker = tracker  # given the acceptors' session counts after each poll
         self.reactor = reactor
         self.locator = locator
@@ -186,9 +193,32 @@ class AcceptorPool(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._open_bridges()
         for slot in self.slots:
             self.spawn(slot)
         self._poll.start(POLL_INTERVAL, now=False)
+
+    def _open_bridges(self) -> None:
+        """Accept here too, on a copy of each listening socket (no acceptor serves)."""
+        if self.serve_here is None or self.bridges or self.stopping:
+            return
+        for name, port in self.ports.items():
+            self.bridges[name] = self.reactor.adoptStreamPort(
+                port.fileno(), port.socket.family, self.serve_here(name))
+        log.info("SMTP sessions run in the main process until an acceptor serves")
+
+    def _close_bridges(self) -> Deferred:
+        """Stop accepting here (the sessions already here go on to their end)."""
+        bridges, self.bridges = list(self.bridges.values()), {}
+        return DeferredList([port.stopListening() for port in bridges])
+
+    def serving(self, slot: Acceptor) -> None:
+        """An acceptor adopted the sockets and runs sessions."""
+        slot.serving = True
+        if self.bridges:
+            self._close_bridges()
+            log.info("acceptor {worker} serves; the main process no longer accepts",
+                     worker=slot.index)
 
     def command(self, slot: Acceptor) -> tuple[list[str], dict[int, Any]]:
         args = [self.executable, "-m", "relaymail.workers.acceptor",
@@ -208,7 +238,10 @@ class AcceptorPool(Service):
             [package_root, *filter(None, [env.get("PYTHONPATH")])])
         slot.ended = Deferred()
         slot.started_at = self.reactor.seconds()
-        protocol = AcceptorProcess(self, slot, self.locator())
+        locator = self.locator()
+        if hasattr(locator, "on_serving"):
+            locator.on_serving = lambda: self.serving(slot)
+        protocol = AcceptorProcess(self, slot, locator)
         slot.process = self.reactor.spawnProcess(protocol, self.executable, args, env=env,
                                                  childFDs=fds)
         log.info("acceptor {worker} started (pid {pid})", worker=slot.index,
@@ -218,7 +251,7 @@ class AcceptorPool(Service):
         """An acceptor exited: recover what it committed, and start another unless we are
         stopping."""
         pid = slot.process.pid if slot.process is not None else None
-        slot.process, slot.link, slot.status = None, None, {}
+        slot.process, slot.link, slot.status, slot.serving = None, None, {}, False
         if slot.kill_timer is not None and slot.kill_timer.active():
             slot.kill_timer.cancel()
         slot.kill_timer = None
@@ -230,6 +263,8 @@ class AcceptorPool(Service):
         log.error("acceptor {worker} (pid {pid}) ended: {why}; restarting", worker=slot.index,
                   pid=pid, why=reason.getErrorMessage())
         self.after_death()
+        if not any(s.serving for s in self.slots):
+            self._open_bridges()
         lived = self.reactor.seconds() - slot.started_at
         slot.failures_in_row = 0 if lived > 60 else slot.failures_in_row + 1
         delay = RESTART_DELAYS[min(slot.failures_in_row, len(RESTART_DELAYS) - 1)]
@@ -256,6 +291,7 @@ class AcceptorPool(Service):
                 self._signal(slot, "TERM")
                 slot.kill_timer = self.reactor.callLater(STOP_TIMEOUT, self._kill_if_running,
                                                          slot)
+        self._close_bridges()
         d = DeferredList(waits) if waits else succeed(None)
         d.addCallback(lambda _: self._close_ports())
         return d

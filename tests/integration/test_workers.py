@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from typing import Any
@@ -86,7 +87,10 @@ def attempt(session: Session, line: bytes) -> bytes:
 class WorkersTestCase(TestCase):
     timeout = 120
 
-    async def start(self, workers: int = 2, **sections: Any) -> Any:
+    async def start(self, workers: int = 2, slow_start: float = 0, **sections: Any) -> Any:
+        """The service with ``workers`` acceptors, once every one serves (``slow_start``:
+        each acceptor process waits that many seconds before Python starts, and then
+        this returns at once)."""
         from relaymail.service import build_service
 
         self.directory = tempfile.mkdtemp()
@@ -101,12 +105,16 @@ class WorkersTestCase(TestCase):
         data.update(sections)
         config = load_config(write_config(self.directory, data), environ={})
         service = build_service(config, reactor)
+        self.pool = service.acceptors
+        if slow_start:
+            self.slow_acceptors(slow_start)
         service.privilegedStartService()
         service.startService()
         self.addCleanup(lambda: service.stopService() if service.running else None)
         self.service = service
-        self.pool = service.acceptors
-        await self.until(lambda: all(s.link is not None for s in self.pool.slots))
+        if slow_start:
+            return service
+        await self.until(lambda: all(s.serving for s in self.pool.slots))
         await self.until_serving()
         return service
 
@@ -140,6 +148,14 @@ class WorkersTestCase(TestCase):
             if len(sessions) >= minimum and all(n > 0 for n in per_worker):
                 return sessions
         self.fail(f"sessions did not spread over the acceptors: {per_worker}")
+
+    def slow_acceptors(self, seconds: float) -> None:
+        """Acceptor processes (started or restarted from now on) sleep before Python."""
+        wrapper = os.path.join(self.directory, "slow-python")
+        with open(wrapper, "w") as f:
+            f.write(f'#!/bin/sh\nsleep {seconds}\nexec "{sys.executable}" "$@"\n')
+        os.chmod(wrapper, 0o755)
+        self.pool.executable = wrapper
 
     def delivered(self) -> int:
         new = os.path.join(self.directory, "outbox", "new")
@@ -198,7 +214,7 @@ class AcceptorTests(WorkersTestCase):
         victim = self.pool.slots[0]
         pid = victim.process.pid
         os.kill(pid, signal.SIGKILL)
-        await self.until(lambda: victim.restarts == 1 and victim.link is not None)
+        await self.until(lambda: victim.restarts == 1 and victim.serving)
         self.assertNotEqual(victim.process.pid, pid)
         sessions = await self.spread_sessions(2)
         answers = [await deferToThread(s.send, "after@client.example") for s in sessions]
@@ -213,6 +229,53 @@ class AcceptorTests(WorkersTestCase):
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", self.port), timeout=2)
+
+
+class MainProcessServesTests(WorkersTestCase):
+    """While no acceptor serves, the main process accepts itself: a client is answered
+    at once at startup (the acceptors' imports take about a second, and more on a loaded
+    machine) and while every acceptor is being restarted."""
+
+    def sessions_here(self) -> int:
+        return len(self.service.context.sessions)
+
+    async def test_served_before_any_acceptor_is_ready(self) -> None:
+        await self.start(slow_start=4)
+        self.assertTrue(self.pool.bridges)
+        session = await deferToThread(Session, self.port)
+        self.addCleanup(session.close)
+        self.assertEqual(self.sessions_here(), 1)  # in this process: no acceptor is up
+        answer = await deferToThread(session.send, "early@client.example")
+        self.assertTrue(answer.startswith(b"250"), answer)
+        self.assertFalse(any(s.serving for s in self.pool.slots))
+        await self.until(lambda: self.delivered() == 1)
+        await self.until(lambda: any(s.serving for s in self.pool.slots), 60)
+        self.assertEqual(self.pool.bridges, {})  # this process no longer accepts
+        self.assertEqual(self.sessions_here(), 1)  # the session it had goes on
+        self.assertTrue((await deferToThread(session.send, "again@client.example"))
+                        .startswith(b"250"))
+        later = await deferToThread(Session, self.port)
+        self.addCleanup(later.close)
+        self.assertEqual(self.sessions_here(), 1)  # the new one is an acceptor's
+        await self.pool.poll()
+        self.assertEqual(sum(s.status.get("connections", 0) for s in self.pool.slots), 1)
+
+    async def test_served_while_every_acceptor_is_restarted(self) -> None:
+        await self.start()
+        self.assertEqual(self.pool.bridges, {})
+        self.slow_acceptors(4)  # the restarts take a while
+        for slot in self.pool.slots:
+            os.kill(slot.process.pid, signal.SIGKILL)
+        await self.until(lambda: not any(s.serving for s in self.pool.slots))
+        self.assertTrue(self.pool.bridges)
+        session = await deferToThread(Session, self.port)
+        self.addCleanup(session.close)
+        self.assertEqual(self.sessions_here(), 1)
+        answer = await deferToThread(session.send, "meanwhile@client.example")
+        self.assertTrue(answer.startswith(b"250"), answer)
+        await self.until(lambda: self.delivered() == 1)
+        await self.until(lambda: all(s.serving for s in self.pool.slots), 60)
+        self.assertEqual(self.pool.bridges, {})
 
 
 class AcceptorHealthTests(WorkersTestCase):
