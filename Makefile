@@ -33,8 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy relaymail
 
+# Bytecode as an installed package has it (PYTHONDONTWRITEBYTECODE may be set here):
+# every process start, acceptors' included, would otherwise compile relaymail again.
 bench: $(STAMP)
 	WITH_POSTFIX=1 scripts/system-deps
+	$(BIN)/python -m compileall -q relaymail twisted > /dev/null
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/scale.py

@@ -58,4 +58,9 @@ def write_eagerly(transport: Any) -> None:
             data = data[sent:]
         buffered(transport, data)
 
+    def write_sequence(data: Any) -> None:
+        write(b"".join(data))
+
     transport.write = write
+    # twisted.mail's SMTP is a LineOnlyReceiver: every reply line is a writeSequence.
+    transport.writeSequence = write_sequence
