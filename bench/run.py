@@ -345,6 +345,9 @@ def main() -> int:
             with relaymail(os.path.join(work, "r"), args.idle + 100, sink_port) as r:
                 smtp_source(r.port, s, min(n, 500), size)  # warm-up
                 results["relaymail_accept"] = n / smtp_source(r.port, s, n, size)
+                # Latency with nothing else to do but relay each message as it comes (the
+                # queue of the run above drained), as for Postfix below.
+                wait_until_empty(os.path.join(r.workdir, "spool"), ("queue",))
                 m = args.latency_messages
                 results["relaymail_latency_ms"] = 1000 * smtp_source(r.port, 1, m, size) / m
                 results["relaymail_idle_kib"] = idle_connection_cost(r.port, r.pid, args.idle)
@@ -358,9 +361,12 @@ def main() -> int:
                 with postfix(os.path.join(work, mode), sink_port, accept_only) as port:
                     smtp_source(port, s, min(n, 500), size)
                     results[mode] = n / smtp_source(port, s, n, size)
-                    if accept_only:
-                        m = args.latency_messages
-                        results["postfix_latency_ms"] = 1000 * smtp_source(port, 1, m, size) / m
+                    if not accept_only:  # relaying: latency once its queue drained
+                        wait_until_empty(os.path.join(work, mode, "postfix", "queue"),
+                                         ("incoming", "active", "deferred", "maildrop"))
+                    m = args.latency_messages
+                    key = "postfix_latency_ms" if accept_only else "postfix_relaying_latency_ms"
+                    results[key] = 1000 * smtp_source(port, 1, m, size) / m
             e2e = {"relaymail": end_to_end_relaymail(os.path.join(work, "e2e-r"), sink_port,
                                                      s, n, size),
                    "postfix": end_to_end_postfix(os.path.join(work, "e2e-p"), sink_port,
@@ -379,8 +385,10 @@ def report(r: dict[str, float], sessions: int, messages: int, size: int, idle: i
         ("accepted msg/s (postfix accept-only)", r["relaymail_accept"], r["postfix_accept"]),
         ("accepted msg/s (postfix while relaying)", r["relaymail_accept"],
          r["postfix_relaying"]),
-        ("1-session latency ms/msg (lower=better)", r["relaymail_latency_ms"],
+        ("1-session latency ms (postfix accept-only)", r["relaymail_latency_ms"],
          r["postfix_latency_ms"]),
+        ("1-session latency ms (postfix relaying)", r["relaymail_latency_ms"],
+         r["postfix_relaying_latency_ms"]),
     ]
     for name, ours, theirs in rows:
         print(f"{name:<42}{ours:>12.1f}{theirs:>12.1f}{ours / theirs:>8.2f}")
@@ -392,7 +400,9 @@ def report(r: dict[str, float], sessions: int, messages: int, size: int, idle: i
     print(f"{'RSS per idle connection, KiB (' + str(idle) + ' idle)':<42}"
           f"{r['relaymail_idle_kib']:>12.2f}{'-':>12}{'-':>8}")
     print("targets: acceptance ratio >= 1.5 (while relaying), >= 1.0 (accept-only); latency "
-          "ratio <= 1.0; scaling >= 1.7; <= 3 KiB per idle connection")
+          "ratio <= 1.0 (lower is better; relaymail relays each message meanwhile, so the "
+          "relaying row compares like with like); scaling >= 1.7; <= 3 KiB per idle "
+          "connection")
 
 
 def report_end_to_end(e: dict[str, dict[str, float]], sessions: int, messages: int,

@@ -21,8 +21,9 @@ def envelope(qid: str) -> Envelope:
 
 
 class SpoolTests(TestCase):
-    def make(self, runner: Any = run_synchronously, ops: FileOps | None = None) -> Spool:
-        spool = Spool(tempfile.mkdtemp(), runner, ops=ops)
+    def make(self, runner: Any = run_synchronously, ops: FileOps | None = None,
+             sync_directory: bool = True) -> Spool:
+        spool = Spool(tempfile.mkdtemp(), runner, ops=ops, sync_directory=sync_directory)
         spool.prepare()
         return spool
 
@@ -181,6 +182,24 @@ class SpoolTests(TestCase):
         runner.release()
         self.assertEqual([len({self.successResultOf(d) for d in results})], [4])
         self.assertEqual(calls, ["fsync", "dir:data", "fsync", "fsync", "fsync", "dir:data"])
+
+    def test_no_directory_fsync_where_the_file_fsync_covers_the_entry(self) -> None:
+        """ext4, XFS, btrfs: the body's fsync is the commit's only one."""
+        calls: list[str] = []
+
+        class Counting(FileOps):
+            def fsync(self, fd: int) -> None:
+                calls.append("fsync")
+                super().fsync(fd)
+
+            def fsync_dir(self, path: str) -> None:
+                calls.append("dir:" + os.path.basename(path))
+                super().fsync_dir(path)
+
+        spool = self.make(ops=Counting(), sync_directory=False)
+        self.successResultOf(self.store(spool, b"m\r\n")[1])
+        self.assertEqual(calls, ["fsync"])
+        self.assertEqual(spool.count("queue"), 1)
 
     def test_body_file_carries_the_envelope_record(self) -> None:
         spool = self.make()
@@ -392,3 +411,43 @@ class RecoveryTests(TestCase):
         recovery.start(restarted.repair())
         self.assertEqual(len(got), 2)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+
+
+MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+31 27 0:30 / /var/spool rw,relatime - nfs4 server:/export rw
+32 31 254:1 / /var/spool/relay rw,relatime - xfs /dev/vdb rw
+33 27 0:31 / /srv/with\040space rw,relatime - btrfs /dev/vdc rw
+34 27 0:32 / /tmp rw - tmpfs tmpfs rw
+35 34 0:33 / /tmp rw - overlay overlay rw
+"""
+
+
+class FilesystemTests(TestCase):
+    """Which filesystem the spool is on decides whether a commit fsyncs data/ too."""
+
+    def mountinfo(self) -> str:
+        path = os.path.join(tempfile.mkdtemp(), "mountinfo")
+        with open(path, "w") as f:
+            f.write(MOUNTINFO)
+        return path
+
+    def test_the_longest_mount_point_above_the_path_wins(self) -> None:
+        from relaymail.spool.safeio import directory_fsync_needed, filesystem_type
+
+        info = self.mountinfo()
+        cases = {"/var/lib/relaymail": "ext4", "/var/spool": "nfs4",
+                 "/var/spool/relay/spool": "xfs", "/var/spool/relaymail": "nfs4",
+                 "/srv/with space/spool": "btrfs", "/tmp/spool": "overlay"}
+        for path, kind in cases.items():
+            self.assertEqual(filesystem_type(path, info), kind, path)
+        self.assertFalse(directory_fsync_needed("/var/lib/relaymail", info))
+        self.assertFalse(directory_fsync_needed("/var/spool/relay/x", info))
+        self.assertTrue(directory_fsync_needed("/var/spool/x", info))  # NFS
+        self.assertTrue(directory_fsync_needed("/tmp/spool", info))  # overlay on top
+        self.assertTrue(directory_fsync_needed("/x", "/nonexistent/mountinfo"))  # unknown
+
+    def test_this_machine_is_read(self) -> None:
+        from relaymail.spool.safeio import filesystem_type
+
+        self.assertIsNotNone(filesystem_type(tempfile.gettempdir()))

@@ -58,6 +58,46 @@ def write_atomically(path: str, data: bytes, mode: int = 0o600, durable: bool = 
             os.close(dfd)
 
 
+# Filesystems on which the fsync of a newly created file also makes its directory entry
+# durable, so that a commit needs no fsync of data/ (measured on ext4: a third of the
+# commit's disk time for one message):
+# - ext4: fsync waits for the journal commit of the inode's last change, and journal
+#   transactions commit in order, so the one that created the entry is in; without a
+#   journal, ext4 syncs the parent directory of a new inode itself (ext4_sync_parent);
+# - XFS: fsync forces the log up to the inode's last change, the create's included;
+# - btrfs: fsync logs a new inode's names in the log tree.
+# Elsewhere (NFS, FUSE, overlayfs, tmpfs, ext2, anything unknown) data/ is fsync'd too.
+ENTRY_DURABLE_WITH_FILE = frozenset({"ext4", "xfs", "btrfs"})
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def filesystem_type(path: str, mountinfo: str = MOUNTINFO) -> str | None:
+    """The type of the filesystem ``path`` is on (the last mount of the longest mount
+    point above it, from /proc/self/mountinfo), or None when that cannot be read."""
+    target = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), right.split()[0])
+    return best[1] if best else None
+
+
+def directory_fsync_needed(path: str, mountinfo: str = MOUNTINFO) -> bool:
+    """Must a commit into ``path`` fsync the directory too (see ENTRY_DURABLE_WITH_FILE)?"""
+    return filesystem_type(path, mountinfo) not in ENTRY_DURABLE_WITH_FILE
+
+
 def write_json_atomically(path: str, data: Any, mode: int = 0o600) -> None:
     """``data`` as indented, sorted JSON, durably and atomically (write_atomically)."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"

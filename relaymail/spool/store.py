@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from relaymail.logs import Logger
 from relaymail.spool.envelope import Envelope, EnvelopeError
 from relaymail.spool.record import envelope_record, read_record
-from relaymail.spool.safeio import FileOps
+from relaymail.spool.safeio import FileOps, directory_fsync_needed, filesystem_type
 from relaymail.spool.writer import (
     DIRS,
     STATES,
@@ -43,8 +43,13 @@ class Spool:
     """The spool directory; every blocking operation runs through ``run_in_thread``."""
 
     def __init__(self, root: str, run_in_thread: RunInThread,
-                 clock: Callable[[], float] = time.time, ops: FileOps | None = None) -> None:
+                 clock: Callable[[], float] = time.time, ops: FileOps | None = None,
+                 sync_directory: bool | None = None) -> None:
         self.root = root
+        # Whether a commit fsyncs data/ after the bodies (None: by the filesystem, see
+        # relaymail.spool.safeio.ENTRY_DURABLE_WITH_FILE).
+        self.sync_directory = (directory_fsync_needed(root) if sync_directory is None
+                               else sync_directory)
         self.run_in_thread = run_in_thread
         self.clock = clock
         self.ops = ops or FileOps()
@@ -77,6 +82,10 @@ class Spool:
         """
         for name in (*DIRS, "quarantine"):
             os.makedirs(self.path(name), mode=0o700, exist_ok=True)
+        log.info("spool {path}: {fs}: {how}", path=self.root,
+                 fs=filesystem_type(self.root) or "filesystem unknown",
+                 how="data/ fsync'd after each batch of bodies" if self.sync_directory else
+                 "a body's fsync makes its directory entry durable")
         self.quarantined = sorted(n for n in self.ops.listdir(self.path("quarantine"))
                                   if n.endswith(".json"))
         for name in self.ops.listdir(self.path("incoming")):
@@ -229,11 +238,11 @@ class Spool:
 
     def _commit_batch(self, batch: list[_Pending]) -> list[Exception | None]:
         """Thread: write every body with its envelope record, fsync each, fsync ``data/``
-        once, then publish the envelopes.
+        once where the filesystem needs it (``sync_directory``), then publish the envelopes.
 
         That is one durable write per message (the record makes the body file the whole
-        message) plus one directory fsync per batch; writing all files before the first
-        fsync lets one journal commit cover many.  The envelope files are written without
+        message); writing all files before the first fsync lets one journal commit cover
+        many.  The envelope files are written without
         fsync: startup rebuilds a lost one from the record.  Each message fails alone.
         """
         errors: list[Exception | None] = [None] * len(batch)
@@ -263,7 +272,7 @@ class Spool:
                 self._unstage(item)
             finally:
                 self._close_all([fd])
-        if staged:
+        if staged and self.sync_directory:
             try:
                 self.ops.fsync_dir(self.path("data"))
             except OSError as e:
