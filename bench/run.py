@@ -103,11 +103,30 @@ def relaymail(workdir: str, max_connections: int, sink_port: int | None = None,
                             cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port)
+        wait_for_acceptors(web_port)
         yield Relaymail(port, proc.pid, workdir, web_port)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+def wait_for_acceptors(web_port: int, seconds: float = 60) -> None:
+    """Until every acceptor process serves (``/health``): the main process answers SMTP
+    from the start, and memory or speed measured while acceptors still start is not
+    theirs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health",
+                                        timeout=5) as response:
+                workers = json.loads(response.read())["details"].get("workers", [])
+            if all(w["serving"] for w in workers):
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the acceptors did not start serving")
 
 
 @contextmanager
