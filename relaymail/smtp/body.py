@@ -103,7 +103,13 @@ class BodyReader:
                 and max(map(len, data.split(b"\r\n"))) <= self.fold_length)
 
     def _store_block(self, data: bytes) -> None:
-        """Body lines stored at once: dot-unstuffed, hashed, checked for 8 bits and size."""
+        """Body lines stored at once: dot-unstuffed, hashed, checked for 8 bits and size.
+        A block that may go over the size limit takes the line path, so that what was
+        hashed and seen when the message is refused is the same either way."""
+        if self.writer.size + len(data) > self.max_size:
+            for line in data[:-2].split(b"\r\n"):
+                self.line(line)
+            return
         if data[:1] == b".":
             data = data[1:]
         data = data.replace(b"\r\n.", b"\r\n")
