@@ -42,6 +42,8 @@ class LoginLockedError(Exception):
 class AuthLayer:
     """AUTH for one session; it sets ``state.credential`` on success."""
 
+    __slots__ = ("exchange", "state")  # one per open session
+
     def __init__(self, state: SessionState) -> None:
         self.state = state
         self.exchange: Exchange | None = None

@@ -49,9 +49,10 @@ class ServerContext:
             session.transport.abortConnection()
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionState:
-    """One session's facts, read and set by the wire, AUTH and transaction layers."""
+    """One session's facts, read and set by the wire, AUTH and transaction layers (slots:
+    one per open session, idle ones included)."""
 
     context: ServerContext
     listener: ListenerConfig

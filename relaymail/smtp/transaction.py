@@ -72,6 +72,8 @@ class TransactionLayer:
     """MAIL/RCPT/DATA for one session.  ``pressure`` pauses and resumes reading while the
     spool catches up; ``tls_comment`` describes the TLS session for the Received header."""
 
+    __slots__ = ("body", "context", "pressure", "state", "tls_comment", "txn")  # per session
+
     def __init__(self, state: SessionState, pressure: Callable[[bool], None],
                  tls_comment: Callable[[], str]) -> None:
         self.state = state

@@ -47,7 +47,6 @@ class WireProtocol(ESMTP):
         super().__init__(**kw)
         self.mode = COMMAND
         self.errors = 0
-        self.count_refusal: Callable[[int, str], None] = lambda code, enhanced: None
         self._backlog: deque[bytes] | None = None
         self._blocked = False
         self._in_data_received = False
@@ -233,6 +232,9 @@ class WireProtocol(ESMTP):
             self._backlog.clear()
         if self._in_data_received:
             self._discard_rest = True
+
+    def count_refusal(self, code: int, enhanced: str) -> None:
+        """Hook: a 4xx or 5xx reply was sent (the session counts it for metrics)."""
 
     def reply(self, r: Reply) -> None:
         self.sendCode(r.code, r.encode())
