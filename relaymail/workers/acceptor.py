@@ -79,9 +79,11 @@ class MainLink(amp.AMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        log.info("acceptor: the main process is gone; stopping")
         if self.reactor.running:
-            log.info("acceptor: the main process is gone; stopping")
             self.reactor.stop()
+        else:  # gone while this acceptor was still starting: stop as soon as it runs
+            self.reactor.callWhenRunning(self.reactor.stop)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -39,6 +39,18 @@ def start_logged(config: str) -> subprocess.Popen:
         log.close()
 
 
+def wait_until_serving(directory: str, pids: list[int], seconds: float = 30) -> None:
+    """Until each acceptor in ``pids`` logged that it serves (twistd.log)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with open(os.path.join(directory, "twistd.log"), "rb") as f:
+            log = f.read()
+        if all(b"(pid %d) serving" % pid in log for pid in pids):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"acceptors {pids} did not start serving")
+
+
 def acceptors_of(pid: int) -> list[int]:
     """The main process's children, from /proc (no procps needed on a fresh machine)."""
     out: list[int] = []
@@ -73,10 +85,13 @@ def crash_round(port: int, config: str, kind: str, round_no: int, rng: random.Ra
     try:
         wait_for_banner(port, proc)
         deadline = time.monotonic() + 15
-        while len(acceptors_of(proc.pid)) < 2:  # both adopted the socket before the load
+        while len(acceptors_of(proc.pid)) < 2:
             assert time.monotonic() < deadline, "acceptors did not start"
             time.sleep(0.05)
         children = acceptors_of(proc.pid)
+        if round_no % 4 != 3:  # both serve before the load; else the main process
+            # takes the first sessions itself while the acceptors start, and is killed so
+            wait_until_serving(os.path.dirname(config), children)
         senders = [Sender(port, f"r{round_no}s{i}") for i in range(4)]
         for sender in senders:
             sender.start()
