@@ -187,9 +187,9 @@ class SharedAccountsTests(TestCase):
         old_pid = victim.process.pid
         os.kill(old_pid, signal.SIGKILL)
 
-        async def restarted() -> Any:
+        async def restarted() -> Any:  # serving: the main process no longer takes sessions
             slot = pool.slots[0]
-            alive = slot.link is not None and slot.process is not None
+            alive = slot.serving and slot.process is not None
             return True if alive and slot.process.pid != old_pid else None
 
         await self.eventually(restarted, "the acceptor is back", seconds=30)
