@@ -141,7 +141,9 @@ class FlakyUpstreamTests(RelayTestCase):
         # One log line per deferral that really happened: bounded by the faults injected.
         self.assertLessEqual(len(deferrals), upstream.faults)
         self.assertGreater(upstream.faults, MESSAGES * 0.15)  # the faults were really met
-        self.assertLess(drained - loaded, 30)  # a few retry intervals, not minutes
+        # A few retry intervals (1, 2, 3 s), not the minutes of a default schedule; the
+        # drain itself took 9-21 s on the 2-core VM, 33 s once in CI beside a slow disk.
+        self.assertLess(drained - loaded, 60)
         print(f"flaky upstream: {len(sent)} recipients in {MESSAGES} messages, "
               f"{upstream.faults} faults, {len(deferrals)} deferral lines, load "
               f"{loaded - started:.1f} s, drained {drained - loaded:.1f} s after")
