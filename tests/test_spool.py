@@ -20,6 +20,21 @@ def envelope(qid: str) -> Envelope:
                     received_at=1.0)
 
 
+class CountingOps(FileOps):
+    """Records the commit's fsyncs: "fsync" for a file, "dir:<name>" for a directory."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def fsync(self, fd: int) -> None:
+        self.calls.append("fsync")
+        super().fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        self.calls.append("dir:" + os.path.basename(path))
+        super().fsync_dir(path)
+
+
 class SpoolTests(TestCase):
     def make(self, runner: Any = run_synchronously, ops: FileOps | None = None,
              sync_directory: bool = True) -> Spool:
@@ -164,41 +179,22 @@ class SpoolTests(TestCase):
     def test_commit_is_one_file_fsync_and_one_directory_fsync(self) -> None:
         """The critical path: per message one fsync (the body with its record); per batch
         one ``data/`` fsync; the envelope file gets none."""
-        calls: list[str] = []
-
-        class Counting(FileOps):
-            def fsync(self, fd: int) -> None:
-                calls.append("fsync")
-                super().fsync(fd)
-
-            def fsync_dir(self, path: str) -> None:
-                calls.append("dir:" + os.path.basename(path))
-                super().fsync_dir(path)
-
+        ops = CountingOps()
         runner = ManualRunner()
-        spool = self.make(runner, ops=Counting())
+        spool = self.make(runner, ops=ops)
         results = [self.store(spool, b"m%d\r\n" % i)[1] for i in range(4)]
         runner.release()
         runner.release()
         self.assertEqual([len({self.successResultOf(d) for d in results})], [4])
-        self.assertEqual(calls, ["fsync", "dir:data", "fsync", "fsync", "fsync", "dir:data"])
+        self.assertEqual(ops.calls,
+                         ["fsync", "dir:data", "fsync", "fsync", "fsync", "dir:data"])
 
     def test_no_directory_fsync_where_the_file_fsync_covers_the_entry(self) -> None:
         """ext4, XFS, btrfs: the body's fsync is the commit's only one."""
-        calls: list[str] = []
-
-        class Counting(FileOps):
-            def fsync(self, fd: int) -> None:
-                calls.append("fsync")
-                super().fsync(fd)
-
-            def fsync_dir(self, path: str) -> None:
-                calls.append("dir:" + os.path.basename(path))
-                super().fsync_dir(path)
-
-        spool = self.make(ops=Counting(), sync_directory=False)
+        ops = CountingOps()
+        spool = self.make(ops=ops, sync_directory=False)
         self.successResultOf(self.store(spool, b"m\r\n")[1])
-        self.assertEqual(calls, ["fsync"])
+        self.assertEqual(ops.calls, ["fsync"])
         self.assertEqual(spool.count("queue"), 1)
 
     def test_body_file_carries_the_envelope_record(self) -> None:
