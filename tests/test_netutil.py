@@ -1,15 +1,19 @@
 """relaymail.netutil.write_eagerly over a real TCP connection: a reply that finds the
 buffer empty goes straight to the socket (no epoll round trip), whichever of ``write`` and
 ``writeSequence`` the protocol uses (twisted.mail's SMTP is a LineOnlyReceiver, whose
-``sendLine`` is a ``writeSequence``), and the order of bytes is kept when it cannot."""
+``sendLine`` is a ``writeSequence``), and the order of bytes is kept when it cannot; the
+same for the writing end of a pipe (the AMP link between the processes)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 
-from twisted.internet import reactor
+from twisted.internet import process, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.trial.unittest import TestCase
@@ -84,3 +88,66 @@ class WriteEagerlyTests(TestCase):
         await done
         self.assertEqual(len(received), len(big) + 4)
         self.assertTrue(received.endswith(b"x-end"))
+
+
+class PipeOwner:
+    """What a ProcessWriter tells when its pipe is lost."""
+
+    def __init__(self) -> None:
+        self.lost: list[str] = []
+
+    def childConnectionLost(self, name: str, reason: object) -> None:
+        self.lost.append(name)
+
+
+class WriteEagerlyToPipeTests(TestCase):
+    """The AMP link between the main process and an acceptor is a pair of pipes."""
+
+    def writer(self) -> tuple[process.ProcessWriter, int]:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        self.addCleanup(os.close, read_end)
+        owner = PipeOwner()
+        writer = process.ProcessWriter(reactor, owner, "to-child", write_end)
+        self.addCleanup(self.close, writer, write_end)
+        return writer, read_end
+
+    def close(self, writer: process.ProcessWriter, fd: int) -> None:
+        writer.stopReading()
+        writer.stopWriting()
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def test_a_write_reaches_the_pipe_before_the_next_reactor_turn(self) -> None:
+        writer, read_end = self.writer()
+        write_eagerly(writer)
+        writer.write(b"box one")
+        writer.writeSequence([b", ", b"box two"])
+        self.assertEqual(os.read(read_end, 100), b"box one, box two")
+        self.assertEqual(writer.dataBuffer, b"")
+
+    def test_without_it_twisted_buffers(self) -> None:  # what the test above relies on
+        writer, read_end = self.writer()
+        writer.write(b"box")
+        self.assertRaises(BlockingIOError, os.read, read_end, 100)
+
+    async def test_order_is_kept_when_the_pipe_is_full(self) -> None:
+        writer, read_end = self.writer()
+        write_eagerly(writer)
+        big = b"y" * (1 << 20)  # a pipe holds 64 KiB
+        writer.write(big)
+        writer.write(b"-end")
+        received = b""
+        while len(received) < len(big) + 4:
+            try:
+                received += os.read(read_end, 1 << 20)
+            except BlockingIOError:
+                await deferLater(reactor, 0.001)
+        self.assertEqual(received, big + b"-end")
+
+    def test_nothing_is_written_once_the_writer_is_lost(self) -> None:
+        writer, read_end = self.writer()
+        write_eagerly(writer)
+        writer.connectionLost(None)
+        writer.write(b"late")
+        self.assertRaises(BlockingIOError, os.read, read_end, 100)

@@ -31,6 +31,7 @@ from relaymail.accounts.database import DatabaseError
 from relaymail.accounts.service import Accounts
 from relaymail.config import Config, load_config
 from relaymail.logs import Logger
+from relaymail.netutil import write_eagerly
 from relaymail.policy.counters import Counters
 from relaymail.smtp.build import build_context, session_factory, thread_runner
 from relaymail.smtp.state import ServerContext
@@ -178,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.set_level(config.log.level)
     side = AcceptorSide()
     link = MainLink(side, reactor)
-    stdio.StandardIO(link, stdin=FROM_MAIN, stdout=TO_MAIN,  # type: ignore[call-arg]
-                     reactor=reactor)
+    pipes = stdio.StandardIO(link, stdin=FROM_MAIN, stdout=TO_MAIN,  # type: ignore[call-arg]
+                             reactor=reactor)
+    write_eagerly(pipes._writer)  # type: ignore[attr-defined]  # no reactor turn per box
     build(config, reactor, link, side, inherited(args.listener))
     link.callRemote(p.Serving).addErrback(lambda _: None)  # the main process stops accepting
     log.info("acceptor {index} (pid {pid}) serving {count} listener(s)", index=args.index,

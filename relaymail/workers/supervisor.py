@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from relaymail.common.networks import ConnectionTracker
 from relaymail.config import Config
 from relaymail.logs import Logger, printable
+from relaymail.netutil import write_eagerly
 from relaymail.workers import protocol as p
 
 log = Logger(namespace="relaymail.workers")
@@ -104,6 +105,7 @@ class AcceptorProcess(ProcessProtocol):
         self._log_buffer = b""
 
     def connectionMade(self) -> None:
+        write_eagerly(self.transport.pipes[FROM_MAIN])  # type: ignore[union-attr]
         self.amp.makeConnection(PipeTransport(self.transport))  # type: ignore[arg-type]
         self.slot.link = self.amp
 
