@@ -136,6 +136,23 @@ class LimitTests(TestCase):
         h.take("late@x.test")
         self.assertEqual(len(h.counters), 1)
 
+    def test_may_count_is_false_only_where_a_reservation_takes_nothing(self) -> None:
+        """Sessions skip the reservation when ``may_count`` says no: that must never skip
+        a quota that would have applied."""
+        login = Credential("shop", "hash", hourly_quota=2)
+        plain_login = Credential("app", "hash")
+        for section in ({}, {"per_ip": {"hour": 9}}, {"global": {"day": 9}},
+                        {"per_sender": {"hour": 9}}, {"per_credential": {"hour": 9}}):
+            h = Harness(**section)
+            for credential in (None, login, plain_login):
+                taken = h.take(credential=credential)
+                assert isinstance(taken, Reservation)
+                if not h.limiter.may_count(credential):
+                    self.assertEqual(taken.keys, [], (section, credential))
+                self.assertEqual(h.limiter.may_count(credential),
+                                 bool(section) or credential is not None)
+        self.assertTrue(Harness(per_ip={"hour": 1}).take(ip="192.0.2.9").keys)
+
 
 class LockoutCase(TestCase):
     """A lockout allowing 3 failures in 10 minutes, 60 s locks up to 150 s, on a fake clock."""

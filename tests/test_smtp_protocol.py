@@ -154,6 +154,50 @@ class Transactions(SessionTestCase):
         self.assertEqual(len(self.queued_files()), 1)
         self.assertEqual(self.codes()[-1], b"250")
 
+    def watch_log(self) -> list[dict]:
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def test_the_queued_line_is_logged_once_the_250_is_written(self) -> None:
+        """The log line comes after the reply (the client does not wait for the log), and
+        it names the queue ID that the reply gave."""
+        from twisted.logger import formatEvent
+
+        events = self.watch_log()
+        self.replies()
+        self.transaction()
+        logged_at_write: list[bool] = []
+        write_sequence = self.transport.writeSequence
+
+        def watch(data: list[bytes]) -> None:
+            if b"".join(data).startswith(b"250 2.0.0 Ok: queued"):
+                logged_at_write.append(any("queued from" in e.get("log_format", "")
+                                           for e in events))
+            write_sequence(data)
+
+        self.transport.writeSequence = watch  # type: ignore[method-assign]
+        self.commit_all()
+        qid = self.replies()[-1].rsplit(b" ", 1)[-1].decode()
+        self.assertEqual(logged_at_write, [False])
+        lines = [formatEvent(e) for e in events if "queued from" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(lines[0].startswith(f"{qid}: queued from=<a@b.example> nrcpt=1"))
+
+    def test_the_queued_line_is_logged_when_the_client_left_before_the_250(self) -> None:
+        from twisted.logger import formatEvent
+
+        events = self.watch_log()
+        self.transaction()
+        self.proto.connectionLost(None)
+        self.commit_all()
+        self.assertEqual(len(self.queued_files()), 1)
+        lines = [formatEvent(e) for e in events if "queued from" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+
     def test_reply_250_only_after_commit(self) -> None:
         self.replies()
         self.transaction()
@@ -205,6 +249,32 @@ class Pipelining(SessionTestCase):
                                  b"250", b"250", b"354", b"250", b"221"])
         self.assertEqual(len(self.queued_files()), 2)
         self.assertTrue(self.transport.disconnecting)
+
+    def test_reading_pauses_during_a_wait_only_if_input_comes(self) -> None:
+        """A client that waits for the 250 costs no pause and resume; one that sends on
+        meanwhile is paused until the reply is out, then its input runs."""
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+                  b"Subject: t\r\n\r\nhi\r\n.\r\n")
+        self.assertEqual(self.transport.producerState, "producing")  # waiting, not paused
+        self.send(b"RSET\r\n")  # behind the "." before its reply
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.codes(), [b"250", b"250", b"250", b"354"])
+        self.commit_all()
+        self.assertEqual(self.codes(), [b"250", b"250"])
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_a_disk_pause_outlasts_the_reply_wait(self) -> None:
+        """Spool pressure and a waiting reply each hold reading; it resumes when both end."""
+        self.replies()
+        self.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+        self.proto.spill_pressure(True)
+        self.send(b"Subject: t\r\n\r\nhi\r\n.\r\nNOOP\r\n")
+        self.commit_all()
+        self.assertEqual(self.codes()[-2:], [b"250", b"250"])
+        self.assertEqual(self.transport.producerState, "paused")  # the disk still holds it
+        self.proto.spill_pressure(False)
+        self.assertEqual(self.transport.producerState, "producing")
 
     def test_client_gone_before_commit_finishes(self) -> None:
         """The message is kept (the duplicate window), and no timer or dispatch follows."""

@@ -4,6 +4,7 @@ them)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
@@ -16,7 +17,10 @@ TOO_MANY = Reply(421, "4.7.0", "Too many connections; try again later")
 TOO_MANY_FROM_IP = Reply(421, "4.7.0", "Too many connections from your address; try again later")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address (an IPv4-mapped IPv6 one as IPv4), or None.  Cached: every session asks
+    for its client's up to three times (blocked, exempt, trusted networks)."""
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 ENHANCED_RE = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3} ")
 # Replies that carry no enhanced code: the greeting, EHLO, AUTH challenges, DATA's go-ahead.
@@ -13,12 +14,14 @@ NO_ENHANCED = {220, 334, 354}
 @dataclass(frozen=True)
 class Reply:
     """One reply: ``code`` with an ``enhanced`` status code and human text; ``close``: hang
-    up once it is sent."""
+    up once it is sent; ``then``: what to do once it is on its way (the "queued" log line:
+    the client need not wait for it)."""
 
     code: int
     enhanced: str
     text: str
     close: bool = False
+    then: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def encode(self) -> bytes:
         return f"{self.enhanced} {self.text}".encode()

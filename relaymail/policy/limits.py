@@ -79,6 +79,12 @@ class RateLimiter:
         self.reactor = reactor
         self.stats: Counter[str] = Counter()
 
+    def may_count(self, credential: Credential | None) -> bool:
+        """Whether a transaction could meet any quota: without a login only the configured
+        quotas apply (a login may carry its own).  When none can, the session skips the
+        reservation (and its backend call) altogether."""
+        return credential is not None or bool(self.config.quotas)
+
     def exempt(self, ip: str) -> bool:
         return in_networks(ip, self.config.exempt_networks)
 

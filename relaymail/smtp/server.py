@@ -35,7 +35,7 @@ from relaymail.smtp.body import BodyReader
 from relaymail.smtp.sasl import MECHANISMS
 from relaymail.smtp.state import ServerContext, SessionState
 from relaymail.smtp.transaction import Transaction, TransactionLayer
-from relaymail.smtp.wire import COMMAND, DATA, Result, WireProtocol
+from relaymail.smtp.wire import COMMAND, DATA, HELD_FOR_DISK, Result, WireProtocol
 
 __all__ = ["RelayESMTP", "RelaySMTPFactory", "ServerContext"]
 
@@ -266,9 +266,9 @@ class RelayESMTP(WireProtocol):
         if self.gone or self.closing:
             return
         if waiting:
-            self.transport.pauseProducing()
-        elif not self._blocked:
-            self.transport.resumeProducing()
+            self.hold(HELD_FOR_DISK)
+        else:
+            self.release(HELD_FOR_DISK)
 
 
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")

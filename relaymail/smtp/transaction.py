@@ -99,7 +99,8 @@ class TransactionLayer:
             self.log_refused_sender(sender.address, not_allowed)
             return not_allowed
         limits = self.context.limits
-        if limits is None or limits.config.count != "messages":
+        if limits is None or limits.config.count != "messages" \
+                or not limits.may_count(self.state.login()):
             return self.open_transaction(sender, declared, eight_bit, Reservation())
         who = Who(self.state.client_ip, self.state.login(), sender.address)
         return ensureDeferred(self.reserve_then(
@@ -189,7 +190,8 @@ class TransactionLayer:
         if refusal is not None:
             return refusal
         limits = self.context.limits
-        if limits is None or limits.config.count != "recipients":
+        if limits is None or limits.config.count != "recipients" \
+                or not limits.may_count(self.state.login()):
             return self.add_recipient(txn, rcpt.address, Reservation())
         who = Who(self.state.client_ip, self.state.login(), txn.sender.address)
         return ensureDeferred(self.reserve_then(
@@ -337,14 +339,20 @@ class TransactionLayer:
         return d.addCallbacks(signed, failed)
 
     def committed(self, envelope: Envelope, dkim_note: str) -> Reply:
+        """The 250; the "queued" log line is written once it is sent (the log's formatting
+        and write are a tenth of an accepted message's time, and the client need not wait)."""
         state = self.state
         state.queued += 1
-        log.info("{queue_id}: queued from=<{sender}> nrcpt={nrcpt} size={size} "
-                 "client={client_ip} listener={listener} credential={credential}{dkim}",
-                 dkim=dkim_note, queue_id=envelope.queue_id, sender=envelope.sender,
-                 nrcpt=len(envelope.recipients), size=envelope.size, client_ip=state.client_ip,
-                 listener=state.listener.name, credential=state.credential)
-        return Reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
+
+        def log_queued() -> None:
+            log.info("{queue_id}: queued from=<{sender}> nrcpt={nrcpt} size={size} "
+                     "client={client_ip} listener={listener} credential={credential}{dkim}",
+                     dkim=dkim_note, queue_id=envelope.queue_id, sender=envelope.sender,
+                     nrcpt=len(envelope.recipients), size=envelope.size,
+                     client_ip=state.client_ip, listener=state.listener.name,
+                     credential=state.credential)
+
+        return Reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}", then=log_queued)
 
     def envelope_for(self, txn: Transaction) -> Envelope:
         now = self.context.clock()

@@ -29,6 +29,8 @@ from relaymail.logs import Logger
 log = Logger(namespace="relaymail.smtp")
 
 COMMAND, DATA, AUTH = "command", "data", "auth"
+# Why reading is paused (a bit each): input came while a reply waited; the spool is behind.
+HELD_FOR_REPLY, HELD_FOR_DISK = 1, 2
 ABORT_AFTER = 5.0  # seconds a peer gets to close once we said goodbye
 Result = Reply | Continue | Deferred | None
 
@@ -49,6 +51,7 @@ class WireProtocol(ESMTP):
         self.errors = 0
         self._backlog: deque[bytes] | None = None
         self._blocked = False
+        self._held = 0  # HELD_FOR_* bits: reading is paused while any is set
         self._in_data_received = False
         self._discard_rest = False
         self._pending = b""  # received bytes after the last CRLF
@@ -62,6 +65,8 @@ class WireProtocol(ESMTP):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:  # TLS keeps delivering after its close until the peer agrees
             return
+        if self._blocked and not self._held & HELD_FOR_REPLY:
+            self.hold(HELD_FOR_REPLY)  # input during a wait: no more until the reply is out
         self._in_data_received = True
         try:
             buffer = self._pending + data
@@ -113,6 +118,8 @@ class WireProtocol(ESMTP):
         if self._blocked:
             assert self._backlog is not None
             self._backlog.append(line)
+            if not self._held & HELD_FOR_REPLY:
+                self.hold(HELD_FOR_REPLY)
             return
         self.dispatch(line)
 
@@ -178,6 +185,8 @@ class WireProtocol(ESMTP):
             self.reply(result)
             if result.close:
                 self.close()
+            if result.then is not None:
+                result.then()
         elif isinstance(result, Continue):
             self.mode = result.mode
             SMTP.sendCode(self, result.code, result.text)
@@ -209,11 +218,13 @@ class WireProtocol(ESMTP):
             self.block()
 
     def block(self) -> None:
+        """Hold input while a reply waits.  Reading is paused only if input does come
+        meanwhile (``dataReceived``): a client that waits for the reply, as nearly all do
+        after the end of data, costs no pause and resume (two system calls each)."""
         self._blocked = True
         if self._backlog is None:
             self._backlog = deque()
         self.setTimeout(None)
-        self.transport.pauseProducing()
 
     def unblock(self) -> None:
         self._blocked = False
@@ -223,6 +234,20 @@ class WireProtocol(ESMTP):
         while self._backlog and not self._blocked and not self.closing:
             self.dispatch(self._backlog.popleft())
         if not self._blocked and not self.closing:
+            self.release(HELD_FOR_REPLY)
+
+    def hold(self, reason: int) -> None:
+        """Pause reading for ``reason`` (a HELD_FOR_* bit)."""
+        if not self._held:
+            self.transport.pauseProducing()
+        self._held |= reason
+
+    def release(self, reason: int) -> None:
+        """``reason`` is over; reading resumes once no other reason holds it."""
+        if not self._held & reason:
+            return
+        self._held &= ~reason
+        if not self._held and not self.gone and not self.closing:
             self.transport.resumeProducing()
 
     def forget_plaintext_input(self) -> None:
