@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -95,10 +96,7 @@ def measure(messages: int, log_level: str) -> float:
     for _ in range(messages):
         one_session(factory, ctx)
     spent = time.process_time() - start
-    for name in os.listdir(ctx.spool.path("data")):
-        os.unlink(ctx.spool.path("data", name))
-    for name in os.listdir(ctx.spool.path("queue")):
-        os.unlink(ctx.spool.path("queue", name))
+    shutil.rmtree(directory, ignore_errors=True)
     return spent / messages * 1e6
 
 
