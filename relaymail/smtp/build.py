@@ -11,6 +11,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relaymail.accounts.view import AccountsView, CombinedCredentials
+from relaymail.common.lane import ThreadLane
 from relaymail.config import Config, ListenerConfig, check_runtime
 from relaymail.credentials import CredentialChecker, CredentialStore
 from relaymail.events.suppression import SuppressionList, SuppressionStore
@@ -29,6 +30,14 @@ def thread_runner(reactor: Any) -> Any:
     return partial(deferToThreadPool, reactor, reactor.getThreadPool())
 
 
+def spool_lane(reactor: Any) -> Any:
+    """The spool's commits and removals run in a thread of their own, which finishes the
+    batch under way when the reactor shuts down."""
+    lane = ThreadLane(reactor, "relaymail-spool")
+    reactor.addSystemEventTrigger("during", "shutdown", lane.stop)
+    return lane.run
+
+
 def build_context(config: Config, reactor: Any, counters: Counters | None = None,
                   accounts: AccountsView | None = None) -> ServerContext:
     """Everything the SMTP sessions share; raises ConfigError for unusable TLS material.
@@ -43,7 +52,8 @@ def build_context(config: Config, reactor: Any, counters: Counters | None = None
     return ServerContext(
         hostname=config.hostname,
         smtp=config.smtp,
-        spool=Spool(config.spool_dir, run_in_thread, clock=reactor.seconds),
+        spool=Spool(config.spool_dir, run_in_thread, clock=reactor.seconds,
+                    run_serially=spool_lane(reactor)),
         clock=reactor.seconds,
         checker=CredentialChecker(store, run_in_thread),
         credentials=store,

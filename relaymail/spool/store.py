@@ -44,13 +44,17 @@ class Spool:
 
     def __init__(self, root: str, run_in_thread: RunInThread,
                  clock: Callable[[], float] = time.time, ops: FileOps | None = None,
-                 sync_directory: bool | None = None) -> None:
+                 sync_directory: bool | None = None,
+                 run_serially: RunInThread | None = None) -> None:
         self.root = root
         # Whether a commit fsyncs data/ after the bodies (None: by the filesystem, see
         # relaymail.spool.safeio.ENTRY_DURABLE_WITH_FILE).
         self.sync_directory = (directory_fsync_needed(root) if sync_directory is None
                                else sync_directory)
         self.run_in_thread = run_in_thread
+        # The batches of commits and of removals (one at a time each): a lane of their own
+        # in the server (relaymail.common.lane), the thread pool otherwise.
+        self.run_serially = run_serially or run_in_thread
         self.clock = clock
         self.ops = ops or FileOps()
         self._pending: list[_Pending] = []
@@ -214,7 +218,7 @@ class Spool:
             return
         batch, self._pending = self._pending, []
         self._committing = True
-        d = self.run_in_thread(self._commit_batch, batch)
+        d = self.run_serially(self._commit_batch, batch)
         d.addBoth(self._batch_done, batch)
 
     def _batch_done(self, outcome: Any, batch: list[_Pending]) -> None:
@@ -377,7 +381,7 @@ class Spool:
             return
         batch, self._removals = self._removals, []
         self._removing = True
-        self.run_in_thread(self._remove_batch, [(q, s) for q, s, _ in batch])\
+        self.run_serially(self._remove_batch, [(q, s) for q, s, _ in batch])\
             .addBoth(self._removals_done, batch)
 
     def _remove_batch(self, batch: list[tuple[str, str]]) -> list[OSError | None]:
