@@ -29,6 +29,10 @@ from relaymail.spool.record import open_body
 MAIL, RCPT, DATA, DATA_END, DISCARD_END, RSET, QUIT = (
     "mail", "rcpt", "data", "data-end", "discard-end", "rset", "quit")
 
+# A body up to this size goes out in one write (most mail); a larger one is streamed from
+# the spool by a producer, in bounded memory.
+WHOLE_BODY = 64 * 1024
+
 ERROR_KINDS = (
     (smtp.SMTPTimeoutError, "timeout"),
     (smtp.SMTPConnectError, "banner"),
@@ -349,8 +353,9 @@ class RelayClient(smtp.ESMTPClient):
             self._results[address] = outcome
 
     def _start_body(self) -> None:
-        """354: stream the spooled body (dot-stuffed across chunks), or end an empty DATA
-        at once when no recipient was accepted (RFC 2920 §3.1)."""
+        """354: send the spooled body (dot-stuffed across chunks; up to ``WHOLE_BODY`` in
+        one write with the end marker, a larger one streamed), or end an empty DATA at once
+        when no recipient was accepted (RFC 2920 §3.1)."""
         assert self.job is not None
         if not self._accepted:
             self._expecting.appendleft((DISCARD_END, None))
@@ -363,15 +368,28 @@ class RelayClient(smtp.ESMTPClient):
             return
         self._streaming = True
         stuffer = DotStuffer()
+        head = b""
         if self.job.head is not None:  # a changed header block, then the stored rest
             body.seek(self.job.body_offset)
-            self.wire.write(stuffer.stuff(self.job.head))
+            head = stuffer.stuff(self.job.head)
+        try:
+            first = body.read(WHOLE_BODY + 1)
+        except OSError as e:
+            body.close()
+            self._fail_session(SessionError("spool", f"cannot read the body: {e.strerror}"))
+            return
+        if len(first) <= WHOLE_BODY:  # all of it, and the end, in one write: no producer
+            body.close()
+            self._body_sent(stuffer, head + stuffer.stuff(first))
+            return
+        self.wire.write(head + stuffer.stuff(first))
 
         def transform(chunk: bytes) -> bytes:
             self.resetTimeout()
             return stuffer.stuff(chunk)
 
         sent = FileSender().beginFileTransfer(body, self.transport, transform)
+
         def close(result: Any) -> Any:
             body.close()
             return result
@@ -379,12 +397,13 @@ class RelayClient(smtp.ESMTPClient):
         sent.addBoth(close)
         sent.addCallbacks(lambda _: self._body_sent(stuffer), lambda _: None)
 
-    def _body_sent(self, stuffer: DotStuffer) -> None:
+    def _body_sent(self, stuffer: DotStuffer, rest: bytes = b"") -> None:
+        """The body is out but for ``rest``: send it with the end-of-data marker."""
         if self.job is None:
             return
         self._streaming = False
         self._expecting.appendleft((DATA_END, None))
-        self.wire.write(stuffer.end())
+        self.wire.write(rest + stuffer.end())
 
     def _finish(self) -> None:
         job, self.job = self.job, None

@@ -18,6 +18,7 @@ from twisted.names import dns
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
+from relaymail.relay.client import WHOLE_BODY
 from tests.dnszone import start_dns
 from tests.helpers import free_port, send_mail, start_relay, without_trace
 from tests.upstreams import AioUpstream, Script, ScriptedUpstream, ca_file, wait_until
@@ -113,6 +114,33 @@ class ProviderTests(RelayTestCase):
         self.assertEqual(os.listdir(relay.spool.path("data")), [])
         self.assertRegex(self.log_text(), r"status=sent \(250 2\.0\.0 OK queued\)")
         self.assertRegex(self.log_text(), r"tls=TLSv1\.[23] ")
+
+    async def test_bodies_around_the_one_write_size_arrive_byte_identical(self) -> None:
+        """A stored body up to WHOLE_BODY goes out in one write, a larger one partly
+        streamed: bodies of lone-"." lines cut at each offset on both sides of the size
+        reach the upstream exactly."""
+        upstream = self.aio(username=None)
+        relay = await self.relay(**smarthost({
+            "host": "127.0.0.1", "port": upstream.port, "tls": "opportunistic"}))
+
+        def body_of(size: int) -> bytes:
+            head = b"From: app@client.test\r\nSubject: %d\r\n\r\n" % size
+            dots = b".\r\n" * ((size - len(head)) // 3)
+            return head + b"z" * (size - len(head) - len(dots) - 2) + b"\r\n" + dots
+
+        await self.send(relay, ["user@dest.test"], body_of(1000))  # to learn the trace size
+        await wait_until(lambda: upstream.messages, what="delivery")
+        probe = upstream.messages[0].content
+        trace = len(probe) - len(without_trace(probe))
+        bodies = [body_of(WHOLE_BODY - trace + delta) for delta in range(-3, 4)]
+        for body in bodies:
+            await self.send(relay, ["user@dest.test"], body)
+        await wait_until(lambda: len(upstream.messages) == len(bodies) + 1, what="delivery")
+        sizes = sorted(len(m.content) for m in upstream.messages[1:])
+        self.assertLess(sizes[0], WHOLE_BODY)  # both sides of the cut were sent
+        self.assertGreater(sizes[-1], WHOLE_BODY + 1)
+        got = [without_trace(m.content) for m in upstream.messages[1:]]
+        self.assertEqual(sorted(got, key=len), bodies)
 
     async def test_implicit_tls_465_style(self) -> None:
         await self.relay_torture("implicit")
