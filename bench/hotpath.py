@@ -64,11 +64,13 @@ def context(directory: str, log_level: str) -> Any:
     clock.advance(time.time())
     reactor: Any = clock
     reactor.getThreadPool = lambda: None
+    reactor.addSystemEventTrigger = lambda *args: None
     loaded = load_config(path, environ={})
     logs.set_level(loaded.log.level)
     ctx = build_context(loaded, reactor)
     ctx.spool.ops = NoSync()
     ctx.spool.run_in_thread = run_synchronously
+    ctx.spool.run_serially = run_synchronously
     if ctx.checker is not None:
         ctx.checker.run_in_thread = run_synchronously
     ctx.spool.prepare()
