@@ -80,8 +80,10 @@ def big_message(port: int, megabytes: int, outbox: str) -> float:
 
 
 def fill_spool(spool: str, count: int) -> None:
-    """``count`` deferred messages written straight into a spool, as relaymail commits
-    them (the body with its envelope record, the envelope file in ``queue/``)."""
+    """``count`` queued messages written straight into a spool as relaymail stores them:
+    the body with its envelope record in ``data/``; in ``queue/``, for half of them a
+    second name of that file (as the commit leaves it), for the other half an envelope
+    file of its own (as after a delivery attempt that deferred it)."""
     for sub in ("incoming", "data", "queue", "hold", "failed"):
         os.makedirs(os.path.join(spool, sub), exist_ok=True)
     now = time.time()
@@ -91,9 +93,15 @@ def fill_spool(spool: str, count: int) -> None:
         envelope = Envelope(queue_id=qid, sender="a@client.example",
                             recipients=[Recipient(f"r{i}@dest.example")], received_at=now,
                             next_attempt=now + 3600, size=len(body))
-        with open(os.path.join(spool, "data", qid + ".eml"), "wb") as f:
+        stored, queued = (os.path.join(spool, "data", qid + ".eml"),
+                          os.path.join(spool, "queue", qid + ".json"))
+        with open(stored, "wb") as f:
             f.write(body + envelope_record(envelope.to_json()))
-        with open(os.path.join(spool, "queue", qid + ".json"), "wb") as f:
+        if i % 2:
+            os.link(stored, queued)
+            continue
+        envelope.attempts = 1
+        with open(queued, "wb") as f:
             f.write(envelope.to_json())
 
 

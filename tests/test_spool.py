@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Any
@@ -10,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from relaymail.spool import Spool, SpoolError, new_queue_id, run_synchronously
 from relaymail.spool.envelope import Envelope, Recipient
-from relaymail.spool.record import open_body, read_record
+from relaymail.spool.record import TAIL_READ, envelope_json_of, open_body, read_record
 from relaymail.spool.safeio import FileOps
 from relaymail.testing import FailingOps, ManualRunner
 
@@ -152,8 +153,80 @@ class SpoolTests(TestCase):
     def test_write_failure(self) -> None:
         self.check_failure_leaves_nothing("write_all")
 
-    def test_rename_failure(self) -> None:
-        self.check_failure_leaves_nothing("rename")
+    def test_link_failure(self) -> None:
+        self.check_failure_leaves_nothing("link")
+
+    def test_publish_is_a_link_of_the_body_whose_record_is_the_envelope(self) -> None:
+        spool = self.make()
+        qid = self.successResultOf(self.store(spool, b"linked\r\n")[1])
+        queued, body = spool.path("queue", qid + ".json"), spool.path("data", qid + ".eml")
+        self.assertTrue(os.path.samefile(queued, body))
+        self.assertEqual(os.listdir(spool.path("incoming")), [])
+        [envelope] = Spool(spool.root, run_synchronously).prepare()
+        self.assertEqual((envelope.queue_id, envelope.sender), (qid, "a@b.example"))
+        with open_body(queued) as f:  # the body reads the same through either name
+            self.assertTrue(f.read().endswith(b"linked\r\n"))
+
+    def test_without_hard_links_the_envelope_is_a_file_of_its_own(self) -> None:
+        for code in (errno.EPERM, errno.EOPNOTSUPP):
+            spool = self.make(ops=FailingOps("link", code))
+            qid = self.successResultOf(self.store(spool, b"no links\r\n")[1])
+            queued = spool.path("queue", qid + ".json")
+            self.assertFalse(os.path.samefile(queued, spool.path("data", qid + ".eml")))
+            with open(queued, "rb") as f:
+                self.assertEqual(Envelope.from_json(f.read()).queue_id, qid)
+            self.assertEqual(os.listdir(spool.path("incoming")), [])
+
+    def test_envelopes_read_in_either_form_and_any_size(self) -> None:
+        """A big body behind the link (the record past the tail read), a big envelope of
+        its own (many recipients), and a torn record that is refused, not misread."""
+        spool = self.make()
+        writer = spool.new_message()
+        writer.write(b"Subject: big\r\n\r\n" + b"y" * 98 + b"\r\n" * 1000)
+        many = Envelope(queue_id=writer.queue_id, sender="a@b.example",
+                        recipients=[Recipient(f"r{i}@d.example") for i in range(400)],
+                        received_at=1.0)
+        qid = self.successResultOf(spool.commit(writer, many))
+        queued = spool.path("queue", qid + ".json")
+        self.assertGreater(os.path.getsize(queued), 2 * TAIL_READ)
+        self.assertEqual(len(Envelope.from_json(envelope_json_of(queued)).recipients), 400)
+        self.successResultOf(spool.save_envelope(Envelope.from_json(envelope_json_of(queued))))
+        self.assertGreater(os.path.getsize(queued), TAIL_READ)  # JSON of its own, > one read
+        self.assertEqual(len(Envelope.from_json(envelope_json_of(queued)).recipients), 400)
+        torn = spool.path("data", qid + ".eml")
+        with open(torn, "r+b") as f:
+            f.seek(os.path.getsize(torn) - 40)
+            f.write(b"X")
+        os.link(torn, spool.path("hold", qid + ".json"))
+        self.assertRaises(ValueError, envelope_json_of, spool.path("hold", qid + ".json"))
+
+    def test_rename_failure_without_hard_links(self) -> None:
+        class NoLinksNoRename(FileOps):
+            def link(self, src: str, dst: str) -> None:
+                raise OSError(errno.EPERM, "no hard links here")
+
+            def rename(self, src: str, dst: str) -> None:
+                raise OSError(errno.EIO, "I/O error")
+
+        spool = self.make(ops=NoLinksNoRename())
+        self.failureResultOf(self.store(spool, b"body\r\n")[1], SpoolError)
+        for state in ("queue", "data", "incoming"):
+            self.assertEqual(os.listdir(spool.path(state)), [], state)
+
+    def test_an_envelope_updated_after_the_commit_replaces_the_link(self) -> None:
+        spool = self.make()
+        qid = self.successResultOf(self.store(spool, b"x\r\n")[1])
+        [envelope] = Spool(spool.root, run_synchronously).prepare()
+        envelope.attempts = 3
+        self.successResultOf(spool.save_envelope(envelope))
+        queued, body = spool.path("queue", qid + ".json"), spool.path("data", qid + ".eml")
+        self.assertFalse(os.path.samefile(queued, body))
+        self.assertEqual(os.stat(body).st_nlink, 1)
+        [again] = Spool(spool.root, run_synchronously).prepare()
+        self.assertEqual(again.attempts, 3)
+        self.successResultOf(spool.remove(qid, "queue"))
+        self.assertEqual((os.listdir(spool.path("queue")), os.listdir(spool.path("data"))),
+                         ([], []))
 
     def test_directory_fsync_failure_withdraws_published(self) -> None:
         self.check_failure_leaves_nothing("fsync_dir")
@@ -219,7 +292,9 @@ class SpoolTests(TestCase):
         spool = self.make()
         qid = self.successResultOf(self.store(spool, b"Subject: r\r\n\r\nb\r\n")[1])
         self.successResultOf(spool.move(qid, "queue", "hold"))
-        open(spool.path("hold", qid + ".json"), "wb").close()  # zero length, as after a crash
+        held = spool.path("hold", qid + ".json")
+        os.unlink(held)  # (the commit's link is another name of the body: never written to)
+        open(held, "wb").close()  # an envelope file of zero length, as after a crash
         reloaded = Spool(spool.root, run_synchronously)
         reloaded.prepare()
         self.assertEqual([e.queue_id for e in reloaded.load_state("hold")], [qid])

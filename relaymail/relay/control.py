@@ -64,10 +64,9 @@ class QueueControl:
         state = self.spool.find_state(qid)
         if state is None:
             raise QueueError(f"no message {qid}")
-        with open(self.spool.path(state, qid + ".json"), "rb") as f:
-            data = f.read()
         try:
-            return state, Envelope.from_json(data)
+            return state, Envelope.from_json(
+                self.spool.ops.read_envelope(self.spool.path(state, qid + ".json")))
         except (ValueError, TypeError) as e:
             self.spool.quarantine(state, qid + ".json", str(e))
             raise QueueError(f"{qid}: malformed envelope, moved to quarantine/") from None

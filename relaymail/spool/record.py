@@ -8,6 +8,10 @@ completion marker (Postfix ends a queue file with an end record and marks it rea
 its mode): a file whose footer is missing, torn, or whose CRC does not match was never
 acknowledged, and is removed.
 
+The commit makes the message visible by linking this file into ``queue/`` as
+``<id>.json``: until the envelope's first update, its record is the envelope there
+(:func:`envelope_json_of` reads either form).
+
 Readers of the body never see the record: :func:`open_body` stops at the body's end.
 A body always ends with CRLF, a footer with ``%\\n``, so a file from before this format
 (body only) is never mistaken for one with a record.
@@ -73,6 +77,43 @@ def read_record(path: str) -> bytes | None:
     if len(data) != json_length or zlib.crc32(data) != crc:
         return None
     return data
+
+
+TAIL_READ = 8192  # one read from the end takes the footer and any usual envelope
+
+
+def envelope_json_of(path: str) -> bytes:
+    """The envelope JSON that ``<state>/<id>.json`` holds.
+
+    The commit publishes a message by linking its body file into ``queue/`` (one
+    directory entry, no new file): then the envelope is the record at the end of the
+    file.  An envelope written since (after a delivery attempt, a move) is a JSON file
+    of its own, which never ends with a footer.  ValueError for a torn record.  Blocking.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - TAIL_READ)
+        tail = os.pread(fd, size - start, start)
+        footer = _footer_of(tail[-FOOTER_SIZE:], size)
+        if footer is None:  # a JSON file of its own
+            return tail if start == 0 else _read_all(fd)
+        body, json_length, crc = footer
+        data = tail[body - start:body - start + json_length] if body >= start \
+            else os.pread(fd, json_length, body)
+    finally:
+        os.close(fd)
+    if len(data) != json_length or zlib.crc32(data) != crc:
+        raise ValueError("the envelope record is torn")
+    return data
+
+
+def _read_all(fd: int) -> bytes:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 class BodyReader(io.RawIOBase):

@@ -11,6 +11,8 @@ import os
 import secrets
 from typing import Any
 
+from relaymail.spool.record import envelope_json_of
+
 
 def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
     """Open a file only its owner may read (0600), refusing to follow a symlink there (a
@@ -171,6 +173,14 @@ class FileOps:
                 chunks.append(chunk)
         finally:
             os.close(fd)
+
+    def read_envelope(self, path: str) -> bytes:
+        """The envelope JSON of ``<state>/<id>.json``, whichever form it has
+        (relaymail.spool.record.envelope_json_of)."""
+        return envelope_json_of(path)
+
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst)
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
