@@ -44,6 +44,12 @@ class WireProtocol(ESMTP):
     transport: Any
     timeout: float  # type: ignore[assignment]  # idle seconds; SMTP says int, fractions work
     max_errors = 20
+    # The wire state is kept in slots, not in the instance dict: CPython shares a dict's
+    # keys between instances only up to 30 attributes, and a session with more paid 1.3 KB
+    # more (50,000 idle sessions: 4.3 KiB each instead of 2.9; tests/test_smtp_protocol.py).
+    __slots__ = ("_abort_call", "_backlog", "_blocked", "_discard_rest", "_held",
+                 "_in_data_received", "_midline", "_pending", "closing", "errors", "gone",
+                 "mode")
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
