@@ -19,6 +19,9 @@ _run_directory: list[str] = []
 
 def pytest_configure(config: pytest.Config) -> None:
     directory = tempfile.mkdtemp(prefix="relaymail-tests-")
+    # As /tmp is: peers that run as their own users (PostgreSQL's initdb and server as
+    # "postgres", Postfix's daemons) must reach, and may make, their files under it.
+    os.chmod(directory, 0o1777)
     _run_directory.append(directory)
     os.environ["TMPDIR"] = directory
     tempfile.tempdir = directory
