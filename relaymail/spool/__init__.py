@@ -9,6 +9,8 @@ Layout under ``spool_dir``::
     queue/     envelopes (<id>.json) of messages ready or deferred
     hold/      envelopes kept back by an operator
     failed/    envelopes of messages that failed for good, kept for inspection and retry
+    spare/     files of delivered bodies kept for later messages (relaymail.spool.spares)
+    quarantine/ malformed envelopes and their bodies, for an operator
 
 The commit is one durable write per message: the body file gets its envelope record and
 is fsync'd; one ``data/`` fsync per batch makes the directory entries durable; then the

@@ -6,6 +6,8 @@ Everything here blocks: call it from a thread, never from the reactor thread (ex
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import secrets
@@ -107,6 +109,36 @@ def write_json_atomically(path: str, data: Any, mode: int = 0o600) -> None:
 
 
 READ_SIZE = 1 << 16
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+
+
+def _renameat2() -> Any:
+    """libc's renameat2 (glibc 2.28 and later), or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (FileExistsError), atomically:
+    of several processes renaming one ``src``, exactly one succeeds and the others get
+    FileNotFoundError.  OSError(ENOSYS) without renameat2; EINVAL where the filesystem
+    does not support RENAME_NOREPLACE.  Blocking."""
+    if _RENAMEAT2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", src)
+    if _RENAMEAT2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst),
+                  RENAME_NOREPLACE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), src, None, dst)
 
 
 class FileOps:
@@ -143,6 +175,20 @@ class FileOps:
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        rename_noreplace(src, dst)
+
+    def open_existing(self, path: str) -> int:
+        """Open a file to overwrite it from its start (a recycled spool file)."""
+        return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def truncate_here(self, fd: int) -> None:
+        """Cut the file at the current position: drop what a recycled file held beyond."""
+        os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
+
+    def lstat(self, path: str) -> os.stat_result:
+        return os.lstat(path)
 
     def close(self, fd: int) -> None:
         os.close(fd)

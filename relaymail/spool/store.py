@@ -19,6 +19,7 @@ from relaymail.logs import Logger
 from relaymail.spool.envelope import Envelope, EnvelopeError
 from relaymail.spool.record import envelope_record, read_record
 from relaymail.spool.safeio import FileOps, directory_fsync_needed, filesystem_type
+from relaymail.spool.spares import SparePool, remove_quietly
 from relaymail.spool.writer import (
     DIRS,
     STATES,
@@ -51,7 +52,7 @@ class Spool:
     def __init__(self, root: str, run_in_thread: RunInThread,
                  clock: Callable[[], float] = time.time, ops: FileOps | None = None,
                  sync_directory: bool | None = None,
-                 run_serially: RunInThread | None = None) -> None:
+                 run_serially: RunInThread | None = None, recycle: bool = True) -> None:
         self.root = root
         # Whether a commit fsyncs data/ after the bodies (None: by the filesystem, see
         # relaymail.spool.safeio.ENTRY_DURABLE_WITH_FILE).
@@ -63,6 +64,8 @@ class Spool:
         self.run_serially = run_serially or run_in_thread
         self.clock = clock
         self.ops = ops or FileOps()
+        # Delivered bodies' files serve later messages (no inode allocated per message).
+        self.spares = SparePool(self.path("spare"), self.ops, clock, enabled=recycle)
         self._pending: list[_Pending] = []
         self._committing = False
         self._removals: list[tuple[str, str, Deferred]] = []
@@ -90,8 +93,9 @@ class Spool:
         an fsync) gets it back from its own envelope record; a body without a whole record
         was never acknowledged.
         """
-        for name in (*DIRS, "quarantine"):
+        for name in (*DIRS, "quarantine", "spare"):
             os.makedirs(self.path(name), mode=0o700, exist_ok=True)
+        self.spares.tidy(self.path("data"))
         log.info("spool {path}: {fs}: {how}", path=self.root,
                  fs=filesystem_type(self.root) or "filesystem unknown",
                  how="data/ fsync'd after each batch of bodies" if self.sync_directory else
@@ -267,6 +271,8 @@ class Spool:
             try:
                 item.envelope_json = item.envelope.to_json()
                 self.ops.write_all(fd, envelope_record(item.envelope_json))
+                if item.writer.recycled:
+                    self.ops.truncate_here(fd)
                 written.append((i, item, fd))
             except OSError as e:
                 errors[i] = e
@@ -335,11 +341,7 @@ class Spool:
         self._unstage(item)
 
     def _remove_quietly(self, path: str) -> None:
-        try:
-            self.ops.unlink(path)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                log.warn("spool: could not remove {path}: {error}", path=path, error=e)
+        remove_quietly(self.ops, path)
 
     # ------------------------------------------------------------------ reading and changing
 
@@ -425,9 +427,10 @@ class Spool:
         the message is delivered once more, never lost; an fsync per delivered message
         halved the relay's throughput.  The body goes first: a body left without its
         envelope would be restored from its record at startup and sent again, an
-        envelope left without its body is dropped (see prepare)."""
-        self._remove_quietly(self.path("data", queue_id + ".eml"))
-        self.ops.unlink(self.path(state, queue_id + ".json"))
+        envelope left without its body is dropped (see prepare).  The body's file is kept
+        as a spare for a later message where it may be (relaymail.spool.spares)."""
+        self.spares.remove_body(self.path("data", queue_id + ".eml"),
+                                self.path(state, queue_id + ".json"), queue_id)
 
     def count(self, state: str) -> int:
         return sum(1 for n in os.listdir(self.path(state)) if n.endswith(".json"))

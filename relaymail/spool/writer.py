@@ -69,6 +69,7 @@ class MessageWriter:
         self.spill_error: BaseException | None = None
         self.closed = False
         self._prefix = b""  # header fields to put before what was already spilled (DKIM)
+        self.recycled = False  # the body file is a spare: the commit cuts it at its end
         self._waiting_spills = 0
         # Called with True when MAX_WAITING_SPILLS chunks wait for the disk, False when
         # they drain: the session stops reading meanwhile, so memory stays bounded.
@@ -118,8 +119,14 @@ class MessageWriter:
             return
         ops = self.spool.ops
         if self._spill_fd is None:
-            self._spill_fd = ops.create_exclusive(self.body_path)
+            self._spill_fd = self._open_body()
         ops.write_all(self._spill_fd, chunk)
+
+    def _open_body(self) -> int:
+        """Thread: the new body file, a spare one when there is one
+        (relaymail.spool.spares)."""
+        fd, self.recycled = self.spool.spares.open_body(self.body_path)
+        return fd
 
     def _spill_failed(self, failure: Failure) -> None:
         self.spill_error = failure.value
@@ -142,8 +149,7 @@ class MessageWriter:
                 fd, self._spill_fd = self._spill_fd, None
                 ops.close(fd)
             raise OSError(f"spilling the message failed: {self.spill_error}")
-        fd = self._spill_fd if self._spill_fd is not None else ops.create_exclusive(
-            self.body_path)
+        fd = self._spill_fd if self._spill_fd is not None else self._open_body()
         self._spill_fd = None
         if self._prefix:
             fd = self._rewrite_with_prefix(fd)
@@ -170,6 +176,7 @@ class MessageWriter:
             finally:
                 ops.close(source)
             ops.rename(fresh_path, self.body_path)
+            self.recycled = False
         except OSError:
             ops.close(fresh)
             with contextlib.suppress(OSError):
