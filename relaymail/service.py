@@ -107,6 +107,13 @@ class SpoolService(Service):
         # Once every listener is open and the reactor runs: the first batch must not make
         # the rest of startup wait (the thread takes the GIL in turns with it).
         self.reactor.callWhenRunning(self.recovery.start, names)
+        self.recovery.when_finished().addCallback(lambda _: self._stock_spares())
+
+    def _stock_spares(self) -> None:
+        """Empty spare body files for the first burst (relaymail.spool.spares.STOCK),
+        once the queue is read back, in a thread."""
+        self.spool.run_in_thread(self.spool.spares.stock).addErrback(
+            lambda f: log.failure("spool: making spare files", f))
 
 
 class ListenerService(StreamServerEndpointService):

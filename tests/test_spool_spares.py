@@ -234,6 +234,33 @@ class RenameNoReplaceTests(TestCase):
             rename_noreplace(os.path.join(directory, "u"), target)
 
 
+class StockTests(TestCase):
+    def test_empty_spares_are_made_up_to_the_floor_and_used_at_once(self) -> None:
+        clock = Clock()
+        spool = Spool(tempfile.mkdtemp(), run_synchronously, clock=clock,
+                      sync_directory=False)
+        spool.prepare()
+        self.assertEqual(spool.spares.stock(5), 5)
+        self.assertEqual(spool.spares.stock(5), 0)  # never beyond the floor
+        self.assertEqual(len(os.listdir(spool.path("spare"))), 5)
+        writer = spool.new_message()
+        writer.write(b"Subject: first\r\n\r\nafter a start\r\n")
+        qid = self.successResultOf(spool.commit(writer, envelope(writer.queue_id)))
+        self.assertTrue(writer.recycled)
+        self.assertEqual(len(os.listdir(spool.path("spare"))), 4)
+        with open_body(spool.path("data", qid + ".eml")) as f:
+            self.assertEqual(f.read(), b"Subject: first\r\n\r\nafter a start\r\n")
+        again = Spool(spool.root, run_synchronously, sync_directory=False)
+        self.assertEqual([e.queue_id for e in again.prepare()], [qid])
+        self.assertEqual(len(os.listdir(spool.path("spare"))), 4)  # stock survives tidy
+
+    def test_no_stock_where_files_are_not_recycled(self) -> None:
+        spool = Spool(tempfile.mkdtemp(), run_synchronously, recycle=False)
+        spool.prepare()
+        self.assertEqual(spool.spares.stock(5), 0)
+        self.assertEqual(os.listdir(spool.path("spare")), [])
+
+
 class PoolListingTests(TestCase):
     def test_strangers_and_staged_files_are_never_taken(self) -> None:
         directory = tempfile.mkdtemp()

@@ -20,6 +20,8 @@ Rules that keep it safe:
   (a queue ID collision fails as ``O_EXCL`` did);
 * an uncommitted recycled file ends with its old record, whose queue ID is not its name,
   so startup removes it (Spool.repair) like any uncommitted body;
+* after startup (once the queue is read back) the main process makes ``STOCK`` empty
+  spares, so that the first burst before any delivery allocates none either;
 * only files up to ``MAX_SIZE`` are kept, at most ``MAX_SPARES`` of them, so the pool holds
   at most 128 MB (with 4 KiB messages, 8 MB); without renameat2 (or on a filesystem without
   RENAME_NOREPLACE) bodies are created and removed as before.
@@ -33,6 +35,7 @@ import json
 import os
 import random
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -43,10 +46,11 @@ from relaymail.spool.safeio import FileOps
 
 log = Logger(namespace="relaymail.spool")
 
-MIN_AGE = 1.0  # seconds a spare rests before it is reused
+MIN_AGE = 0.5  # seconds a spare rests before it is reused
 MAX_SIZE = 64 * 1024  # bigger bodies are removed, not kept
-MAX_SPARES = 2048  # at 1,000 messages/s about 1,500 are resting or waiting
-RELIST_EVERY = 0.5  # seconds between listings of spare/ (per process)
+MAX_SPARES = 2048  # at 1,000 messages/s about 1,000 are resting or waiting
+STOCK = 512  # empty spares made after startup, for the first burst before deliveries
+RELIST_EVERY = 0.25  # seconds between listings of spare/ (per process)
 QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,40}")  # a file name of data/, never a path
 UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM,
                          errno.EXDEV})
@@ -97,7 +101,14 @@ class SparePool:
         with self._lock:
             if not self._candidates and self.clock() - self._listed_at >= RELIST_EVERY:
                 self._relist()
-            return self._candidates.pop() if self._candidates else None
+            candidates = self._candidates
+            if not candidates:
+                return None
+            # A random one: acceptors that listed at the same moment rarely reach for the
+            # same file (a miss costs one failed rename).
+            i = random.randrange(len(candidates))
+            candidates[i], candidates[-1] = candidates[-1], candidates[i]
+            return candidates.pop()
 
     def _relist(self) -> None:
         now = self.clock()
@@ -108,14 +119,7 @@ class SparePool:
             names = []
         self._kept = len(names)
         ripe = int((now - MIN_AGE) * 1000)
-        eligible = sorted(n for n in names if _rested_since(n) <= ripe)
-        # Acceptors listing at the same moment start at different places in the list, so
-        # that they rarely reach for the same file (a miss costs one failed rename).
-        eligible.reverse()
-        if len(eligible) > 1:
-            cut = random.randrange(len(eligible))
-            eligible = eligible[cut:] + eligible[:cut]
-        self._candidates = eligible
+        self._candidates = [n for n in names if _rested_since(n) <= ripe]
 
     def _disable(self, error: OSError) -> None:
         self.enabled = False
@@ -167,6 +171,28 @@ class SparePool:
             return True
 
     # ------------------------------------------------------------ startup
+
+    def stock(self, floor: int = STOCK) -> int:
+        """Thread, after startup: make empty spares until ``floor`` are there, so that the
+        first burst after a start allocates no inodes either; returns how many it made."""
+        if not self.enabled:
+            return 0
+        try:
+            present = len(self.ops.listdir(self.directory))
+        except OSError:
+            return 0
+        made = 0
+        for _ in range(floor - present):
+            name = f"{0:013d}-S{secrets.token_hex(8)}"
+            try:
+                self.ops.close(self.ops.create_exclusive(os.path.join(self.directory, name)))
+            except OSError as e:
+                log.warn("spool: could not make spare files: {error}", error=e)
+                break
+            made += 1
+        with self._lock:
+            self._kept += made
+        return made
 
     def tidy(self, data: str) -> None:
         """Startup (blocking), before Spool.repair looks at ``data``: a spare holding a

@@ -179,6 +179,33 @@ class AcceptorTests(WorkersTestCase):
         self.assertEqual(sum(self.service.context.connections.per_listener.values()),
                          len(sessions))
 
+    async def test_acceptors_write_into_spare_files_the_relay_gives_back(self) -> None:
+        """The main process stocks spare/ after startup; acceptors take files from it for
+        new bodies (one file, one message, across processes) and the relay returns each
+        delivered body's file (relaymail.spool.spares)."""
+        from relaymail.spool.spares import STOCK
+
+        await self.start()
+        spare = os.path.join(self.directory, "spool", "spare")
+        await self.until(lambda: len(os.listdir(spare)) == STOCK)
+        stocked = set(os.listdir(spare))
+        sessions = await self.spread_sessions(6)
+        answers = [await deferToThread(s.send, f"s{i}@client.example")
+                   for i, s in enumerate(sessions)]
+        ids = {a.split()[-1].decode() for a in answers}
+        self.assertEqual(len(ids), len(sessions), answers)
+        await self.until(lambda: self.delivered() == len(sessions))
+        await self.until(lambda: len(os.listdir(spare)) == STOCK)
+        now = set(os.listdir(spare))
+        self.assertEqual(len(stocked - now), len(sessions))  # each took a stocked file
+        self.assertEqual({n.partition("-")[2] for n in now - stocked}, ids)  # given back
+        new = os.path.join(self.directory, "outbox", "new")
+        for name in os.listdir(new):
+            with open(os.path.join(new, name), "rb") as f:
+                stored = f.read().replace(b"\r\n", b"\n")
+            self.assertIn(b"\nSubject: spread\n", stored)
+            self.assertTrue(stored.endswith(b"\n\nhello\n"), stored)
+
     async def test_rate_limit_is_exact_across_acceptors(self) -> None:
         await self.start(rate_limits={"per_sender": {"hour": 3}})
         sessions = await self.spread_sessions(6)
