@@ -202,6 +202,21 @@ class SpareTests(TestCase):
             spool.spares.open_body(taken)
 
 
+    def test_a_symlink_among_the_spares_is_dropped_not_followed(self) -> None:
+        clock = Clock()
+        spool = self.make(clock=clock)
+        target = os.path.join(spool.root, "elsewhere")
+        with open(target, "wb") as f:
+            f.write(b"untouched")
+        os.symlink(target, os.path.join(spool.path("spare"), "0000000000001-LINK"))
+        qid = self.store(spool, b"Subject: fine\r\n\r\nstill stored\r\n")
+        self.assertEqual(self.body(spool, qid), b"Subject: fine\r\n\r\nstill stored\r\n")
+        self.assertFalse(os.path.islink(spool.path("data", qid + ".eml")))
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"untouched")
+        self.assertEqual(os.listdir(spool.path("spare")), [])
+
+
 class RenameNoReplaceTests(TestCase):
     def test_it_never_replaces_and_only_one_of_many_gets_a_file(self) -> None:
         directory = tempfile.mkdtemp()

@@ -32,6 +32,7 @@ from relaymail.logs import Logger
 from relaymail.netutil import disable_nagle, write_eagerly
 from relaymail.smtp.auth import AuthLayer
 from relaymail.smtp.body import BodyReader
+from relaymail.smtp.idle import IdleSweeper
 from relaymail.smtp.sasl import MECHANISMS
 from relaymail.smtp.state import ServerContext, SessionState
 from relaymail.smtp.transaction import Transaction, TransactionLayer
@@ -142,6 +143,7 @@ class RelayESMTP(WireProtocol):
         self.context.sessions.discard(self)
         self.forget_abort()
         self.setTimeout(None)
+        self.context.idle.session_gone()
         self.discard_transaction()
         if self.admitted:
             self.admitted = False
@@ -153,6 +155,9 @@ class RelayESMTP(WireProtocol):
             emit("disconnect client={client_ip} listener={listener} credential={credential} "
                  "queued={queued}", client_ip=self.client_ip, listener=self.listener.name,
                  credential=self.credential, queued=self.state.queued)
+
+    def idle_sweeper(self) -> IdleSweeper:
+        return self.context.idle
 
     def timeoutConnection(self) -> None:
         log.info("timeout client={client_ip} listener={listener}", client_ip=self.client_ip,

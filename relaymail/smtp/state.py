@@ -14,6 +14,7 @@ from relaymail.credentials import Credential, CredentialSource
 from relaymail.policy.dkim import Signer
 from relaymail.policy.limits import RateLimiter
 from relaymail.policy.lockout import AuthLockout
+from relaymail.smtp.idle import IdleSweeper
 from relaymail.spool import Spool
 from relaymail.stats import RelayStats
 
@@ -40,6 +41,10 @@ class ServerContext:
     # Event documents for the main process's hub (webhooks): called in place there, sent
     # over AMP from an acceptor.
     report: Callable[[dict[str, Any]], None] | None = None
+    idle: IdleSweeper = field(init=False)  # the sessions' idle timeouts, one timer
+
+    def __post_init__(self) -> None:
+        self.idle = IdleSweeper(self.sessions, self.clock)
 
     def close_sessions(self) -> None:
         """Shutdown: abort every session still open (one we said goodbye to included: a

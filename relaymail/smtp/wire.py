@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from relaymail.common import replies
 from relaymail.common.replies import Continue, Reply
 from relaymail.logs import Logger
+from relaymail.smtp.idle import IdleSweeper
 
 log = Logger(namespace="relaymail.smtp")
 
@@ -48,8 +49,8 @@ class WireProtocol(ESMTP):
     # keys between instances only up to 30 attributes, and a session with more paid 1.3 KB
     # more (50,000 idle sessions: 4.3 KiB each instead of 2.9; tests/test_smtp_protocol.py).
     __slots__ = ("_abort_call", "_backlog", "_blocked", "_discard_rest", "_held",
-                 "_in_data_received", "_midline", "_pending", "closing", "errors", "gone",
-                 "mode")
+                 "_idle_deadline", "_in_data_received", "_midline", "_pending", "closing",
+                 "errors", "gone", "mode")
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -65,6 +66,26 @@ class WireProtocol(ESMTP):
         self.gone = False  # the connection is closed; a peer close leaves disconnecting False
         self.closing = False  # we said goodbye: nothing more is read, run or answered
         self._abort_call: Any = None
+        self._idle_deadline: float | None = None  # when the idle timeout runs out
+
+    # ------------------------------------------------------------------ idle timeout
+
+    # TimeoutMixin's API, kept as a deadline that one sweeper per process checks
+    # (relaymail.smtp.idle) instead of a DelayedCall per session, re-armed at every line.
+    def idle_sweeper(self) -> IdleSweeper:
+        raise NotImplementedError  # the process's sweeper (RelayESMTP: its context's)
+
+    def setTimeout(self, period: float | None) -> None:  # type: ignore[override]
+        if period is None:
+            self._idle_deadline = None
+            return
+        sweeper = self.idle_sweeper()
+        self._idle_deadline = sweeper.seconds() + period
+        sweeper.watch(self.callLater, period)
+
+    def resetTimeout(self) -> None:
+        if self._idle_deadline is not None:
+            self._idle_deadline = self.idle_sweeper().seconds() + self.timeout
 
     # ------------------------------------------------------------------ input
 

@@ -87,11 +87,12 @@ class SparePool:
                     break
                 raise  # EEXIST: a queue ID collision, as O_EXCL reports it
             try:
-                fd = self.ops.open_existing(path)
-            except OSError:
+                fd = self.ops.open_existing(path)  # never through a symlink
+            except OSError as e:  # not a file we can write: drop it, try the next
+                log.warn("spool: spare file unusable ({error}); removed", error=e)
                 with contextlib.suppress(OSError):
                     self.ops.unlink(path)
-                raise
+                continue
             self.taken += 1
             return fd, True
         self.created += 1
