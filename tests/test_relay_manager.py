@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
+import os
 import random
 import tempfile
 from typing import Any
@@ -18,6 +20,7 @@ from relaymail.config import DeliveryConfig, RouteConfig
 from relaymail.relay.health import HealthBoard
 from relaymail.relay.manager import QueueError, RelayManager
 from relaymail.relay.outcome import Outcome
+from relaymail.relay.pause import paused_on_disk
 from relaymail.relay.router import Router
 from relaymail.spool import Spool, run_synchronously
 from relaymail.spool.envelope import Envelope
@@ -234,3 +237,55 @@ def test_bounce_that_cannot_be_queued_keeps_the_message_in_failed() -> None:
     h.run()
     assert h.state(qid) == "failed"
     assert "No space left" in h.envelope(qid).extra["bounce_failed"]
+
+
+def test_paused_delivery_keeps_the_schedule_and_retry_sends_one() -> None:
+    """While paused: accepted mail waits (nothing attempted, flush included), a deferred
+    message's retry time passes unattempted, ``retry ID`` sends that one only; resume
+    sends what is due.  The pause is a file in the spool, so a restart keeps it."""
+    def do(coro: Any) -> Any:
+        out: list[Any] = []
+        ensureDeferred(coro).addBoth(out.append)
+        h.run()
+        if hasattr(out[0], "raiseException"):
+            out[0].raiseException()
+        return out[0]
+
+    t = ScriptedTransport("t", script={"late@y.test": [LATER, OK]})
+    h = Harness({"t": t})
+    deferred = h.queue(["late@y.test"])
+    h.run()
+    assert len(t.calls) == 1
+    assert do(h.manager.control.pause("the test")) is True
+    assert paused_on_disk(h.spool.root)
+    first, second = h.queue(["b@y.test"]), h.queue(["c@y.test"])
+    assert h.manager.flush() == 3
+    h.run(3600)  # past the deferred message's retry time
+    assert len(t.calls) == 1 and h.manager.paused
+    assert {h.state(q) for q in (deferred, first, second)} == {"queue"}
+    assert do(h.manager.retry(first)) == "queue"
+    assert [c[0] for c in t.calls[1:]] == [first] and h.state(first) is None
+    assert do(h.manager.control.resume("the test")) is False
+    assert not paused_on_disk(h.spool.root)
+    h.run()
+    assert sorted(c[0] for c in t.calls[2:]) == sorted([deferred, second])
+    assert h.state(deferred) is None and h.state(second) is None
+
+
+def test_a_pause_marker_or_the_config_key_starts_the_relay_paused(tmp_path: Any) -> None:
+    from relaymail.config import load_config
+    from relaymail.relay.build import build_manager
+    from relaymail.relay.pause import write_marker
+    path = tmp_path / "relay.json"
+    path.write_text(json.dumps({"hostname": "relay.test", "spool_dir": "spool",
+                                "web": {"enabled": False}}))
+    spool = Spool(str(tmp_path / "spool"), run_synchronously)
+    spool.prepare()
+    clock = Clock()
+    assert not build_manager(load_config(str(path)), clock, spool).paused
+    write_marker(spool.root, clock.seconds(), "the test")
+    assert build_manager(load_config(str(path)), clock, spool).paused
+    os.unlink(os.path.join(spool.root, "delivery.paused"))
+    path.write_text(json.dumps({"hostname": "relay.test", "spool_dir": "spool",
+                                "web": {"enabled": False}, "delivery": {"paused": True}}))
+    assert build_manager(load_config(str(path)), clock, spool).paused

@@ -37,11 +37,25 @@ class ControlAPITests(TestCase):
                                  ("POST", f"/api/queue/{self.qid}/hold"),
                                  ("DELETE", f"/api/queue/{self.qid}"),
                                  ("POST", "/api/queue/flush"), ("POST", "/admin/retry-failed"),
+                                 ("POST", "/api/queue/pause"), ("POST", "/api/queue/resume"),
                                  ("GET", "/api/relay/status")):
                 for token in (None, "wrong"):
                     code, body = await self.call(method, path, token)
                     self.assertEqual((code, body), (401, {"error": "authentication required"}))
             self.assertEqual(self.h.state(self.qid), "queue")
+            self.assertFalse(self.h.manager.paused)
+        return ensureDeferred(check())
+
+    def test_pause_and_resume(self) -> None:
+        async def check() -> None:
+            self.assertFalse((await self.call("GET", "/api/queue"))[1]["paused"])
+            self.assertEqual(await self.call("POST", "/api/queue/pause"),
+                             (200, {"paused": True, "queued": 1}))
+            self.assertTrue(self.h.manager.paused)
+            self.assertTrue((await self.call("GET", "/api/queue"))[1]["paused"])
+            self.assertEqual(await self.call("POST", "/api/queue/resume"),
+                             (200, {"paused": False, "queued": 1}))
+            self.assertFalse(self.h.manager.paused)
         return ensureDeferred(check())
 
     def test_list_show_act_and_errors(self) -> None:

@@ -57,6 +57,11 @@ def add_parser(sub: Any) -> None:
     flush = qsub.add_parser("flush", help="attempt every queued message now")
     flush.add_argument("--json", action="store_true")
     flush.set_defaults(run=cmd_flush)
+    for verb, text in (("pause", "accept and queue mail, deliver none until resumed"),
+                       ("resume", "deliver again after a pause")):
+        p = qsub.add_parser(verb, help=text)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(run=cmd_pause, pause=verb == "pause")
 
 
 # ---------------------------------------------------------------------- back ends
@@ -128,6 +133,10 @@ class OnlineQueue:
     def retry_failed(self) -> int:
         return self.call("POST", "/admin/retry-failed")["requeued"]
 
+    def set_paused(self, paused: bool) -> bool:
+        return bool(self.call("POST", "/api/queue/pause" if paused else "/api/queue/resume")
+                    ["paused"])
+
 
 class _WallClock:
     def seconds(self) -> float:
@@ -179,6 +188,11 @@ class OfflineQueue:
 
     def retry_failed(self) -> int:
         return self._wait(self.control.retry_failed())
+
+    def set_paused(self, paused: bool) -> bool:
+        """Stopped: the spool's marker alone, which the next start reads."""
+        by = "relaymail queue (offline)"
+        return bool(self._wait(self.control.pause(by) if paused else self.control.resume(by)))
 
 
 def open_queue(args: argparse.Namespace) -> OnlineQueue | OfflineQueue:
@@ -282,6 +296,16 @@ def cmd_action(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return status
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    paused = open_queue(args).set_paused(args.pause)
+    if args.json:
+        print(json.dumps({"paused": paused}))
+    else:
+        print("delivery paused: mail is accepted and queued, none is delivered until "
+              "`relaymail queue resume`" if paused else "delivery resumed")
+    return 0
 
 
 def cmd_flush(args: argparse.Namespace) -> int:

@@ -100,6 +100,7 @@ TABLE: dict[str, Any] = {
     "delivery.bounces": True,
     "delivery.connect_timeout": 10,
     "delivery.command_timeout": 300,
+    "delivery.paused": False,
     "dkim": [],
     "dkim[].algorithm": "rsa-sha256",
     # rate_limits: quotas, their backend, AUTH lockouts

@@ -21,6 +21,7 @@ class DeliveryConfig:
     bounces: bool
     connect_timeout: float
     command_timeout: float
+    paused: bool = False  # start with delivery paused (relaymail.relay.pause)
 
 
 def validate_delivery(c: Check, d: dict[str, Any]) -> DeliveryConfig:
@@ -38,4 +39,5 @@ def validate_delivery(c: Check, d: dict[str, Any]) -> DeliveryConfig:
         bounces=c.boolean(d["bounces"], "delivery.bounces"),
         connect_timeout=c.number(d["connect_timeout"], "delivery.connect_timeout", 1),
         command_timeout=c.number(d["command_timeout"], "delivery.command_timeout", 1),
+        paused=c.boolean(d["paused"], "delivery.paused"),
     )

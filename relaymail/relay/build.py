@@ -7,12 +7,14 @@ from functools import partial
 from typing import Any
 
 from relaymail.config import Config, TransportConfig
+from relaymail.logs import Logger
 from relaymail.policy.dkim import Signer
 from relaymail.relay.connector import open_session
 from relaymail.relay.health import HealthBoard
 from relaymail.relay.manager import RelayManager
 from relaymail.relay.mx import MXResolver, make_resolver
 from relaymail.relay.oauth2 import registry_for
+from relaymail.relay.pause import marker_path, paused_on_disk
 from relaymail.relay.pool import SessionPool
 from relaymail.relay.rewrite import HeaderEditor
 from relaymail.relay.router import Router
@@ -24,6 +26,8 @@ from relaymail.relay.transports import (
     Transport,
 )
 from relaymail.spool import Spool
+
+log = Logger(namespace="relaymail.relay")
 
 
 def build_transport(config: TransportConfig, failover: Failover, reactor: Any,
@@ -57,6 +61,12 @@ def build_manager(config: Config, reactor: Any, spool: Spool,
         {name: t.fallback for name, t in config.transports.items()},
         delivery, config.hostname, reactor, pool=pool, health=health)
     manager.editor = editor
+    if delivery.paused or paused_on_disk(config.spool_dir):
+        manager.paused = True
+        log.warn("relay: delivery is paused ({why}): mail is accepted and queued, none is "
+                 "delivered until resumed (relaymail queue resume, or the console's Queue "
+                 "page)", why="delivery.paused in the config" if delivery.paused
+                 else f"{marker_path(config.spool_dir)} says so")
     return manager
 
 

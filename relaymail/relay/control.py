@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from relaymail.logs import Logger
+from relaymail.relay.pause import remove_marker, write_marker
 from relaymail.spool.envelope import FAILED, PENDING, Envelope
 from relaymail.spool.record import open_body
 
@@ -87,6 +88,8 @@ class QueueControl:
             await self.spool.save_envelope(envelope, "queue")
             if manager.running:
                 manager.submit(envelope)
+                if manager.paused:  # asked for by name: sent even while delivery waits
+                    manager.start_now(envelope)
             return "queue"
         if state == "failed":
             for recipient in envelope.recipients:
@@ -153,6 +156,20 @@ class QueueControl:
             envelope.next_attempt = self.manager.now()
             await self.spool.save_envelope(envelope, "queue")
         return len(envelopes)
+
+    async def pause(self, by: str) -> bool:
+        """Accept and queue, deliver nothing until :meth:`resume`; kept across restarts
+        (relaymail.relay.pause).  Returns the new state (paused)."""
+        manager = self.manager
+        await self.spool.run_in_thread(write_marker, self.spool.root, manager.now(), by)
+        manager.set_paused(True, by)
+        return True
+
+    async def resume(self, by: str) -> bool:
+        """Deliver again, starting with what fell due meanwhile.  Returns the new state."""
+        await self.spool.run_in_thread(remove_marker, self.spool.root)
+        self.manager.set_paused(False, by)
+        return False
 
     def flush(self) -> int:
         """Every queued message is due now; returns how many."""

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succe
 
 from relaymail.common.headers import header_lines, header_value
 from relaymail.config import DeliveryConfig
-from relaymail.logs import Logger
+from relaymail.logs import Logger, printable
 from relaymail.relay.bounce import build_bounce
 from relaymail.relay.control import STATES, QueueControl, QueueError, read_head, read_headers
 from relaymail.relay.health import HealthBoard
@@ -72,6 +72,9 @@ class RelayManager(Service):
         self._timer: Any = None
         self._soon: Any = None
         self.stopping = False
+        # Accept and queue, deliver nothing (relaymail.relay.pause); set from the config
+        # and the spool's marker at build, changed through control.pause/resume.
+        self.paused = False
         self.control = QueueControl(self)
 
     def now(self) -> float:
@@ -121,8 +124,33 @@ class RelayManager(Service):
         if self._soon is None and not self.stopping and self.running:
             self._soon = self.reactor.callLater(0, self._dispatch)
 
+    def set_paused(self, paused: bool, by: str) -> None:
+        """Stop starting attempts (those running finish), or start again with what is
+        due; the schedule is kept either way."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            log.info("relay: delivery paused by {by}: mail is accepted and queued, none "
+                     "is delivered until delivery is resumed ({queued} queued)",
+                     by=printable(by), queued=len(self.queued))
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        else:
+            log.info("relay: delivery resumed by {by} ({queued} queued)", by=printable(by),
+                     queued=len(self.queued))
+            self._dispatch_soon()
+
+    def start_now(self, envelope: Envelope) -> None:
+        """An operator's retry of one message while delivery is paused: attempt it now."""
+        if envelope.queue_id in self.queued and envelope.queue_id not in self.active:
+            self._start(envelope)
+
     def _dispatch(self) -> None:
         self._soon = None
+        if self.paused:
+            return
         now = self.now()
         while self.heap and len(self.active) < self.max_active:
             when, qid = self.heap[0]

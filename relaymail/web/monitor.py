@@ -86,7 +86,8 @@ class Monitor:
     def degraded_reasons(self) -> list[dict[str, Any]]:
         """Why /health says "degraded" (empty: it does not), each with a ``code`` for the
         console: an upstream in use whose breaker is open, every delivery of the last 10
-        minutes failing, a success rate under 90 %, quarantined spool files."""
+        minutes failing, a success rate under 90 %, delivery paused, quarantined spool
+        files."""
         reasons: list[dict[str, Any]] = []
         down = [str(u["upstream"]) for u in upstreams_in_use(self.manager) if u.get("down")]
         if down:
@@ -109,6 +110,10 @@ class Monitor:
             reasons.append({"code": "accounts_database",
                             "message": "the accounts database does not answer: logins work "
                                        "from the last copy, account changes fail"})
+        if self.manager.paused:
+            reasons.append({"code": "delivery_paused", "params": {"n": len(self.manager.queued)},
+                            "message": "delivery is paused: mail is accepted and queued, "
+                                       "none is delivered until resumed"})
         if self.manager.spool.quarantined:
             reasons.append({"code": "quarantined",
                             "message": "malformed spool files were quarantined"})
@@ -128,6 +133,7 @@ class Monitor:
             "disk_space_available_mb": free_mb,
             "spool_writable": disk.writable,
             "queued_emails": len(self.manager.queued),  # those being delivered included
+            "delivery_paused": self.manager.paused,
             "held_emails": disk.hold,
             "failed_emails": disk.failed,
             "total_emails_processed": self.stats.total("sent") + self.stats.total("bounced"),
@@ -185,6 +191,9 @@ class _Collector:
         queue.add_metric(["hold"], self.disk.hold)
         queue.add_metric(["failed"], self.disk.failed)
         yield queue
+        yield GaugeMetricFamily("relaymail_delivery_paused", "1 while delivery is paused "
+                                "(mail accepted and queued, none delivered).",
+                                value=int(m.manager.paused))
         conns = GaugeMetricFamily("relaymail_smtp_connections", "Open SMTP sessions, by "
                                   "listener.", labels=["listener"])
         for name, n in sorted(m.connections.per_listener.items()):

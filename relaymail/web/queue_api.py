@@ -1,5 +1,5 @@
 """``/api/queue``: list, show, retry, hold, release, bounce, delete and flush queued
-messages, and move failed ones back (``/admin/retry-failed``)."""
+messages, pause and resume delivery, and move failed ones back (``/admin/retry-failed``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from twisted.web.iweb import IRequest
 
 from relaymail.relay.manager import QueueError, RelayManager, read_headers
 from relaymail.spool.envelope import Envelope
+from relaymail.web.access import principal_of
 from relaymail.web.http import int_arg, json_reply, str_arg
 from relaymail.web.routing import SubApp, query, route
 from relaymail.web.shapes import envelope_json
@@ -50,6 +51,7 @@ class QueueAPI(SubApp):
                                               envelope.queue_id in manager.active))
         offset, limit = int_arg(request, "offset", 0), int_arg(request, "limit", 100)
         return json_reply(request, {"total": len(rows), "offset": offset, "limit": limit,
+                                    "paused": manager.paused,
                                     "messages": rows[offset:offset + limit]})
 
     @route("get", "/api/queue/{qid}", "One message: envelope, recipients' states, headers")
@@ -86,6 +88,17 @@ class QueueAPI(SubApp):
     @route("post", "/api/queue/flush", "Retry every deferred message now")
     def flush(self, request: IRequest) -> bytes:
         return json_reply(request, {"flushed": self.manager.flush()})
+
+    @route("post", "/api/queue/pause", "Pause delivery: accept and queue, deliver nothing "
+           "until resumed (kept across restarts)")
+    async def pause(self, request: IRequest) -> bytes:
+        paused = await self.manager.control.pause(principal_of(request).name)
+        return json_reply(request, {"paused": paused, "queued": len(self.manager.queued)})
+
+    @route("post", "/api/queue/resume", "Resume delivery, starting with what is due")
+    async def resume(self, request: IRequest) -> bytes:
+        paused = await self.manager.control.resume(principal_of(request).name)
+        return json_reply(request, {"paused": paused, "queued": len(self.manager.queued)})
 
     @route("post", "/admin/retry-failed", "Move every failed message back to the queue")
     async def retry_failed(self, request: IRequest) -> bytes:

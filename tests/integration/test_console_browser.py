@@ -132,6 +132,9 @@ class ConsoleBrowserTests(RelayTestCase):
         self.assertIn("已暂缓", r["held_message"])
         self.assertIn(r["qid"], r["held_list"])
         self.assertIn("已恢复投递", r["released"])
+        self.assertIn("投递已暂停", r["paused_notice"])  # pause all, resume, in the browser
+        self.assertEqual((r["paused_health"], r["resumed_health"], r["notice_after"]),
+                         (True, False, 0))
         self.assertIn("已接收", r["timeline"])
         self.assertIn("已延迟", r["timeline"])
         self.assertIn(XSS, r["headers"])
@@ -327,6 +330,17 @@ class ConsoleBrowserTests(RelayTestCase):
         out["images"] = page.locator("#details img").count()
         out["xss"] = page.evaluate("window.__xss ?? null")
         c.check("message")
+        c.open("/queue", "#pause")  # pause all delivery (confirmed), then resume it
+        page.click("#pause")
+        out["paused_message"] = c.message("已暂停全部投递")
+        out["paused_notice"] = page.inner_text("#paused-notice")
+        out["paused_health"] = self.running.manager.paused
+        c.check("queue-paused")
+        page.click("#resume")
+        out["resumed_message"] = c.message("已恢复全部投递")
+        page.wait_for_selector("#pause")
+        out["notice_after"] = page.locator("#paused-notice").count()
+        out["resumed_health"] = self.running.manager.paused
 
     async def listen_on(self, port: int) -> None:
         """The refused primary starts answering (a scripted server on its port)."""

@@ -10,7 +10,7 @@ function card(id, label, content, link) {
 }
 
 function reasonText(reason) {
-  if (has("reason_" + reason.code)) return t("reason_" + reason.code, { upstreams: (reason.upstreams || []).join(", "), rate: reason.rate });
+  if (has("reason_" + reason.code)) return t("reason_" + reason.code, { upstreams: (reason.upstreams || []).join(", "), rate: reason.rate, ...(reason.params || {}) });
   return reason.message;
 }
 

@@ -45,9 +45,21 @@ function queuePage(state) {
       el("button", { type: "submit" }, t("filter"))), async () => { await load(); });
     const list = el("div", { id: "list" });
     const total = el("p", { id: "total", class: "hint" });
+    const pausing = el("div", { id: "pausing" });
+    const showPause = (paused) => {
+      if (state !== "queue") return;
+      const toggle = paused
+        ? button(t("resume_delivery"), async () => { await api("POST", "/api/queue/resume"); await load(); return t("done_resume"); }, { id: "resume" })
+        : button(t("pause_delivery"), async () => {
+          if (!confirm(t("confirm_pause"))) return null;
+          await api("POST", "/api/queue/pause"); await load(); return t("done_pause");
+        }, { id: "pause", class: "small" });
+      pausing.replaceChildren(paused ? el("p", { class: "warning", id: "paused-notice" }, t("delivery_paused_notice")) : "", toggle);
+    };
     const load = async () => {
       const query = new URLSearchParams({ state, sender: value("sender"), recipient: value("recipient"), limit: 200 });
       const answer = await api("GET", "/api/queue?" + query);
+      showPause(answer.paused);
       total.textContent = t("messages_total", { n: answer.total });
       list.replaceChildren(table([t("queue_id"), t("sender"), t("received_at"), t("state"), t("attempts"), state === "failed" ? t("reason") : t("next_retry"), t("recipients"), t("actions")],
         answer.messages.map((m) => {
@@ -68,7 +80,7 @@ function queuePage(state) {
         ? button(t("retry_all"), async () => { const r = await api("POST", "/api/queue/flush"); await load(); return t("done_flush", { n: r.flushed }); }, { id: "bulk" })
         : null;
     const reload = button(t("reload"), async () => { await load(); return null; }, { id: "reload" });
-    content.append(el("p", { class: "hint" }, t("explain_" + state)), filters,
+    content.append(el("p", { class: "hint" }, t("explain_" + state)), pausing, filters,
       el("div", { class: "buttons" }, bulk, reload, autoRefresh(guarded(load), 5)), total, list);
     await load();
   };
