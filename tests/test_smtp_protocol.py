@@ -93,6 +93,22 @@ class GreetingAndSimpleCommands(SessionTestCase):
         self.assertEqual(keywords, {b"PIPELINING", b"SIZE %d" % self.config.smtp.max_message_size,
                                     b"8BITMIME", b"ENHANCEDSTATUSCODES", b"STARTTLS"})
 
+    def test_a_multi_line_reply_is_one_write(self) -> None:
+        """EHLO's seven lines leave in one write (one segment), not one per line."""
+        self.replies()
+        writes: list[bytes] = []
+        write = self.transport.write
+
+        def counted(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        self.transport.write = counted  # type: ignore[method-assign]
+        self.send(b"EHLO client.example\r\n")
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(writes[0].startswith(b"250-relay.test\r\n250-PIPELINING\r\n"))
+        self.assertTrue(writes[0].endswith(b"\r\n250 STARTTLS\r\n"), writes[0])
+
     def test_every_reply_has_an_enhanced_code(self) -> None:
         self.replies()
         self.send(b"EHLO c\r\nNOOP\r\nVRFY bob\r\nHELP\r\nRSET\r\nEXPN x\r\nFOO\r\n"
@@ -171,15 +187,15 @@ class Transactions(SessionTestCase):
         self.replies()
         self.transaction()
         logged_at_write: list[bool] = []
-        write_sequence = self.transport.writeSequence
+        write = self.transport.write
 
-        def watch(data: list[bytes]) -> None:
-            if b"".join(data).startswith(b"250 2.0.0 Ok: queued"):
+        def watch(data: bytes) -> None:
+            if data.startswith(b"250 2.0.0 Ok: queued"):
                 logged_at_write.append(any("queued from" in e.get("log_format", "")
                                            for e in events))
-            write_sequence(data)
+            write(data)
 
-        self.transport.writeSequence = watch  # type: ignore[method-assign]
+        self.transport.write = watch  # type: ignore[method-assign]
         self.commit_all()
         qid = self.replies()[-1].rsplit(b" ", 1)[-1].decode()
         self.assertEqual(logged_at_write, [False])

@@ -22,7 +22,6 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import ITLSTransport
-from twisted.mail.smtp import SMTP
 from twisted.python.failure import Failure
 
 from relaymail.common import replies
@@ -213,7 +212,7 @@ class RelayESMTP(WireProtocol):
         if not esmtp:
             return Reply(250, "2.0.0", self.context.hostname)
         lines = [self.host] + [b" ".join(x) for x in self.ehlo_keywords()]
-        SMTP.sendCode(self, 250, b"\n".join(lines))
+        self.write_reply(250, b"\n".join(lines))
         return None
 
     def ehlo_keywords(self) -> list[list[bytes]]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.mail.smtp import ESMTP, SMTP
+from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 
 from relaymail.common import replies
@@ -216,7 +216,7 @@ class WireProtocol(ESMTP):
                 result.then()
         elif isinstance(result, Continue):
             self.mode = result.mode
-            SMTP.sendCode(self, result.code, result.text)
+            self.write_reply(result.code, result.text)
         elif isinstance(result, Failure):
             log.failure("smtp: a handler failed", failure=result)
             self.mode = COMMAND
@@ -291,11 +291,23 @@ class WireProtocol(ESMTP):
     def reply(self, r: Reply) -> None:
         self.sendCode(r.code, r.encode())
 
+    def write_reply(self, code: int, text: bytes) -> None:
+        """A reply of one or more lines (``text`` split at line ends) in one write: stock
+        twisted.mail writes each line of a multi-line reply (EHLO's, five or more) on its
+        own, one system call and one TCP segment each."""
+        prefix = b"%03d" % code
+        if b"\n" not in text and b"\r" not in text:  # most replies: one line
+            self.transport.write(b"%s %s\r\n" % (prefix, text))
+            return
+        lines = text.splitlines() or [b""]
+        self.transport.write(b"".join([*(prefix + b"-" + line + b"\r\n" for line in lines[:-1]),
+                                       prefix, b" ", lines[-1], b"\r\n"]))
+
     def sendCode(self, code: int, message: bytes = b"") -> None:
         if self.gone or self.closing or self.transport is None:
             return
         text = replies.with_enhanced(code, message)
-        SMTP.sendCode(self, code, text)
+        self.write_reply(code, text)
         if code >= 400:
             enhanced = text.split(b" ", 1)[0] if replies.ENHANCED_RE.match(text) else b""
             self.count_refusal(code, enhanced.decode())
@@ -303,7 +315,7 @@ class WireProtocol(ESMTP):
             self.errors += 1
             if self.errors >= self.max_errors:
                 self.too_many_errors()
-                SMTP.sendCode(self, 421, replies.TOO_MANY_ERRORS.encode())
+                self.write_reply(421, replies.TOO_MANY_ERRORS.encode())
                 self.close()
 
     def too_many_errors(self) -> None:
