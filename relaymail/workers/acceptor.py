@@ -22,7 +22,7 @@ from typing import Any
 from twisted.internet import stdio
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import connectionDone
-from twisted.logger import globalLogBeginner, jsonFileLogObserver
+from twisted.logger import globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -36,6 +36,7 @@ from relaymail.policy.counters import Counters
 from relaymail.smtp.build import build_context, session_factory, thread_runner
 from relaymail.smtp.state import ServerContext
 from relaymail.spool.envelope import Envelope
+from relaymail.workers import logpipe
 from relaymail.workers import protocol as p
 from relaymail.workers.remote import RemoteCounters
 
@@ -171,7 +172,7 @@ def build(config: Config, reactor: Any, link: MainLink, side: AcceptorSide,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stderr)],
+    globalLogBeginner.beginLoggingTo([logpipe.observer(sys.stderr)],
                                      redirectStandardIO=False)
     from twisted.internet import reactor
 

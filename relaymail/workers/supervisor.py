@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import eventFromJSON, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -38,6 +38,7 @@ from relaymail.common.networks import ConnectionTracker
 from relaymail.config import Config
 from relaymail.logs import Logger, printable
 from relaymail.netutil import write_eagerly
+from relaymail.workers import logpipe
 from relaymail.workers import protocol as p
 
 log = Logger(namespace="relaymail.workers")
@@ -95,7 +96,8 @@ class Acceptor:
 
 
 class AcceptorProcess(ProcessProtocol):
-    """Pipes of one acceptor: AMP on 4, JSON log events on 2, stray output on 1."""
+    """Pipes of one acceptor: AMP on 4, log events on 2 (relaymail.workers.logpipe), stray
+    output on 1."""
 
     def __init__(self, pool: AcceptorPool, slot: Acceptor, locator: amp.CommandLocator
                  ) -> None:
@@ -120,7 +122,7 @@ class AcceptorProcess(ProcessProtocol):
                          line=printable(line))
 
     def _log_events(self, data: bytes) -> None:
-        """Re-emit the acceptor's log events (JSON, one per record) in this process."""
+        """Re-emit the acceptor's log events (relaymail.workers.logpipe) in this process."""
         self._log_buffer += data
         *records, self._log_buffer = self._log_buffer.split(b"\n")
         for record in records:
@@ -128,7 +130,7 @@ class AcceptorProcess(ProcessProtocol):
             if not text:
                 continue
             try:
-                event = eventFromJSON(text.decode("utf-8", "replace"))
+                event = logpipe.parse(text.decode("utf-8", "replace"))
             except ValueError:
                 log.info("acceptor {worker}: {line}", worker=self.slot.index,
                          line=printable(text))
