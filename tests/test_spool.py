@@ -522,3 +522,21 @@ class FilesystemTests(TestCase):
         from relaymail.spool.safeio import filesystem_type
 
         self.assertIsNotNone(filesystem_type(tempfile.gettempdir()))
+
+
+def test_a_small_body_is_read_in_one_go_without_its_record(tmp_path: Any) -> None:
+    """read_small_body gives what open_body gives, from an offset, and None where the
+    body (from the offset) is over the limit, with or without an envelope record."""
+    from relaymail.spool.record import envelope_record, open_body, read_small_body
+
+    body = b"Subject: s\r\n\r\n" + b"line\r\n" * 300
+    for name, data in (("with", body + envelope_record(b'{"queue_id": "X"}' * 200)),
+                       ("without", body), ("tiny", b"x\r\n")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        whole = open_body(str(path)).read()
+        assert read_small_body(str(path), len(whole)) == whole
+        assert read_small_body(str(path), len(whole), 3) == whole[3:]
+        assert read_small_body(str(path), len(whole) - 3, 3) == whole[3:]
+        assert read_small_body(str(path), len(whole) - 4, 3) is None
+        assert read_small_body(str(path), len(whole) - 1) is None

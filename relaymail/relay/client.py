@@ -24,7 +24,7 @@ from relaymail.netutil import disable_nagle, write_eagerly
 from relaymail.relay.dotstuff import DotStuffer
 from relaymail.relay.outcome import DELIVERED, Outcome, SessionError
 from relaymail.relay.sasl import OAuth2Authenticator, PlainAuthenticator
-from relaymail.spool.record import open_body
+from relaymail.spool.record import open_body, read_small_body
 
 MAIL, RCPT, DATA, DATA_END, DISCARD_END, RSET, QUIT = (
     "mail", "rcpt", "data", "data-end", "discard-end", "rset", "quit")
@@ -361,17 +361,24 @@ class RelayClient(smtp.ESMTPClient):
             self._expecting.appendleft((DISCARD_END, None))
             self.wire.write(b".\r\n")
             return
+        job = self.job
+        offset = job.body_offset if job.head is not None else 0
         try:
-            body = open_body(self.job.body_path)  # closed when sent
+            small = read_small_body(job.body_path, WHOLE_BODY, offset)
+            body = open_body(job.body_path) if small is None else None  # closed when sent
         except OSError as e:
             self._fail_session(SessionError("spool", f"cannot read the body: {e.strerror}"))
             return
         self._streaming = True
         stuffer = DotStuffer()
         head = b""
-        if self.job.head is not None:  # a changed header block, then the stored rest
-            body.seek(self.job.body_offset)
-            head = stuffer.stuff(self.job.head)
+        if job.head is not None:  # a changed header block, then the stored rest
+            head = stuffer.stuff(job.head)
+        if small is not None:  # all of it, and the end, in one write: no producer
+            self._body_sent(stuffer, head + stuffer.stuff(small))
+            return
+        assert body is not None
+        body.seek(offset)
         try:
             first = body.read(WHOLE_BODY + 1)
         except OSError as e:
