@@ -22,6 +22,7 @@ from twisted.internet.defer import ensureDeferred
 from relaymail.config import Config, endpoint_address, load_config
 from relaymail.relay.control import QueueControl, QueueError, read_headers
 from relaymail.relay.manager import RelayManager
+from relaymail.relay.pause import paused_on_disk
 from relaymail.relay.router import Router
 from relaymail.spool import STATES, Spool, run_synchronously
 from relaymail.spool import lock as spool_lock
@@ -133,6 +134,9 @@ class OnlineQueue:
     def retry_failed(self) -> int:
         return self.call("POST", "/admin/retry-failed")["requeued"]
 
+    def paused(self) -> bool:
+        return bool(self.call("GET", "/api/queue?limit=0").get("paused"))
+
     def set_paused(self, paused: bool) -> bool:
         return bool(self.call("POST", "/api/queue/pause" if paused else "/api/queue/resume")
                     ["paused"])
@@ -150,6 +154,7 @@ class OfflineQueue:
     """The spool files, with the manager's own operations run synchronously."""
 
     def __init__(self, config: Config) -> None:
+        self.config = config
         spool = Spool(config.spool_dir, run_synchronously)
         self.manager = RelayManager(spool, Router(config.routes), {}, {}, config.delivery,
                                     config.hostname, _WallClock())
@@ -188,6 +193,10 @@ class OfflineQueue:
 
     def retry_failed(self) -> int:
         return self._wait(self.control.retry_failed())
+
+    def paused(self) -> bool:
+        """Whether the next start will be paused (the spool's marker, or the config)."""
+        return self.config.delivery.paused or paused_on_disk(self.config.spool_dir)
 
     def set_paused(self, paused: bool) -> bool:
         """Stopped: the spool's marker alone, which the next start reads."""
@@ -241,13 +250,16 @@ def print_mailq(rows: list[dict[str, Any]]) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = open_queue(args).list(args.state)
+    queue = open_queue(args)
+    rows = queue.list(args.state)
     rows = [r for r in rows if (not args.sender or args.sender.lower() in r["sender"].lower())
             and (not args.recipient or any(args.recipient.lower() in x["address"].lower()
                                            for x in r["recipients"]))]
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
+        if queue.paused():
+            print("-- delivery is paused: nothing is sent until `relaymail queue resume` --")
         print_mailq(rows)
     return 0
 

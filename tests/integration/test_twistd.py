@@ -253,6 +253,7 @@ def test_paused_delivery_holds_across_restarts_until_resumed(tmp_path: Any) -> N
                 s.sendmail("app@client.test", [f"{name}@dest.test"], b"Subject: p\r\n\r\nx\r\n")
         rows = json.loads(queue("list", "--json"))
         assert len(rows) == 2 and all(r["attempts"] == 0 for r in rows), rows
+        assert queue("list").startswith("-- delivery is paused")
         details = health()
         assert details["delivery_paused"] is True
         assert "delivery_paused" in [r["code"] for r in details["degraded_reasons"]]
@@ -275,7 +276,9 @@ def test_paused_delivery_holds_across_restarts_until_resumed(tmp_path: Any) -> N
         assert health()["delivery_paused"] is False
     finally:
         stop(proc)
+    assert "delivery is paused" not in queue("list")
     assert "delivery paused" in queue("pause")  # stopped: the marker for the next start
+    assert queue("list").startswith("-- delivery is paused")
     proc = twistd(config)
     try:
         wait_for_banner(port, proc)
