@@ -265,10 +265,14 @@ def test_paused_delivery_keeps_the_schedule_and_retry_sends_one() -> None:
     assert {h.state(q) for q in (deferred, first, second)} == {"queue"}
     assert do(h.manager.retry(first)) == "queue"
     assert [c[0] for c in t.calls[1:]] == [first] and h.state(first) is None
+    held = h.queue(["held@y.test"])
+    assert do(h.manager.hold(held)) == "hold"
+    assert do(h.manager.retry(held)) == "queue"  # from hold/ (or failed/) by name: sent too
+    assert [c[0] for c in t.calls[2:]] == [held] and h.state(held) is None
     assert do(h.manager.control.resume("the test")) is False
     assert not paused_on_disk(h.spool.root)
     h.run()
-    assert sorted(c[0] for c in t.calls[2:]) == sorted([deferred, second])
+    assert sorted(c[0] for c in t.calls[3:]) == sorted([deferred, second])
     assert h.state(deferred) is None and h.state(second) is None
 
 

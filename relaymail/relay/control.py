@@ -88,16 +88,17 @@ class QueueControl:
             await self.spool.save_envelope(envelope, "queue")
             if manager.running:
                 manager.submit(envelope)
-                if manager.paused:  # asked for by name: sent even while delivery waits
-                    manager.start_now(envelope)
-            return "queue"
-        if state == "failed":
-            for recipient in envelope.recipients:
-                if recipient.state == FAILED:
-                    recipient.state = PENDING
-            envelope.reason = None
-        envelope.extra["requeued_at"] = manager.now()
-        return await self._requeue(envelope, state)
+        else:
+            if state == "failed":
+                for recipient in envelope.recipients:
+                    if recipient.state == FAILED:
+                        recipient.state = PENDING
+                envelope.reason = None
+            envelope.extra["requeued_at"] = manager.now()
+            await self._requeue(envelope, state)
+        if manager.running and manager.paused:  # asked for by name: sent while others wait
+            manager.start_now(envelope)
+        return "queue"
 
     async def release(self, qid: str) -> str:
         state, envelope = self.find(qid)
